@@ -1,0 +1,36 @@
+# natlens: `make demo` and `make test` do all set-up on a fresh Debian 12 machine as root.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+NATLENS := $(VENV)/bin/natlens
+
+.PHONY: install demo test test-unit lint proto proto-check bench clean
+
+install:
+	@bash scripts/install.sh
+
+demo: install
+	$(NATLENS) demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-unit: install
+	$(PY) -m pytest -q -m "not privileged" tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy natlens agent collector lab
+
+proto: install
+	$(PY) scripts/gen_proto.py
+
+proto-check: install
+	$(PY) scripts/gen_proto.py --check
+
+bench: install
+	$(PY) bench/rules_parse.py
+	$(PY) bench/netlink_cpu.py
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The node agent: kernel events and rules in, batches to the collector out."""

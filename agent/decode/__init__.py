@@ -1,0 +1,1 @@
+"""Pure decoders: kernel bytes in, records out. No I/O here."""

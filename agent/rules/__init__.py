@@ -1,0 +1,1 @@
+"""The node's rules turned into the declared model."""

@@ -1,0 +1,1 @@
+"""Where decisions come from: ctnetlink (netlink.py), later eBPF and packets."""

@@ -1,0 +1,140 @@
+"""The conntrack source: ctnetlink NEW and DESTROY events from a node's namespace.
+
+Losses are measured, not guessed: when the socket's receive buffer overflows, recv()
+fails with ENOBUFS and the kernel counts every event it dropped for this socket in the
+Drops column of /proc/net/netlink. After an overflow the table is dumped once, so DNAT
+decisions still in the table are recovered (and marked recovered); the rest is reported
+as lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from natlens import netns
+from natlens.agent.decode.ctnetlink import (
+    NETLINK_NETFILTER,
+    NFNLGRP_CONNTRACK_DESTROY,
+    NFNLGRP_CONNTRACK_NEW,
+    CtEvent,
+    Done,
+    NetlinkError,
+    dump_request,
+    messages,
+)
+
+SO_RCVBUFFORCE = 33
+DEFAULT_RCVBUF = 64 << 20
+RECV_SIZE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Overflow:
+    """The kernel dropped ``lost`` events for this socket (from /proc/net/netlink)."""
+
+    lost: int
+
+
+def socket_drops(inode: int, proc_net_netlink: str = "/proc/thread-self/net/netlink") -> int:
+    """Events the kernel dropped for the netlink socket with this inode."""
+    with open(proc_net_netlink) as f:
+        header = f.readline().split()
+        col_drops, col_inode = header.index("Drops"), header.index("Inode")
+        for line in f:
+            fields = line.split()
+            if len(fields) > col_inode and int(fields[col_inode]) == inode:
+                return int(fields[col_drops])
+    raise LookupError(f"netlink socket inode {inode} not in {proc_net_netlink}")
+
+
+def enable_accounting(ns: str | None) -> list[str]:
+    """Switch on per-connection byte counters and timestamps; returns what changed."""
+    changed = []
+    with netns.entered(ns):
+        for key in ("nf_conntrack_acct", "nf_conntrack_timestamp"):
+            path = f"/proc/sys/net/netfilter/{key}"
+            try:
+                with open(path) as f:
+                    if f.read().strip() == "1":
+                        continue
+                with open(path, "w") as f:
+                    f.write("1")
+                changed.append(key)
+            except OSError:
+                continue
+    return changed
+
+
+class ConntrackSource:
+    """A ctnetlink event socket (and a dump socket) opened inside namespace ``ns``."""
+
+    def __init__(self, ns: str | None = None, rcvbuf: int = DEFAULT_RCVBUF) -> None:
+        self.ns = ns
+        with netns.entered(ns):
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                      NETLINK_NETFILTER)
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except PermissionError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            groups = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
+            self.sock.bind((0, groups))
+        self.inode = os.fstat(self.sock.fileno()).st_ino
+        self._drops_seen = self._drops()
+        self.sock.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(self.sock.fileno(), select.POLLIN)
+
+    def _drops(self) -> int:
+        with netns.entered(self.ns):
+            return socket_drops(self.inode)
+
+    def events(self, timeout: float) -> Iterator[CtEvent | Overflow]:
+        """Everything queued now, waiting up to ``timeout`` seconds for the first."""
+        if not self._poll.poll(int(timeout * 1000)):
+            return
+        while True:
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                drops = self._drops()
+                yield Overflow(max(drops - self._drops_seen, 1))
+                self._drops_seen = drops
+                continue
+            for m in messages(data):
+                if isinstance(m, CtEvent):
+                    yield m
+
+    def dump(self) -> list[CtEvent]:
+        """The whole conntrack table, read on a separate socket."""
+        with netns.entered(self.ns):
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                              NETLINK_NETFILTER)
+        out: list[CtEvent] = []
+        with s:
+            s.settimeout(10)
+            s.bind((0, 0))
+            seq = int(time.time()) & 0xFFFFFFFF
+            s.send(dump_request(seq))
+            while True:
+                for m in messages(s.recv(RECV_SIZE)):
+                    if isinstance(m, Done):
+                        return out
+                    if isinstance(m, NetlinkError):
+                        if m.errno == 0:
+                            continue
+                        raise OSError(m.errno, f"conntrack dump: {os.strerror(m.errno)}")
+                    out.append(m)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,1 @@
+"""Declared against observed: shares, intervals, tests, verdicts."""

@@ -1,0 +1,1 @@
+"""The gRPC servicer: decode, hand over to the store, acknowledge."""

@@ -1,0 +1,1 @@
+"""Rendering reports: JSON and tables."""

@@ -1,0 +1,1 @@
+"""The lab: a small cluster of network namespaces with kube-proxy-faithful rules."""

@@ -1,0 +1,1 @@
+"""Wire format: natlens.proto and the code grpcio-tools generates from it."""

@@ -1,0 +1,182 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Source(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SOURCE_UNSPECIFIED: _ClassVar[Source]
+    SOURCE_NETLINK: _ClassVar[Source]
+    SOURCE_EBPF: _ClassVar[Source]
+    SOURCE_PCAP: _ClassVar[Source]
+
+class Event(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_UNSPECIFIED: _ClassVar[Event]
+    EVENT_NEW: _ClassVar[Event]
+    EVENT_DESTROY: _ClassVar[Event]
+    EVENT_SNAPSHOT: _ClassVar[Event]
+    EVENT_RECOVERED: _ClassVar[Event]
+SOURCE_UNSPECIFIED: Source
+SOURCE_NETLINK: Source
+SOURCE_EBPF: Source
+SOURCE_PCAP: Source
+EVENT_UNSPECIFIED: Event
+EVENT_NEW: Event
+EVENT_DESTROY: Event
+EVENT_SNAPSHOT: Event
+EVENT_RECOVERED: Event
+
+class Decision(_message.Message):
+    __slots__ = ("time_ns", "protocol", "client_ip", "client_port", "vip", "vip_port", "endpoint_ip", "endpoint_port", "ct_id", "zone", "source", "event", "orig_packets", "orig_bytes", "reply_packets", "reply_bytes", "duration_ns")
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_PORT_FIELD_NUMBER: _ClassVar[int]
+    VIP_FIELD_NUMBER: _ClassVar[int]
+    VIP_PORT_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_IP_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_PORT_FIELD_NUMBER: _ClassVar[int]
+    CT_ID_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    ORIG_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    ORIG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPLY_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DURATION_NS_FIELD_NUMBER: _ClassVar[int]
+    time_ns: int
+    protocol: str
+    client_ip: str
+    client_port: int
+    vip: str
+    vip_port: int
+    endpoint_ip: str
+    endpoint_port: int
+    ct_id: int
+    zone: int
+    source: Source
+    event: Event
+    orig_packets: int
+    orig_bytes: int
+    reply_packets: int
+    reply_bytes: int
+    duration_ns: int
+    def __init__(self, time_ns: _Optional[int] = ..., protocol: _Optional[str] = ..., client_ip: _Optional[str] = ..., client_port: _Optional[int] = ..., vip: _Optional[str] = ..., vip_port: _Optional[int] = ..., endpoint_ip: _Optional[str] = ..., endpoint_port: _Optional[int] = ..., ct_id: _Optional[int] = ..., zone: _Optional[int] = ..., source: _Optional[_Union[Source, str]] = ..., event: _Optional[_Union[Event, str]] = ..., orig_packets: _Optional[int] = ..., orig_bytes: _Optional[int] = ..., reply_packets: _Optional[int] = ..., reply_bytes: _Optional[int] = ..., duration_ns: _Optional[int] = ...) -> None: ...
+
+class CounterDelta(_message.Message):
+    __slots__ = ("window_start_ns", "window_end_ns", "protocol", "vip", "vip_port", "endpoint_ip", "endpoint_port", "connections", "bytes", "packets")
+    WINDOW_START_NS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_END_NS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    VIP_FIELD_NUMBER: _ClassVar[int]
+    VIP_PORT_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_IP_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_PORT_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    window_start_ns: int
+    window_end_ns: int
+    protocol: str
+    vip: str
+    vip_port: int
+    endpoint_ip: str
+    endpoint_port: int
+    connections: int
+    bytes: int
+    packets: int
+    def __init__(self, window_start_ns: _Optional[int] = ..., window_end_ns: _Optional[int] = ..., protocol: _Optional[str] = ..., vip: _Optional[str] = ..., vip_port: _Optional[int] = ..., endpoint_ip: _Optional[str] = ..., endpoint_port: _Optional[int] = ..., connections: _Optional[int] = ..., bytes: _Optional[int] = ..., packets: _Optional[int] = ...) -> None: ...
+
+class DeclaredEndpoint(_message.Message):
+    __slots__ = ("endpoint", "probability", "chain")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    probability: float
+    chain: str
+    def __init__(self, endpoint: _Optional[str] = ..., probability: _Optional[float] = ..., chain: _Optional[str] = ...) -> None: ...
+
+class ServicePort(_message.Message):
+    __slots__ = ("service", "kind", "vip", "port", "protocol", "affinity", "policy", "endpoints")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VIP_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    kind: str
+    vip: str
+    port: int
+    protocol: str
+    affinity: str
+    policy: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[DeclaredEndpoint]
+    def __init__(self, service: _Optional[str] = ..., kind: _Optional[str] = ..., vip: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[str] = ..., affinity: _Optional[str] = ..., policy: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[DeclaredEndpoint, _Mapping]]] = ...) -> None: ...
+
+class RuleSnapshot(_message.Message):
+    __slots__ = ("time_ns", "mode", "hash", "services")
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    time_ns: int
+    mode: str
+    hash: str
+    services: _containers.RepeatedCompositeFieldContainer[ServicePort]
+    def __init__(self, time_ns: _Optional[int] = ..., mode: _Optional[str] = ..., hash: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServicePort, _Mapping]]] = ...) -> None: ...
+
+class LostEvents(_message.Message):
+    __slots__ = ("time_ns", "source", "reason", "count", "recovered")
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    RECOVERED_FIELD_NUMBER: _ClassVar[int]
+    time_ns: int
+    source: Source
+    reason: str
+    count: int
+    recovered: int
+    def __init__(self, time_ns: _Optional[int] = ..., source: _Optional[_Union[Source, str]] = ..., reason: _Optional[str] = ..., count: _Optional[int] = ..., recovered: _Optional[int] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("agent_id", "boot_id", "seq", "node", "decisions", "counters", "rules", "lost", "sample_rate")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    boot_id: str
+    seq: int
+    node: str
+    decisions: _containers.RepeatedCompositeFieldContainer[Decision]
+    counters: _containers.RepeatedCompositeFieldContainer[CounterDelta]
+    rules: _containers.RepeatedCompositeFieldContainer[RuleSnapshot]
+    lost: _containers.RepeatedCompositeFieldContainer[LostEvents]
+    sample_rate: int
+    def __init__(self, agent_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., node: _Optional[str] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., counters: _Optional[_Iterable[_Union[CounterDelta, _Mapping]]] = ..., rules: _Optional[_Iterable[_Union[RuleSnapshot, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[LostEvents, _Mapping]]] = ..., sample_rate: _Optional[int] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("boot_id", "seq", "duplicate")
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    boot_id: str
+    seq: int
+    duplicate: bool
+    def __init__(self, boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
