@@ -1,0 +1,158 @@
+"""The agent as a pipeline: source → decode → batch → ship, plus the rules watcher.
+
+Threads: the source loop (reads ctnetlink, builds decisions, ticks the batcher), the
+rules watcher (polls the node's rules and emits a snapshot when the hash changes) and
+the shipper. Stopping drains the socket, flushes and waits for the collector's acks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from natlens.agent.decode.decision import to_decision
+from natlens.agent.rules.live import RulesUnavailable, read_iptables, to_snapshot
+from natlens.agent.ship.batch import Batcher
+from natlens.agent.ship.client import Shipper
+from natlens.agent.sources.netlink import ConntrackSource, Overflow, enable_accounting
+from natlens.proto import natlens_pb2 as pb
+
+log = logging.getLogger("natlens.agent")
+
+
+@dataclass
+class AgentConfig:
+    collector: str
+    node: str
+    netns: str | None = None
+    agent_id: str = ""
+    rules_interval: float = 2.0
+    batch_size: int = 2000
+    batch_age: float = 1.0
+    drain_timeout: float = 30.0
+    accounting: bool = True
+
+
+class SeenIds:
+    """Recently seen conntrack ids (bounded), to tell recovered decisions from known ones."""
+
+    def __init__(self, limit: int = 1 << 20) -> None:
+        self.limit = limit
+        self._ids: OrderedDict[tuple[int, int], None] = OrderedDict()
+
+    def add(self, zone: int, ct_id: int) -> None:
+        self._ids[(zone, ct_id)] = None
+        if len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        return key in self._ids
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.shipper = Shipper(cfg.collector)
+        self.batcher = Batcher(cfg.agent_id or cfg.node, cfg.node, self.shipper.submit,
+                               cfg.batch_size, cfg.batch_age)
+        self._stop = threading.Event()
+        self._rules_hash = ""
+        self.seen = SeenIds()
+        self.stats = {"new": 0, "destroy": 0, "snapshot": 0, "recovered": 0, "lost": 0,
+                      "non_dnat": 0}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch_rules(self) -> None:
+        while not self._stop.wait(self.cfg.rules_interval):
+            self._emit_rules()
+
+    def _emit_rules(self) -> bool:
+        t0 = time.time_ns()
+        try:
+            model = read_iptables(self.cfg.netns)
+        except RulesUnavailable as e:
+            log.error("rules: %s", e)
+            return False
+        if model.hash != self._rules_hash:
+            log.info("rules: %s mode, %d service ports, %s", model.mode, len(model.services),
+                     model.hash[:19])
+            self._rules_hash = model.hash
+            self.batcher.add_rules(to_snapshot(model, t0))
+        return True
+
+    def _snapshot_table(self, src: ConntrackSource, event: int) -> int:
+        """Dump the table; ship DNAT entries not seen before as ``event`` records."""
+        now = time.time_ns()
+        n = 0
+        for ev in src.dump():
+            if not ev.is_dnat or (ev.zone, ev.ct_id) in self.seen:
+                continue
+            self.seen.add(ev.zone, ev.ct_id)
+            self.batcher.add_decision(to_decision(ev, event, pb.SOURCE_NETLINK, now))
+            n += 1
+        return n
+
+    def run(self) -> int:
+        if self.cfg.accounting:
+            changed = enable_accounting(self.cfg.netns)
+            if changed:
+                log.info("conntrack: switched on %s", ", ".join(changed))
+        src = ConntrackSource(self.cfg.netns)  # subscribe before the dump: nothing falls between
+        self.shipper.start()
+        if not self._emit_rules():
+            log.error("rules: starting without a declared model; decisions are kept and "
+                      "will be judged once the rules can be read")
+        self.stats["snapshot"] = self._snapshot_table(src, pb.EVENT_SNAPSHOT)
+        log.info("conntrack: subscribed in %s; %d DNAT entries already in the table "
+                 "(stored as snapshot, not counted)", self.cfg.netns or "this namespace",
+                 self.stats["snapshot"])
+        watcher = threading.Thread(target=self._watch_rules, name="rules", daemon=True)
+        watcher.start()
+        try:
+            while not self._stop.is_set():
+                self._read(src, 0.2)
+                self.batcher.tick()
+            self._read(src, 0.0)  # what the kernel queued before we were told to stop
+        finally:
+            src.close()
+        self.batcher.flush()
+        ok = self.shipper.drain(self.cfg.drain_timeout)
+        if not ok:
+            log.error("shutdown: %d batches not acknowledged by %s within %.0fs",
+                      self.shipper.pending, self.cfg.collector, self.cfg.drain_timeout)
+        self.shipper.stop()
+        log.info("stopped: %s", ", ".join(f"{k}={v}" for k, v in self.stats.items()))
+        return 0 if ok else 1
+
+    def _read(self, src: ConntrackSource, timeout: float) -> None:
+        now = time.time_ns()
+        overflowed = 0
+        for ev in src.events(timeout):
+            if isinstance(ev, Overflow):
+                overflowed += ev.lost
+                continue
+            if not ev.is_dnat:
+                self.stats["non_dnat"] += 1
+                continue
+            if ev.kind == "new":
+                self.seen.add(ev.zone, ev.ct_id)
+                self.stats["new"] += 1
+                self.batcher.add_decision(to_decision(ev, pb.EVENT_NEW, pb.SOURCE_NETLINK, now))
+            elif ev.kind == "destroy":
+                self.stats["destroy"] += 1
+                self.batcher.add_decision(
+                    to_decision(ev, pb.EVENT_DESTROY, pb.SOURCE_NETLINK, now))
+        if overflowed:
+            recovered = self._snapshot_table(src, pb.EVENT_RECOVERED)
+            self.stats["lost"] += overflowed
+            self.stats["recovered"] += recovered
+            log.warning("conntrack: receive buffer overflowed, kernel dropped %d events; "
+                        "recovered %d DNAT decisions from the table", overflowed, recovered)
+            self.batcher.add_lost(pb.LostEvents(time_ns=now, source=pb.SOURCE_NETLINK,
+                                                reason="enobufs", count=overflowed,
+                                                recovered=recovered))

@@ -1,0 +1,44 @@
+"""Read the declared model from the node itself (inside a namespace when asked)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from natlens import netns
+from natlens.agent.rules.iptables import parse_iptables_save
+from natlens.agent.rules.model import DeclaredModel
+from natlens.proto import natlens_pb2 as pb
+
+
+class RulesUnavailable(RuntimeError):
+    """The node's rules could not be read (tool missing, permission, bad dump)."""
+
+
+def read_iptables(ns: str | None = None, timeout: float = 60.0) -> DeclaredModel:
+    argv = netns.command(ns, ["iptables-save"])
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise RulesUnavailable(f"{argv[0]} not found: install iptables") from None
+    except subprocess.TimeoutExpired:
+        raise RulesUnavailable(f"iptables-save took longer than {timeout:.0f}s") from None
+    if r.returncode != 0:
+        msg = r.stderr.strip().splitlines()
+        raise RulesUnavailable(f"iptables-save failed: {msg[-1] if msg else r.returncode}")
+    try:
+        return parse_iptables_save(r.stdout)
+    except ValueError as e:
+        raise RulesUnavailable(f"iptables-save output not understood: {e}") from None
+
+
+def to_snapshot(model: DeclaredModel, time_ns: int | None = None) -> pb.RuleSnapshot:
+    return pb.RuleSnapshot(
+        time_ns=time.time_ns() if time_ns is None else time_ns, mode=model.mode,
+        hash=model.hash,
+        services=[pb.ServicePort(
+            service=s.service, kind=s.kind, vip=s.vip, port=s.port, protocol=s.protocol,
+            affinity=s.affinity, policy=s.policy,
+            endpoints=[pb.DeclaredEndpoint(endpoint=e.endpoint, probability=e.probability,
+                                           chain=e.chain) for e in s.endpoints])
+            for s in model.services])

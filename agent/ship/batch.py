@@ -1,0 +1,71 @@
+"""Batching in one place: flush on size, on time, and on close.
+
+Records of all kinds go into the same batch in arrival order, so a rules snapshot is
+always delivered no later than the decisions made after it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from natlens.proto import natlens_pb2 as pb
+
+
+class Batcher:
+    def __init__(self, agent_id: str, node: str, emit: Callable[[pb.Batch], None],
+                 max_records: int = 2000, max_age: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.agent_id, self.node = agent_id, node
+        self.boot_id = uuid.uuid4().hex
+        self.seq = 0
+        self._emit = emit
+        self.max_records, self.max_age, self._clock = max_records, max_age, clock
+        self._lock = threading.Lock()
+        self._batch = self._new()
+        self._n = 0
+        self._opened = clock()
+
+    def _new(self) -> pb.Batch:
+        return pb.Batch(agent_id=self.agent_id, boot_id=self.boot_id, node=self.node)
+
+    def add_decision(self, d: pb.Decision) -> None:
+        with self._lock:
+            self._batch.decisions.append(d)
+            self._bump()
+
+    def add_rules(self, r: pb.RuleSnapshot) -> None:
+        with self._lock:
+            self._batch.rules.append(r)
+            self._bump()
+
+    def add_lost(self, lost: pb.LostEvents) -> None:
+        with self._lock:
+            self._batch.lost.append(lost)
+            self._bump()
+
+    def _bump(self) -> None:
+        self._n += 1
+        if self._n >= self.max_records:
+            self._flush_locked()
+
+    def tick(self) -> None:
+        """Flush if the open batch is older than ``max_age``."""
+        with self._lock:
+            if self._n and self._clock() - self._opened >= self.max_age:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._n:
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        self.seq += 1
+        b, self._batch = self._batch, self._new()
+        b.seq = self.seq
+        self._n = 0
+        self._opened = self._clock()
+        self._emit(b)

@@ -1,0 +1,131 @@
+"""Deliver batches to the collector over one gRPC stream, keeping each until acked.
+
+A batch leaves memory only when the collector acknowledges it (after its commit).
+When the collector is unreachable the agent says so once, keeps what it has and
+reconnects with jittered exponential backoff, resending every unacknowledged batch;
+the collector stores each (agent, boot, seq) once, so a resend is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import grpc
+
+from natlens.proto import natlens_pb2 as pb
+from natlens.proto import natlens_pb2_grpc as pb_grpc
+
+log = logging.getLogger("natlens.agent.ship")
+
+
+class Shipper:
+    def __init__(self, target: str, max_pending: int = 10_000,
+                 backoff: tuple[float, float] = (0.2, 30.0)) -> None:
+        self.target = target
+        self.max_pending = max_pending
+        self.backoff = backoff
+        self._unacked: OrderedDict[int, pb.Batch] = OrderedDict()
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ship", daemon=True)
+        self.dropped_decisions = 0
+        self.sent = self.acked = self.send_errors = 0
+        self._call: grpc.Future | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, batch: pb.Batch) -> None:
+        with self._cond:
+            while len(self._unacked) >= self.max_pending:
+                _, old = self._unacked.popitem(last=False)
+                self.dropped_decisions += len(old.decisions)
+                log.error("delivery queue full (%d batches): dropped batch %d with %d "
+                          "decisions", self.max_pending, old.seq, len(old.decisions))
+            self._unacked[batch.seq] = batch
+            self._cond.notify_all()
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._unacked)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every submitted batch is acknowledged."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._unacked:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.2))
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        self._thread.join(timeout=5)
+
+    def _requests(self, ended: threading.Event) -> Iterator[pb.Batch]:
+        sent_upto = 0
+        while not ended.is_set() and not self._stop.is_set():
+            with self._cond:
+                todo = [b for s, b in self._unacked.items() if s > sent_upto]
+                if not todo:
+                    self._cond.wait(0.2)
+                    continue
+            for b in todo:
+                sent_upto = b.seq
+                self.sent += 1
+                yield b
+
+    def _run(self) -> None:
+        delay = self.backoff[0]
+        down_since: float | None = None
+        while not self._stop.is_set():
+            ended = threading.Event()
+            channel = grpc.insecure_channel(self.target, options=[
+                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.keepalive_time_ms", 30_000)])
+            try:
+                stub = pb_grpc.CollectorStub(channel)
+                call = stub.Upload(self._requests(ended), wait_for_ready=False)
+                self._call = call
+                for ack in call:
+                    if down_since is not None:
+                        log.warning("collector %s reachable again after %.1fs; resent %d "
+                                    "batches", self.target, time.monotonic() - down_since,
+                                    self.pending + 1)
+                        down_since = None
+                    delay = self.backoff[0]
+                    with self._cond:
+                        if self._unacked.pop(ack.seq, None) is not None:
+                            self.acked += 1
+                        self._cond.notify_all()
+            except grpc.RpcError as e:
+                if self._stop.is_set():
+                    break
+                self.send_errors += 1
+                if down_since is None:
+                    down_since = time.monotonic()
+                    code = e.code() if hasattr(e, "code") else None
+                    detail = e.details() if hasattr(e, "details") else str(e)
+                    log.error("collector %s unreachable (%s: %s); keeping %d batches and "
+                              "retrying with backoff", self.target,
+                              code.name if code else "error", detail, self.pending)
+            finally:
+                ended.set()
+                self._call = None
+                channel.close()
+            if self._stop.wait(delay * random.uniform(0.5, 1.5)):
+                break
+            delay = min(delay * 2, self.backoff[1])

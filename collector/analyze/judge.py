@@ -1,0 +1,70 @@
+"""One service port on one node under one rules version: declared vs observed.
+
+The pure core of the report: counts in, shares, intervals, test and verdict out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from natlens.collector.analyze.gof import TestResult, goodness_of_fit, min_achievable_p
+from natlens.collector.analyze.intervals import wilson
+
+
+@dataclass
+class Judgement:
+    total: int
+    endpoints: list[dict[str, Any]]
+    undeclared: list[dict[str, Any]]
+    test: TestResult | None
+    reasons: list[str] = field(default_factory=list)
+    testable: bool = False
+    impossible: bool = False    # traffic where the rules give probability 0
+
+
+def judge(declared: list[tuple[str, float]], observed: dict[str, int]) -> Judgement:
+    """``declared``: (endpoint, share) in rule order; ``observed``: endpoint → count."""
+    total = sum(observed.values())
+    names = {e for e, _ in declared}
+    eps = []
+    for ep, share in declared:
+        k = observed.get(ep, 0)
+        lo, hi = wilson(k, total)
+        eps.append({"endpoint": ep, "declared": round(share, 12), "observed": k,
+                    "share": round(k / total, 6) if total else 0.0,
+                    "ci95": [round(lo, 6), round(hi, 6)]})
+    undeclared = [{"endpoint": ep, "observed": k} for ep, k in sorted(observed.items())
+                  if ep not in names]
+    j = Judgement(total, eps, undeclared, None)
+    if any(u["observed"] for u in undeclared):
+        j.impossible = True
+        j.reasons.append(f"{sum(u['observed'] for u in undeclared)} connections went to "
+                         f"endpoints the rules do not declare")
+    zero = [e for e in eps if e["declared"] == 0 and e["observed"]]
+    if zero:
+        j.impossible = True
+        j.reasons.append("connections went to endpoints the rules make unreachable")
+    live = [(e["observed"], share) for e, (_, share) in zip(eps, declared, strict=True)
+            if share > 0]
+    if total and len(live) >= 2:
+        counts = [c for c, _ in live]
+        probs = [p for _, p in live]
+        j.test = goodness_of_fit(counts, probs)
+        j.testable = True
+    return j
+
+
+def verdict(j: Judgement, p_adjusted: float | None, alpha: float) -> str:
+    if j.total == 0:
+        return "insufficient-data"
+    if j.impossible:
+        return "skewed"
+    if j.test is None:
+        return "consistent"  # one reachable endpoint and everything went there
+    probs = [e["declared"] for e in j.endpoints if e["declared"] > 0]
+    if p_adjusted is not None and p_adjusted < alpha:
+        return "skewed"
+    if min_achievable_p(sum(e["observed"] for e in j.endpoints), probs) >= alpha:
+        return "insufficient-data"
+    return "consistent"

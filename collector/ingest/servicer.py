@@ -1,0 +1,36 @@
+"""The gRPC servicer: decode, hand the batch to the store, acknowledge. Nothing more."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import grpc
+
+from natlens.collector.store.db import BatchRejected, Store
+from natlens.proto import natlens_pb2 as pb
+from natlens.proto import natlens_pb2_grpc as pb_grpc
+
+log = logging.getLogger("natlens.collector.ingest")
+
+
+class CollectorServicer(pb_grpc.CollectorServicer):
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.batches = self.duplicates = self.rejected = 0
+
+    def Upload(self, request_iterator: Iterator[pb.Batch],  # noqa: N802 - gRPC's name
+               context: grpc.ServicerContext) -> Iterator[pb.Ack]:
+        peer = context.peer()
+        for batch in request_iterator:
+            try:
+                stored = self.store.ingest(batch)
+            except BatchRejected as e:
+                self.rejected += 1
+                log.warning("rejected batch %d from %s (%s): %s", batch.seq,
+                            batch.agent_id or "?", peer, e)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {batch.seq}: {e}")
+            self.batches += 1
+            if not stored:
+                self.duplicates += 1
+            yield pb.Ack(boot_id=batch.boot_id, seq=batch.seq, duplicate=not stored)

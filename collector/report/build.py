@@ -1,0 +1,162 @@
+"""Build the report (the JSON contract in DESIGN.md) from the store.
+
+Decisions are grouped by node, rules version and service port, so every observation is
+judged against the rules that were in force on its node when it was made. ClientIP
+affinity ports are judged on each client's first connection only: later connections
+follow the affinity, not the random choice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlite_utils
+
+from natlens.collector.analyze.judge import judge, verdict
+from natlens.collector.analyze.multiple import holm
+from natlens.collector.store.db import COUNTED_EVENTS
+
+DEFAULT_ALPHA = 0.001
+
+
+def rfc3339(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class ReportQuery:
+    service: str | None = None      # NS/NAME or NS/NAME:PORT
+    node: str | None = None
+    since_ns: int | None = None
+    until_ns: int | None = None
+    alpha: float = DEFAULT_ALPHA
+
+
+def _matches(service: str, wanted: str | None) -> bool:
+    if wanted is None:
+        return True
+    return service == wanted or (":" not in wanted and service.split(":", 1)[0] == wanted)
+
+
+def _where(q: ReportQuery) -> tuple[str, list[Any]]:
+    clauses = [f"event IN ({','.join('?' * len(COUNTED_EVENTS))})"]
+    args: list[Any] = list(COUNTED_EVENTS)
+    if q.node:
+        clauses.append("node = ?")
+        args.append(q.node)
+    if q.since_ns is not None:
+        clauses.append("time_ns >= ?")
+        args.append(q.since_ns)
+    if q.until_ns is not None:
+        clauses.append("time_ns <= ?")
+        args.append(q.until_ns)
+    return " AND ".join(clauses), args
+
+
+def _pod_names(db: sqlite_utils.Database, at_ns: int) -> dict[str, str]:
+    """Endpoint IP → ``ns/name`` of the pod that had that IP at ``at_ns``."""
+    out: dict[str, str] = {}
+    for ip, ns, name in db.execute(
+            "SELECT ip, namespace, name FROM pods WHERE from_ns <= ? "
+            "AND (to_ns IS NULL OR to_ns >= ?) ORDER BY from_ns", [at_ns, at_ns]):
+        out[ip] = f"{ns}/{name}"
+    return out
+
+
+def _find_port(model: dict[str, Any], vip: str, port: int, proto: str) -> dict[str, Any] | None:
+    fallback = None
+    for s in model["services"]:
+        if s["port"] != port or s["protocol"] != proto:
+            continue
+        if s["vip"] == vip:
+            return dict(s)
+        if s["kind"] == "nodePort" and s["vip"] in ("0.0.0.0", "::"):
+            fallback = s
+    return dict(fallback) if fallback else None
+
+
+def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
+    now = time.time_ns()
+    where, args = _where(q)
+    models: dict[tuple[str, str], dict[str, Any]] = {}
+    for node, h, model in db.execute("SELECT node, hash, model FROM rule_snapshots"):
+        models[(node, h)] = json.loads(model)
+    counts: dict[tuple[str, str, str, str, int], dict[str, int]] = defaultdict(dict)
+    tmin, tmax = None, None
+    for node, h, proto, vip, port, ep, n, t0, t1 in db.execute(
+            f"SELECT node, rules_hash, protocol, vip, vip_port, endpoint, "
+            f"SUM(sample_rate), MIN(time_ns), MAX(time_ns) FROM decisions WHERE {where} "
+            f"GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint", args):
+        counts[(node, h, proto, vip, port)][ep] = int(n)
+        tmin = t0 if tmin is None else min(tmin, t0)
+        tmax = t1 if tmax is None else max(tmax, t1)
+    window_to = q.until_ns or max(tmax or now, now if q.since_ns else 0) or now
+    pods = _pod_names(db, tmax or window_to)
+    entries: list[dict[str, Any]] = []
+    unmatched: list[dict[str, Any]] = []
+    judgements = []
+    for (node, h, proto, vip, port), observed in sorted(counts.items()):
+        sp = _find_port(models.get((node, h), {"services": []}), vip, port, proto)
+        if sp is None:
+            unmatched.append({"node": node, "rules_version": h, "vip": vip, "port": port,
+                              "protocol": proto, "observed": dict(sorted(observed.items()))})
+            continue
+        if not _matches(sp["service"], q.service):
+            continue
+        if sp["affinity"] == "ClientIP":
+            observed = _first_connections(db, where, args, node, h, proto, vip, port)
+        j = judge([(e["endpoint"], e["probability"]) for e in sp["endpoints"]], observed)
+        chains = {e["endpoint"]: e["chain"] for e in sp["endpoints"]}
+        for e in j.endpoints:
+            e["pod"] = pods.get(e["endpoint"].rsplit(":", 1)[0].strip("[]"))
+            e["chain"] = chains.get(e["endpoint"])
+        for u in j.undeclared:
+            u["pod"] = pods.get(u["endpoint"].rsplit(":", 1)[0].strip("[]"))
+        entry: dict[str, Any] = {
+            "service": sp["service"], "kind": sp["kind"], "vip": vip, "port": port,
+            "protocol": proto, "node": node, "rules_version": h, "affinity": sp["affinity"],
+            "policy": sp["policy"], "total": j.total, "endpoints": j.endpoints,
+            "undeclared": j.undeclared, "test": None, "verdict": "", "reasons": j.reasons}
+        if sp["affinity"] == "ClientIP":
+            entry["counted"] = "first connection per client"
+        entries.append(entry)
+        judgements.append(j)
+    tested = [i for i, j in enumerate(judgements) if j.test is not None]
+    adjusted = holm([judgements[i].test.p_value for i in tested])  # type: ignore[union-attr]
+    adj_by = dict(zip(tested, adjusted, strict=True))
+    for i, (entry, j) in enumerate(zip(entries, judgements, strict=True)):
+        if j.test is not None:
+            entry["test"] = {"method": j.test.method, "statistic": round(j.test.statistic, 6),
+                             "dof": j.test.dof, "p_value": j.test.p_value,
+                             "p_value_holm": adj_by[i]}
+        entry["verdict"] = verdict(j, adj_by.get(i), q.alpha)
+    lost = [{"node": n, "source": s, "reason": r, "count": c, "recovered": rc}
+            for n, s, r, c, rc in db.execute(
+                "SELECT node, source, reason, SUM(count), SUM(recovered) FROM lost_events "
+                "GROUP BY node, source, reason ORDER BY node")]
+    return {
+        "generated_at": rfc3339(now),
+        "window": {"from": rfc3339(q.since_ns or tmin or now), "to": rfc3339(window_to)},
+        "alpha": q.alpha,
+        "services": entries,
+        "unmatched": unmatched,
+        "lost": lost,
+    }
+
+
+def _first_connections(db: sqlite_utils.Database, where: str, args: list[Any], node: str,
+                       h: str, proto: str, vip: str, port: int) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    # SQLite returns the bare column (endpoint) from the row holding MIN(time_ns).
+    for ep, _ in db.execute(
+            f"SELECT endpoint, MIN(time_ns) FROM decisions WHERE {where} AND node=? AND "
+            f"rules_hash=? AND protocol=? AND vip=? AND vip_port=? GROUP BY client_ip",
+            [*args, node, h, proto, vip, port]):
+        out[ep] += 1
+    return dict(out)

@@ -1,0 +1,67 @@
+"""The report as a terminal table (rich): the verdict first, the evidence beside it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+STYLE = {"consistent": "green", "skewed": "bold red", "insufficient-data": "yellow"}
+
+
+def render(report: dict[str, Any], ground_truth: dict[str, Any] | None = None) -> Group:
+    parts: list[Any] = [Text(f"window {report['window']['from']} → {report['window']['to']}"
+                             f"   alpha {report['alpha']}", style="dim")]
+    for s in report["services"]:
+        title = (f"{s['service']}  {s['vip']}:{s['port']}/{s['protocol']}  on {s['node']}  "
+                 f"rules {s['rules_version'][7:19]}")
+        t = Table(title=title, title_justify="left", expand=False)
+        t.add_column("endpoint")
+        t.add_column("pod")
+        t.add_column("chain", style="dim")
+        t.add_column("declared", justify="right")
+        t.add_column("observed", justify="right")
+        t.add_column("share", justify="right")
+        t.add_column("95% CI", justify="right")
+        truth = (ground_truth or {}).get(s["node"], {}).get(s["service"])
+        if truth is not None:
+            t.add_column("client tally", justify="right")
+        for e in s["endpoints"]:
+            row = [e["endpoint"], e.get("pod") or "", e.get("chain") or "",
+                   f"{e['declared']:.4f}", str(e["observed"]), f"{e['share']:.4f}",
+                   f"{e['ci95'][0]:.4f}–{e['ci95'][1]:.4f}"]
+            if truth is not None:
+                row.append(str(truth.get(e["endpoint"], 0)))
+            t.add_row(*row)
+        for u in s["undeclared"]:
+            row = [u["endpoint"], u.get("pod") or "", "(undeclared)", "—", str(u["observed"]),
+                   "", ""]
+            if truth is not None:
+                row.append(str(truth.get(u["endpoint"], 0)))
+            t.add_row(*row, style="red")
+        parts.append(t)
+        test = s["test"]
+        line = Text(f"  total {s['total']}  ")
+        if test:
+            line.append(f"{test['method']} stat {test['statistic']:.3f} dof {test['dof']} "
+                        f"p {test['p_value']:.3g} (Holm {test['p_value_holm']:.3g})  ")
+        line.append(s["verdict"], style=STYLE.get(s["verdict"], ""))
+        for r in s.get("reasons", []):
+            line.append(f"  — {r}", style="dim")
+        parts.append(line)
+    if not report["services"]:
+        parts.append(Text("no decisions in the window", style="yellow"))
+    for u in report.get("unmatched", []):
+        parts.append(Text(f"unmatched: {u['vip']}:{u['port']}/{u['protocol']} on {u['node']} "
+                          f"matches no declared service port: {u['observed']}", style="red"))
+    for lo in report.get("lost", []):
+        parts.append(Text(f"lost: {lo['count']} {lo['source']} events on {lo['node']} "
+                          f"({lo['reason']}), {lo['recovered']} decisions recovered",
+                          style="bold yellow"))
+    return Group(*parts)
+
+
+def print_report(report: dict[str, Any], ground_truth: dict[str, Any] | None = None) -> None:
+    Console().print(render(report, ground_truth))

@@ -1,0 +1,167 @@
+"""The collector's store: one SQLite file (WAL) written through sqlite-utils.
+
+``ingest`` commits a whole batch or nothing, and a batch already stored (same agent,
+boot and sequence) is acknowledged as a duplicate without writing anything again.
+Each decision is stamped with the rules version in force on its node at its time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from natlens.agent.rules.model import endpoint_key
+from natlens.collector.store.schema import migrate
+from natlens.proto import natlens_pb2 as pb
+
+SOURCES = {pb.SOURCE_NETLINK: "netlink", pb.SOURCE_EBPF: "ebpf", pb.SOURCE_PCAP: "pcap"}
+EVENTS = {pb.EVENT_NEW: "new", pb.EVENT_DESTROY: "destroy", pb.EVENT_SNAPSHOT: "snapshot",
+          pb.EVENT_RECOVERED: "recovered"}
+COUNTED_EVENTS = ("new", "recovered")
+
+
+class BatchRejected(ValueError):
+    """A batch that cannot be stored as sent; nothing of it was written."""
+
+
+@dataclass(frozen=True)
+class PodRecord:
+    ip: str
+    namespace: str
+    name: str
+    node: str
+    from_ns: int = 0
+    to_ns: int | None = None
+
+
+def validate(batch: pb.Batch) -> None:
+    if not batch.agent_id or not batch.boot_id or not batch.node:
+        raise BatchRejected("batch without agent_id, boot_id or node")
+    if batch.seq == 0:
+        raise BatchRejected("batch without a sequence number")
+    for d in batch.decisions:
+        if d.event not in EVENTS or d.source not in SOURCES:
+            raise BatchRejected(f"decision with unknown event {d.event} or source {d.source}")
+        if not d.vip or not d.endpoint_ip or not d.protocol:
+            raise BatchRejected("decision without vip, endpoint or protocol")
+        if d.vip_port > 65535 or d.endpoint_port > 65535 or d.client_port > 65535:
+            raise BatchRejected("decision with a port above 65535")
+    for r in batch.rules:
+        if not r.hash or not r.mode:
+            raise BatchRejected("rule snapshot without hash or mode")
+
+
+class Store:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        conn = sqlite3.connect(path, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA busy_timeout = 10000")
+        self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        migrate(self.db)
+        self.lock = threading.Lock()
+        self._epochs: dict[str, tuple[list[int], list[str]]] = {}
+        for node, t, h in self.db.execute(
+                "SELECT node, time_ns, hash FROM rule_snapshots ORDER BY node, time_ns"):
+            times, hashes = self._epochs.setdefault(node, ([], []))
+            times.append(t)
+            hashes.append(h)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def rules_at(self, node: str, t: int) -> str:
+        """The rules version in force on ``node`` at ``t`` (the first one if earlier)."""
+        times, hashes = self._epochs.get(node, ([], []))
+        if not times:
+            return ""
+        return hashes[max(bisect.bisect_right(times, t) - 1, 0)]
+
+    def ingest(self, batch: pb.Batch) -> bool:
+        """Store a batch atomically; False if it was already stored (a resend)."""
+        validate(batch)
+        now = time.time_ns()
+        with self.lock:
+            if self.db.execute("SELECT 1 FROM batches WHERE agent_id=? AND boot_id=? AND seq=?",
+                               [batch.agent_id, batch.boot_id, batch.seq]).fetchone():
+                return False
+            new_epochs: list[tuple[int, str]] = []
+            try:
+                with self.db.atomic():
+                    self.db["batches"].insert({
+                        "agent_id": batch.agent_id, "boot_id": batch.boot_id, "seq": batch.seq,
+                        "node": batch.node, "received_ns": now,
+                        "records": len(batch.decisions) + len(batch.rules) + len(batch.lost)})
+                    for r in batch.rules:
+                        self.db["rule_snapshots"].insert({
+                            "node": batch.node, "time_ns": r.time_ns, "hash": r.hash,
+                            "mode": r.mode, "model": json.dumps(_model_json(r))}, ignore=True)
+                        new_epochs.append((r.time_ns, r.hash))
+                    self._add_epochs(batch.node, new_epochs)
+                    rate = max(batch.sample_rate, 1)
+                    self.db["decisions"].insert_all(
+                        (self._decision_row(batch.node, d, rate) for d in batch.decisions),
+                        batch_size=1000)
+                    self.db["lost_events"].insert_all(
+                        ({"node": batch.node, "time_ns": lo.time_ns,
+                          "source": SOURCES.get(lo.source, "unknown"), "reason": lo.reason,
+                          "count": lo.count, "recovered": lo.recovered} for lo in batch.lost))
+            except BaseException:
+                self._drop_epochs(batch.node, new_epochs)
+                raise
+        return True
+
+    def _add_epochs(self, node: str, epochs: list[tuple[int, str]]) -> None:
+        times, hashes = self._epochs.setdefault(node, ([], []))
+        for t, h in epochs:
+            i = bisect.bisect_right(times, t)
+            times.insert(i, t)
+            hashes.insert(i, h)
+
+    def _drop_epochs(self, node: str, epochs: list[tuple[int, str]]) -> None:
+        times, hashes = self._epochs.get(node, ([], []))
+        for t, h in epochs:
+            for i in range(len(times)):
+                if times[i] == t and hashes[i] == h:
+                    del times[i], hashes[i]
+                    break
+
+    def _decision_row(self, node: str, d: pb.Decision, rate: int) -> dict[str, Any]:
+        return {
+            "time_ns": d.time_ns, "node": node, "protocol": d.protocol,
+            "client_ip": d.client_ip, "client_port": d.client_port, "vip": d.vip,
+            "vip_port": d.vip_port, "endpoint": endpoint_key(d.endpoint_ip, d.endpoint_port),
+            "ct_id": d.ct_id, "zone": d.zone, "source": SOURCES[d.source],
+            "event": EVENTS[d.event], "orig_packets": d.orig_packets,
+            "orig_bytes": d.orig_bytes, "reply_packets": d.reply_packets,
+            "reply_bytes": d.reply_bytes, "duration_ns": d.duration_ns,
+            "rules_hash": self.rules_at(node, d.time_ns), "sample_rate": rate}
+
+    def record_pods(self, pods: Iterable[PodRecord]) -> None:
+        """Who owned each IP and when (the lab, later the Kubernetes watch, fills this)."""
+        with self.lock:
+            self.db["pods"].insert_all(
+                {"ip": p.ip, "namespace": p.namespace, "name": p.name, "node": p.node,
+                 "from_ns": p.from_ns, "to_ns": p.to_ns} for p in pods)
+
+
+def _model_json(r: pb.RuleSnapshot) -> dict[str, Any]:
+    services = []
+    for s in r.services:
+        services.append({
+            "service": s.service, "kind": s.kind, "vip": s.vip, "port": s.port,
+            "protocol": s.protocol, "affinity": s.affinity, "policy": s.policy,
+            "endpoints": [{"endpoint": e.endpoint, "probability": e.probability,
+                           "chain": e.chain} for e in s.endpoints]})
+    return {"mode": r.mode, "hash": r.hash, "services": services}
+
+

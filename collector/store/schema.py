@@ -1,0 +1,59 @@
+"""Tables and indexes of the collector's SQLite file, with a schema version.
+
+Opening a file written by an older natlens upgrades it through MIGRATIONS; a file from
+a newer natlens is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+
+
+class SchemaError(RuntimeError):
+    """The database was written by a newer natlens (or is not a natlens database)."""
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["batches"].create({"agent_id": str, "boot_id": str, "seq": int, "node": str,
+                          "received_ns": int, "records": int},
+                         pk=("agent_id", "boot_id", "seq"))
+    db["decisions"].create({
+        "time_ns": int, "node": str, "protocol": str, "client_ip": str, "client_port": int,
+        "vip": str, "vip_port": int, "endpoint": str, "ct_id": int, "zone": int,
+        "source": str, "event": str, "orig_packets": int, "orig_bytes": int,
+        "reply_packets": int, "reply_bytes": int, "duration_ns": int, "rules_hash": str,
+        "sample_rate": int})
+    db["decisions"].create_index(["time_ns"])
+    db["decisions"].create_index(["vip", "vip_port", "protocol", "time_ns"])
+    db["decisions"].create_index(["client_ip", "time_ns"])
+    db["decisions"].create_index(["node", "rules_hash"])
+    db["rule_snapshots"].create({"node": str, "time_ns": int, "hash": str, "mode": str,
+                                 "model": str}, pk=("node", "time_ns", "hash"))
+    db["lost_events"].create({"node": str, "time_ns": int, "source": str, "reason": str,
+                              "count": int, "recovered": int})
+    db["pods"].create({"ip": str, "namespace": str, "name": str, "node": str,
+                       "from_ns": int, "to_ns": int})
+    db["pods"].create_index(["ip", "from_ns"])
+
+
+MIGRATIONS = {1: _v1}
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Bring the schema to SCHEMA_VERSION; returns the version found on opening."""
+    if "schema_version" not in db.table_names():
+        if db.table_names():
+            raise SchemaError("not a natlens database (tables present, no schema_version)")
+        db["schema_version"].create({"version": int})
+        db["schema_version"].insert({"version": 0})
+    found = int(db.execute("SELECT version FROM schema_version").fetchone()[0])
+    if found > SCHEMA_VERSION:
+        raise SchemaError(f"database schema version {found} is newer than this natlens "
+                          f"supports ({SCHEMA_VERSION}); upgrade natlens")
+    for v in range(found + 1, SCHEMA_VERSION + 1):
+        with db.atomic():
+            MIGRATIONS[v](db)
+            db.execute("UPDATE schema_version SET version = ?", [v])
+    return found

@@ -1,0 +1,349 @@
+"""The ``natlens`` command: thin shells over importable functions.
+
+Every command either does its job or prints one line, ``natlens: error: …``, on stderr
+and exits non-zero (2 for usage errors, 1 for everything else). No tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from natlens import __version__
+
+SEED_SCENARIO = Path(__file__).resolve().parent.parent / "examples" / "seed-bill-service.yaml"
+
+
+class CliError(Exception):
+    """A failure to report as one line."""
+
+
+def parse_duration(text: str) -> int:
+    """``90s``, ``15m``, ``2h``, ``7d``, ``1h30m`` → nanoseconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise click.BadParameter(f"{text!r} is not a duration like 30m, 2h or 7d")
+    return int(sum(float(n) * units[u] for n, u in parts) * 1e9)
+
+
+def _setup_logging(level: str, name: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format=f"%(asctime)s {name} %(levelname)s %(message)s")
+
+
+def _print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="natlens")
+def cli() -> None:
+    """natlens: where did a Service's traffic actually go, and is that what the rules say?
+
+    An agent on each node watches the kernel's DNAT decisions (conntrack) and reads
+    kube-proxy's rules; a collector stores both and reports, per service port, observed
+    per-endpoint shares against the declared probabilities with a statistical test.
+    """
+
+
+# ---------------------------------------------------------------- agent / collector
+
+@cli.command()
+@click.option("--collector", required=True, metavar="HOST:PORT", help="Collector gRPC address.")
+@click.option("--node", default=lambda: os.environ.get("NODE_NAME") or os.uname().nodename,
+              show_default="$NODE_NAME or the hostname", help="Node name put on every record.")
+@click.option("--netns", metavar="NAME", help="Watch this network namespace (/run/netns/NAME "
+              "or a path) instead of the agent's own.")
+@click.option("--source", type=click.Choice(["auto", "ebpf", "netlink", "pcap"]), default="auto",
+              show_default=True, help="Where decisions come from. auto picks the best "
+              "available (netlink today).")
+@click.option("--agent-id", default="", help="Stable id of this agent (default: the node).")
+@click.option("--rules-interval", type=click.FloatRange(0.1, 3600), default=2.0,
+              show_default=True, help="Seconds between reads of the node's rules.")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
+@click.option("--batch-age", type=click.FloatRange(0.01, 60), default=1.0, show_default=True,
+              help="Seconds before a partly filled batch is sent.")
+@click.option("--drain-timeout", type=click.FloatRange(0, 3600), default=30.0,
+              show_default=True, help="On SIGTERM, seconds to wait for the collector's acks.")
+@click.option("--no-ct-accounting", is_flag=True, help="Do not switch on nf_conntrack_acct "
+              "and nf_conntrack_timestamp (bytes and durations on DESTROY need them).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def agent(collector: str, node: str, netns: str | None, source: str, agent_id: str,
+          rules_interval: float, batch_size: int, batch_age: float, drain_timeout: float,
+          no_ct_accounting: bool, log_level: str) -> None:
+    """Run the node agent: stream DNAT decisions and rule snapshots to the collector."""
+    from natlens.agent.pipeline import Agent, AgentConfig
+
+    _setup_logging(log_level, f"natlens-agent[{node}]")
+    if source in ("ebpf", "pcap"):
+        raise CliError(f"--source {source} is not available in this version; use netlink "
+                       f"or auto")
+    if source == "auto":
+        logging.getLogger("natlens.agent").info("source auto: using netlink (ctnetlink events)")
+    _check_hostport(collector, "--collector")
+    ag = Agent(AgentConfig(collector, node, netns, agent_id, rules_interval, batch_size,
+                           batch_age, drain_timeout, not no_ct_accounting))
+    signal.signal(signal.SIGTERM, lambda *_: ag.stop())
+    signal.signal(signal.SIGINT, lambda *_: ag.stop())
+    try:
+        rc = ag.run()
+    except OSError as e:
+        raise CliError(f"agent: {e}") from None
+    sys.exit(rc)
+
+
+def _check_hostport(value: str, flag: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint=flag)
+
+
+@cli.command(name="collector")
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="SQLite file.")
+@click.option("--listen", default="127.0.0.1:7070", show_default=True, metavar="HOST:PORT",
+              help="gRPC address for agents.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def collector_cmd(db: str, listen: str, log_level: str) -> None:
+    """Run the collector: receive agents' streams and store them in SQLite."""
+    from natlens.collector.server import serve
+
+    _setup_logging(log_level, "natlens-collector")
+    _check_hostport(listen, "--listen")
+    sys.exit(serve(db, listen))
+
+
+# ---------------------------------------------------------------- report
+
+@cli.command()
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="SQLite file.")
+@click.option("--service", metavar="NS/NAME[:PORT]", help="Only this service (port).")
+@click.option("--node", help="Only decisions made on this node.")
+@click.option("--since", metavar="DUR", help="Only the last DUR (30m, 2h, 7d).")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.001, show_default=True, help="Family-wise significance level (Holm).")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+def report(db: str, service: str | None, node: str | None, since: str | None, alpha: float,
+           output: str) -> None:
+    """Declared against observed, per node, service port and rules version."""
+    import sqlite_utils
+
+    from natlens.collector.report.build import ReportQuery, build_report
+    from natlens.collector.report.table import print_report
+    from natlens.collector.store.schema import migrate
+
+    if not Path(db).is_file():
+        raise CliError(f"{db}: no such database")
+    since_ns = time.time_ns() - parse_duration(since) if since else None
+    database = sqlite_utils.Database(db)
+    try:
+        migrate(database)
+        rep = build_report(database, ReportQuery(service, node, since_ns, None, alpha))
+    finally:
+        database.close()
+    if output == "json":
+        _print_json(rep)
+    else:
+        print_report(rep)
+
+
+# ---------------------------------------------------------------- rules
+
+@cli.group()
+def rules() -> None:
+    """The declared model: what the node's rules say each endpoint should get."""
+
+
+@rules.command(name="parse")
+@click.argument("file", required=False, type=click.Path(allow_dash=True, dir_okay=False))
+@click.option("--mode", type=click.Choice(["iptables", "nftables"]), default="iptables",
+              show_default=True)
+@click.option("--netns", metavar="NAME", help="Read the live rules of this network namespace.")
+def rules_parse(file: str | None, mode: str, netns: str | None) -> None:
+    """Print the declared model of FILE (iptables-save output), - for stdin, or the live node."""
+    from natlens.agent.rules.iptables import parse_iptables_save
+    from natlens.agent.rules.live import read_iptables
+
+    if mode == "nftables":
+        raise CliError("--mode nftables is not available in this version")
+    if file is None:
+        model = read_iptables(netns)
+    else:
+        with click.open_file(file) as f:
+            text = f.read()
+        model = parse_iptables_save(text)
+    _print_json(model.to_json())
+
+
+# ---------------------------------------------------------------- lab
+
+@cli.group()
+def lab() -> None:
+    """A small cluster in network namespaces on this machine (needs root)."""
+
+
+def _load(scenario: str) -> Any:
+    from natlens.lab.scenario import load_scenario
+
+    return load_scenario(scenario)
+
+
+def _one_lab(name: str, prefix: str | None) -> Any:
+    from natlens.lab.state import find
+
+    labs = find(name, prefix)
+    if not labs:
+        raise CliError(f"no running lab for scenario {name!r}; run natlens lab up first")
+    if len(labs) > 1 and prefix is None:
+        raise CliError(f"{len(labs)} labs of {name!r} are up "
+                       f"({', '.join(s.prefix for s in labs)}); choose one with --prefix")
+    return labs[0]
+
+
+@lab.command(name="up")
+@click.argument("scenario", type=click.Path(exists=True, dir_okay=False))
+def lab_up(scenario: str) -> None:
+    """Build SCENARIO's nodes, pods, bridges, underlay and kube-proxy rules."""
+    from natlens.lab.topology import up
+
+    st = up(_load(scenario), scenario)
+    _print_json({"name": st.name, "prefix": st.prefix, "nodes": st.nodes, "pods": st.pods})
+
+
+@lab.command(name="down")
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option("--prefix", help="Only the lab with this prefix (default: every lab of SCENARIO).")
+def lab_down(scenario: str, prefix: str | None) -> None:
+    """Remove every lab of SCENARIO (its namespaces, links, rules and processes)."""
+    from natlens.lab.state import find
+    from natlens.lab.topology import down
+
+    name = _load(scenario).name if Path(scenario).exists() else scenario
+    for st in find(name, prefix):
+        removed = down(st)
+        click.echo(f"{st.prefix}: removed {len(removed)} namespaces")
+
+
+@lab.command(name="traffic")
+@click.argument("scenario", type=click.Path(exists=True, dir_okay=False))
+@click.option("--from", "source", required=True, metavar="POD", help="Client pod.")
+@click.option("--service", required=True, metavar="NS/NAME:PORT")
+@click.option("--connections", type=click.IntRange(1, 1_000_000), default=100,
+              show_default=True)
+@click.option("--prefix", help="Which lab, when several of SCENARIO are up.")
+def lab_traffic(scenario: str, source: str, service: str, connections: int,
+                prefix: str | None) -> None:
+    """Open N real connections from POD to the service; print the ground-truth tally."""
+    from natlens.lab.traffic import run_traffic
+
+    sc = _load(scenario)
+    st = _one_lab(sc.name, prefix)
+    _print_json(run_traffic(sc, st, source, service, connections).to_json())
+
+
+@lab.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.argument("scenario", type=click.Path(exists=True, dir_okay=False))
+@click.argument("target", metavar="NODE_OR_POD")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--prefix", help="Which lab, when several of SCENARIO are up.")
+def lab_exec(scenario: str, target: str, cmd: tuple[str, ...], prefix: str | None) -> None:
+    """Run CMD inside a node's or pod's network namespace (use -- before CMD)."""
+    st = _one_lab(_load(scenario).name, prefix)
+    try:
+        ns = st.netns_of(target)
+    except KeyError:
+        raise CliError(f"no node or pod {target!r} in lab {st.prefix}") from None
+    sys.exit(subprocess.call(["ip", "netns", "exec", ns, *cmd]))
+
+
+def _interrupt_on_sigterm() -> None:
+    def handler(*_: Any) -> NoReturn:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _run_and_print(scenario: str, source: str, output: str) -> None:
+    from natlens.collector.report.table import print_report
+    from natlens.lab.run import run_lab
+
+    _interrupt_on_sigterm()
+    result = run_lab(_load(scenario), scenario, source)
+    if output == "json":
+        _print_json(result)
+    else:
+        print_report(result["report"], result["ground_truth"])
+
+
+@lab.command(name="run")
+@click.argument("scenario", type=click.Path(exists=True, dir_okay=False))
+@click.option("--source", type=click.Choice(["auto", "ebpf", "netlink", "pcap"]),
+              default="auto", show_default=True)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+def lab_run(scenario: str, source: str, output: str) -> None:
+    """up → collector → one agent per node → traffic → report → down, in one go."""
+    _run_and_print(scenario, source, output)
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+def demo(output: str) -> None:
+    """The seed document's istio-demo/bill-service investigation, end to end, on this machine."""
+    if output == "table":
+        click.echo("Scenario: examples/seed-bill-service.yaml — front-tomcat → "
+                   "bill-service:9999 (10.1.122.241), v1 on k8s-node2, v2 on k8s-node1\n")
+    _run_and_print(str(SEED_SCENARIO), "auto", output)
+
+
+# ---------------------------------------------------------------- entry point
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    from natlens.agent.rules.iptables import RulesParseError
+    from natlens.agent.rules.live import RulesUnavailable
+    from natlens.collector.server import ListenError
+    from natlens.collector.store.schema import SchemaError
+    from natlens.lab.run import RunError
+    from natlens.lab.scenario import ScenarioError
+    from natlens.lab.topology import LabError
+
+    known = (CliError, RulesParseError, RulesUnavailable, ListenError, SchemaError, RunError,
+             ScenarioError, LabError)
+    try:
+        rv = cli.main(args=argv, prog_name="natlens", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "natlens"
+        click.echo(f"natlens: error: {e.format_message()} (see {cmd} --help)", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"natlens: error: {e.format_message()}", err=True)
+        sys.exit(1)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("natlens: interrupted", err=True)
+        sys.exit(130)
+    except known as e:
+        click.echo(f"natlens: error: {e}", err=True)
+        sys.exit(1)
+    except PermissionError as e:
+        click.echo(f"natlens: error: {e.strerror}: {e.filename or ''} (run as root?)", err=True)
+        sys.exit(1)
+    except OSError as e:
+        click.echo(f"natlens: error: {e}", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
