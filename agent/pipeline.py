@@ -34,6 +34,7 @@ class AgentConfig:
     batch_age: float = 1.0
     drain_timeout: float = 30.0
     accounting: bool = True
+    rcvbuf: int = 64 << 20
 
 
 class SeenIds:
@@ -102,7 +103,7 @@ class Agent:
             changed = enable_accounting(self.cfg.netns)
             if changed:
                 log.info("conntrack: switched on %s", ", ".join(changed))
-        src = ConntrackSource(self.cfg.netns)  # subscribe before the dump: nothing falls between
+        src = ConntrackSource(self.cfg.netns, self.cfg.rcvbuf)  # subscribe before the dump: nothing falls between
         self.shipper.start()
         if not self._emit_rules():
             log.error("rules: starting without a declared model; decisions are kept and "
@@ -134,7 +135,13 @@ class Agent:
         overflowed = 0
         for ev in src.events(timeout):
             if isinstance(ev, Overflow):
-                overflowed += ev.lost
+                if ev.reason == "enobufs":
+                    overflowed += ev.lost
+                else:
+                    self.stats["lost"] += ev.lost
+                    log.error("conntrack: undecodable netlink message (%s)", ev.reason)
+                    self.batcher.add_lost(pb.LostEvents(time_ns=now, source=pb.SOURCE_NETLINK,
+                                                        reason=ev.reason, count=ev.lost))
                 continue
             if not ev.is_dnat:
                 self.stats["non_dnat"] += 1

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+UDP_PORTS = (20000, 60000)
 STATE_DIR = Path(os.environ.get("NATLENS_LAB_STATE", "/run/natlens/labs"))
 
 
@@ -27,6 +28,7 @@ class LabState:
     pods: dict[str, str] = field(default_factory=dict)       # pod name → netns
     pids: list[int] = field(default_factory=list)
     created: float = field(default_factory=time.time)
+    next_udp_port: int = UDP_PORTS[0]  # UDP flows need distinct source ports (see traffic)
 
     @property
     def path(self) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 from natlens import netns
 from natlens.agent.rules.model import endpoint_key
 from natlens.lab.scenario import Scenario
-from natlens.lab.state import LabState
+from natlens.lab.state import UDP_PORTS, LabState
 
 
 @dataclass
@@ -27,9 +27,11 @@ class Tally:
                 "failed": self.failed, "by_endpoint": dict(sorted(self.by_endpoint.items()))}
 
 
-def _one(vip: str, port: int, proto: str, timeout: float) -> bytes:
+def _one(vip: str, port: int, proto: str, timeout: float, sport: int) -> bytes:
     if proto == "UDP":
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("", sport))
             s.settimeout(timeout)
             s.connect((vip, port))
             s.send(b"?")
@@ -45,7 +47,13 @@ def _one(vip: str, port: int, proto: str, timeout: float) -> bytes:
 
 def run_traffic(sc: Scenario, st: LabState, source: str, service: str, connections: int,
                 timeout: float = 3.0) -> Tally:
-    """Open ``connections`` connections one after another from pod ``source``."""
+    """Open ``connections`` connections one after another from pod ``source``.
+
+    A UDP "connection" is a conntrack flow, and a datagram from a source port whose
+    flow is still in the table (30 s) reuses the earlier NAT decision instead of making
+    a new one. So each UDP flow gets its own source port, cycling through UDP_PORTS
+    from where the lab's previous traffic stopped.
+    """
     pod = sc.pod(source)
     svc, port = sc.service_port(service)
     bodies = {p.serve.body.encode(): endpoint_key(p.ip, p.serve.port)
@@ -53,14 +61,22 @@ def run_traffic(sc: Scenario, st: LabState, source: str, service: str, connectio
     counts: Counter[str] = Counter()
     failed = 0
     error: list[BaseException] = []
+    lo, hi = UDP_PORTS
+    first = st.next_udp_port
+    if port.protocol == "UDP":
+        if connections > hi - lo:
+            raise ValueError(f"at most {hi - lo} UDP flows per run")
+        st.next_udp_port = lo + (first + connections - lo) % (hi - lo)
+        st.save()
 
     def work() -> None:
         nonlocal failed
         try:
             with netns.entered(st.pods[f"{pod.namespace}/{pod.name}"]):
-                for _ in range(connections):
+                for i in range(connections):
+                    sport = lo + (first + i - lo) % (hi - lo)
                     try:
-                        body = _one(svc.cluster_ip, port.port, port.protocol, timeout)
+                        body = _one(svc.cluster_ip, port.port, port.protocol, timeout, sport)
                     except OSError:
                         failed += 1
                         continue

@@ -76,25 +76,28 @@ def cli() -> None:
               help="Seconds before a partly filled batch is sent.")
 @click.option("--drain-timeout", type=click.FloatRange(0, 3600), default=30.0,
               show_default=True, help="On SIGTERM, seconds to wait for the collector's acks.")
+@click.option("--rcvbuf", type=click.IntRange(4096, 1 << 30), default=64 << 20,
+              show_default=True, help="ctnetlink receive buffer in bytes (SO_RCVBUFFORCE); "
+              "an overflow is counted and reported, never silent.")
 @click.option("--no-ct-accounting", is_flag=True, help="Do not switch on nf_conntrack_acct "
               "and nf_conntrack_timestamp (bytes and durations on DESTROY need them).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def agent(collector: str, node: str, netns: str | None, source: str, agent_id: str,
           rules_interval: float, batch_size: int, batch_age: float, drain_timeout: float,
-          no_ct_accounting: bool, log_level: str) -> None:
+          rcvbuf: int, no_ct_accounting: bool, log_level: str) -> None:
     """Run the node agent: stream DNAT decisions and rule snapshots to the collector."""
     from natlens.agent.pipeline import Agent, AgentConfig
 
+    _check_hostport(collector, "--collector")
     _setup_logging(log_level, f"natlens-agent[{node}]")
     if source in ("ebpf", "pcap"):
         raise CliError(f"--source {source} is not available in this version; use netlink "
                        f"or auto")
     if source == "auto":
         logging.getLogger("natlens.agent").info("source auto: using netlink (ctnetlink events)")
-    _check_hostport(collector, "--collector")
     ag = Agent(AgentConfig(collector, node, netns, agent_id, rules_interval, batch_size,
-                           batch_age, drain_timeout, not no_ct_accounting))
+                           batch_age, drain_timeout, not no_ct_accounting, rcvbuf))
     signal.signal(signal.SIGTERM, lambda *_: ag.stop())
     signal.signal(signal.SIGINT, lambda *_: ag.stop())
     try:
@@ -145,9 +148,9 @@ def report(db: str, service: str | None, node: str | None, since: str | None, al
     from natlens.collector.report.table import print_report
     from natlens.collector.store.schema import migrate
 
+    since_ns = time.time_ns() - parse_duration(since) if since else None
     if not Path(db).is_file():
         raise CliError(f"{db}: no such database")
-    since_ns = time.time_ns() - parse_duration(since) if since else None
     database = sqlite_utils.Database(db)
     try:
         migrate(database)
@@ -168,7 +171,8 @@ def rules() -> None:
 
 
 @rules.command(name="parse")
-@click.argument("file", required=False, type=click.Path(allow_dash=True, dir_okay=False))
+@click.argument("file", required=False,
+                type=click.Path(exists=True, allow_dash=True, dir_okay=False))
 @click.option("--mode", type=click.Choice(["iptables", "nftables"]), default="iptables",
               show_default=True)
 @click.option("--netns", metavar="NAME", help="Read the live rules of this network namespace.")

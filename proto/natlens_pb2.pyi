@@ -104,7 +104,7 @@ class DeclaredEndpoint(_message.Message):
     def __init__(self, endpoint: _Optional[str] = ..., probability: _Optional[float] = ..., chain: _Optional[str] = ...) -> None: ...
 
 class ServicePort(_message.Message):
-    __slots__ = ("service", "kind", "vip", "port", "protocol", "affinity", "policy", "endpoints")
+    __slots__ = ("service", "kind", "vip", "port", "protocol", "affinity", "policy", "endpoints", "chain")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     VIP_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class ServicePort(_message.Message):
     AFFINITY_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     service: str
     kind: str
     vip: str
@@ -121,7 +122,8 @@ class ServicePort(_message.Message):
     affinity: str
     policy: str
     endpoints: _containers.RepeatedCompositeFieldContainer[DeclaredEndpoint]
-    def __init__(self, service: _Optional[str] = ..., kind: _Optional[str] = ..., vip: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[str] = ..., affinity: _Optional[str] = ..., policy: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[DeclaredEndpoint, _Mapping]]] = ...) -> None: ...
+    chain: str
+    def __init__(self, service: _Optional[str] = ..., kind: _Optional[str] = ..., vip: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[str] = ..., affinity: _Optional[str] = ..., policy: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[DeclaredEndpoint, _Mapping]]] = ..., chain: _Optional[str] = ...) -> None: ...
 
 class RuleSnapshot(_message.Message):
     __slots__ = ("time_ns", "mode", "hash", "services")

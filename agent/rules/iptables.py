@@ -244,7 +244,7 @@ def parse_iptables_save(text: str) -> DeclaredModel:
         vip = vip or _any_addr(eps, is_v6)
         key = (name, kind, vip, port, proto)
         services[key] = ServicePort(name, kind, vip, port, proto, affinity,
-                                    "Local" if local else "Cluster", eps)
+                                    "Local" if local else "Cluster", eps, chain or "")
     # Ports with no endpoints at all are rejected in the filter table, not NATed.
     for chain, kind in (("KUBE-SERVICES", "clusterIP"), ("KUBE-EXTERNAL-SERVICES", "")):
         for r in dump.chain("filter", chain):

@@ -38,7 +38,7 @@ def to_snapshot(model: DeclaredModel, time_ns: int | None = None) -> pb.RuleSnap
         hash=model.hash,
         services=[pb.ServicePort(
             service=s.service, kind=s.kind, vip=s.vip, port=s.port, protocol=s.protocol,
-            affinity=s.affinity, policy=s.policy,
+            affinity=s.affinity, policy=s.policy, chain=s.chain,
             endpoints=[pb.DeclaredEndpoint(endpoint=e.endpoint, probability=e.probability,
                                            chain=e.chain) for e in s.endpoints])
             for s in model.services])

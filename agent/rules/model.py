@@ -31,6 +31,7 @@ class ServicePort:
     affinity: str = "None"
     policy: str = "Cluster"
     endpoints: tuple[DeclaredEndpoint, ...] = field(default_factory=tuple)
+    chain: str = ""  # the chain that picks the endpoint (KUBE-SVC-…/KUBE-SVL-…)
 
 
 @dataclass(frozen=True)

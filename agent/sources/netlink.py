@@ -23,6 +23,7 @@ from natlens.agent.decode.ctnetlink import (
     NFNLGRP_CONNTRACK_DESTROY,
     NFNLGRP_CONNTRACK_NEW,
     CtEvent,
+    DecodeError,
     Done,
     NetlinkError,
     dump_request,
@@ -36,9 +37,11 @@ RECV_SIZE = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class Overflow:
-    """The kernel dropped ``lost`` events for this socket (from /proc/net/netlink)."""
+    """Events lost: dropped by the kernel for this socket (``enobufs``, counted from
+    /proc/net/netlink) or received but undecodable (``malformed``)."""
 
     lost: int
+    reason: str = "enobufs"
 
 
 def socket_drops(inode: int, proc_net_netlink: str = "/proc/thread-self/net/netlink") -> int:
@@ -111,7 +114,12 @@ class ConntrackSource:
                 yield Overflow(max(drops - self._drops_seen, 1))
                 self._drops_seen = drops
                 continue
-            for m in messages(data):
+            try:
+                decoded = list(messages(data))
+            except DecodeError:
+                decoded = []
+                yield Overflow(1, "malformed")
+            for m in decoded:
                 if isinstance(m, CtEvent):
                     yield m
 

@@ -121,7 +121,7 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "service": sp["service"], "kind": sp["kind"], "vip": vip, "port": port,
             "protocol": proto, "node": node, "rules_version": h, "affinity": sp["affinity"],
-            "policy": sp["policy"], "total": j.total, "endpoints": j.endpoints,
+            "policy": sp["policy"], "chain": sp.get("chain", ""), "total": j.total, "endpoints": j.endpoints,
             "undeclared": j.undeclared, "test": None, "verdict": "", "reasons": j.reasons}
         if sp["affinity"] == "ClientIP":
             entry["counted"] = "first connection per client"

@@ -1,0 +1,42 @@
+"""Test policy: privileged tests skip with a reason on a machine that cannot run them,
+but under CI=true such a skip is a failure (they must never hide)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+
+@functools.cache
+def privileged_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, iptables, conntrack)"
+    for tool in ("ip", "iptables", "iptables-save", "iptables-restore", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (make install)"
+    name = f"nlprobe{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"cannot create a network namespace: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    try:
+        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12).close()
+    except OSError as e:
+        return f"no ctnetlink socket: {e}"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("privileged") is None:
+        return
+    reason = privileged_missing()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"privileged test cannot run under CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)

@@ -1,0 +1,56 @@
+"""Run real natlens processes against real lab namespaces."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SEED = ROOT / "examples" / "seed-bill-service.yaml"
+NATLENS = [sys.executable, "-m", "natlens"]
+
+
+def natlens(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([*NATLENS, *args], capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"natlens {' '.join(args)} exited {r.returncode}: {r.stderr}")
+    return r
+
+
+def write_scenario(tmp: Path, data: dict[str, Any]) -> str:
+    p = tmp / f"{data['name']}.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+def seed(**changes: Any) -> dict[str, Any]:
+    d = yaml.safe_load(SEED.read_text())
+    d.update(changes)
+    return d
+
+
+def lab_run(scenario: str, *extra: str) -> dict[str, Any]:
+    return json.loads(natlens("lab", "run", scenario, "-o", "json", *extra).stdout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def netns_list() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def observed(entry: dict[str, Any]) -> dict[str, int]:
+    got = {e["endpoint"]: e["observed"] for e in entry["endpoints"] if e["observed"]}
+    got.update({u["endpoint"]: u["observed"] for u in entry["undeclared"] if u["observed"]})
+    return got

@@ -1,0 +1,121 @@
+"""The agent as a process in a real lab: snapshot at start, overflow counted and
+recovered, unreachable collector, live rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlite_utils
+
+from natlens.agent.rules.iptables import parse_iptables_save
+from natlens.collector.report.build import ReportQuery, build_report
+
+from .helpers import NATLENS, SEED, free_port, natlens
+
+pytestmark = pytest.mark.privileged
+SERVICE = "istio-demo/bill-service:http"
+CLIENT = "front-tomcat-v1-7f8c94c6c8-lfz5m"
+
+
+@pytest.fixture
+def lab() -> Iterator[dict[str, Any]]:
+    info = json.loads(natlens("lab", "up", str(SEED)).stdout)
+    try:
+        yield info
+    finally:
+        natlens("lab", "down", str(SEED), "--prefix", info["prefix"])
+
+
+def traffic(lab: dict[str, Any], n: int) -> dict[str, int]:
+    r = natlens("lab", "traffic", str(SEED), "--prefix", lab["prefix"], "--from", CLIENT,
+                "--service", SERVICE, "--connections", str(n))
+    tally = json.loads(r.stdout)
+    assert tally["failed"] == 0
+    return dict(tally["by_endpoint"])
+
+
+def start(argv: list[str], log: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([*NATLENS, *argv], stdout=subprocess.PIPE, stderr=log.open("w"),
+                            text=True)
+
+
+def wait_for(cond: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_snapshot_is_kept_out_and_an_overflow_is_counted_and_recovered(
+        lab: dict[str, Any], tmp_path: Path) -> None:
+    db = tmp_path / "natlens.db"
+    port = free_port()
+    collector = start(["collector", "--db", str(db), "--listen", f"127.0.0.1:{port}"],
+                      tmp_path / "collector.log")
+    assert collector.stdout and collector.stdout.readline().startswith("listening")
+    before = traffic(lab, 100)  # made before the agent starts: snapshot, not counted
+    agent = start(["agent", "--collector", f"127.0.0.1:{port}", "--node", "k8s-node2",
+                   "--netns", lab["nodes"]["k8s-node2"], "--rcvbuf", "4096"],
+                  tmp_path / "agent.log")
+    try:
+        wait_for(lambda: db.exists() and sqlite_utils.Database(db)["rule_snapshots"].count > 0)
+        os.kill(agent.pid, signal.SIGSTOP)  # the kernel keeps queueing into 4 KiB: overflow
+        during = traffic(lab, 400)
+        os.kill(agent.pid, signal.SIGCONT)
+        after = traffic(lab, 100)
+        time.sleep(1.5)
+    finally:
+        os.kill(agent.pid, signal.SIGCONT)
+        agent.terminate()
+        assert agent.wait(timeout=60) == 0, (tmp_path / "agent.log").read_text()
+        collector.terminate()
+        collector.wait(timeout=30)
+    rep = build_report(sqlite_utils.Database(db), ReportQuery())
+    (entry,) = rep["services"]
+    truth = {k: during.get(k, 0) + after.get(k, 0) for k in set(during) | set(after)}
+    assert {e["endpoint"]: e["observed"] for e in entry["endpoints"]} == truth
+    (lost,) = rep["lost"]
+    assert lost["reason"] == "enobufs" and lost["count"] > 0
+    assert lost["recovered"] > 0  # TCP entries stay in the table (TIME_WAIT)
+    snap = sqlite_utils.Database(db).execute(
+        "SELECT COUNT(*) FROM decisions WHERE event='snapshot'").fetchone()[0]
+    assert snap == sum(before.values())
+    log = (tmp_path / "agent.log").read_text()
+    assert "overflowed" in log and "recovered" in log
+
+
+def test_unreachable_collector_keeps_running_then_fails_on_stop(
+        lab: dict[str, Any], tmp_path: Path) -> None:
+    agent = start(["agent", "--collector", f"127.0.0.1:{free_port()}", "--node", "k8s-node2",
+                   "--netns", lab["nodes"]["k8s-node2"], "--drain-timeout", "1"],
+                  tmp_path / "agent.log")
+    try:
+        wait_for(lambda: "unreachable" in (tmp_path / "agent.log").read_text())
+        traffic(lab, 20)
+        time.sleep(2)
+        assert agent.poll() is None  # a long-running agent keeps going
+    finally:
+        agent.terminate()
+        rc = agent.wait(timeout=30)
+    log = (tmp_path / "agent.log").read_text()
+    assert rc == 1
+    assert log.count("unreachable") == 1
+    assert "not acknowledged" in log and "Traceback" not in log
+
+
+def test_rules_parse_reads_the_live_node(lab: dict[str, Any]) -> None:
+    live = json.loads(natlens("rules", "parse", "--netns", lab["nodes"]["k8s-node1"]).stdout)
+    dump = subprocess.run(["ip", "netns", "exec", lab["nodes"]["k8s-node1"], "iptables-save"],
+                          capture_output=True, text=True, check=True).stdout
+    assert live == parse_iptables_save(dump).to_json()
+    assert live["services"][0]["endpoints"][1]["endpoint"] == "10.244.2.74:80"

@@ -1,0 +1,132 @@
+"""The ctnetlink decoder against messages built to the kernel's layout, and fuzzed."""
+
+import ipaddress
+import socket
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from natlens.agent.decode import ctnetlink as c
+
+
+def nla(typ: int, payload: bytes, nested: bool = False) -> bytes:
+    body = struct.pack("=HH", 4 + len(payload), typ | (0x8000 if nested else 0)) + payload
+    return body + b"\0" * (-len(body) % 4)
+
+
+def tuple_attr(typ: int, src: str, dst: str, proto: int, sport: int, dport: int) -> bytes:
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+    a, b = (c.CTA_IP_V6_SRC, c.CTA_IP_V6_DST) if fam == socket.AF_INET6 else (
+        c.CTA_IP_V4_SRC, c.CTA_IP_V4_DST)
+    ip = nla(c.CTA_TUPLE_IP, nla(a, socket.inet_pton(fam, src))
+             + nla(b, socket.inet_pton(fam, dst)), True)
+    pr = nla(c.CTA_TUPLE_PROTO, nla(c.CTA_PROTO_NUM, bytes([proto]))
+             + nla(c.CTA_PROTO_SRC_PORT, struct.pack(">H", sport))
+             + nla(c.CTA_PROTO_DST_PORT, struct.pack(">H", dport)), True)
+    return nla(typ, ip + pr, True)
+
+
+def message(kind: str, orig: tuple, reply: tuple, ct_id: int, counters: tuple = (0, 0, 0, 0),
+            ts: tuple = (0, 0)) -> bytes:
+    sub = c.IPCTNL_MSG_CT_DELETE if kind == "destroy" else c.IPCTNL_MSG_CT_NEW
+    flags = c.NLM_F_CREATE | 0x200 if kind == "new" else 0
+    attrs = (tuple_attr(c.CTA_TUPLE_ORIG, *orig) + tuple_attr(c.CTA_TUPLE_REPLY, *reply)
+             + nla(c.CTA_ID, struct.pack(">I", ct_id)))
+    if kind == "destroy":
+        attrs += nla(c.CTA_COUNTERS_ORIG, nla(c.CTA_COUNTERS_PACKETS, struct.pack(">Q", counters[0]))
+                     + nla(c.CTA_COUNTERS_BYTES, struct.pack(">Q", counters[1])), True)
+        attrs += nla(c.CTA_COUNTERS_REPLY, nla(c.CTA_COUNTERS_PACKETS,
+                                               struct.pack(">Q", counters[2]))
+                     + nla(c.CTA_COUNTERS_BYTES, struct.pack(">Q", counters[3])), True)
+        attrs += nla(c.CTA_TIMESTAMP, nla(c.CTA_TIMESTAMP_START, struct.pack(">Q", ts[0]))
+                     + nla(c.CTA_TIMESTAMP_STOP, struct.pack(">Q", ts[1])), True)
+    body = struct.pack("=BBH", socket.AF_INET, 0, 0) + attrs
+    return struct.pack("=IHHII", 16 + len(body), (c.NFNL_SUBSYS_CTNETLINK << 8) | sub,
+                       flags, 0, 0) + body
+
+
+SEED_ORIG = ("10.244.1.169", "10.1.122.241", 6, 40000, 9999)
+SEED_REPLY = ("10.244.2.74", "10.244.1.169", 6, 80, 40000)
+
+
+def test_seed_new_event_is_a_dnat_decision() -> None:
+    (ev,) = list(c.messages(message("new", SEED_ORIG, SEED_REPLY, 77)))
+    assert isinstance(ev, c.CtEvent)
+    assert ev.kind == "new" and ev.is_dnat and ev.ct_id == 77
+    assert (ev.orig.dst, ev.orig.dport, ev.reply.src, ev.reply.sport) == (
+        "10.1.122.241", 9999, "10.244.2.74", 80)
+
+
+def test_destroy_carries_counters_and_times() -> None:
+    buf = message("destroy", SEED_ORIG, SEED_REPLY, 5, (6, 400, 5, 900), (10**18, 10**18 + 5))
+    (ev,) = list(c.messages(buf))
+    assert isinstance(ev, c.CtEvent)
+    assert (ev.kind, ev.orig_packets, ev.orig_bytes, ev.reply_packets, ev.reply_bytes) == (
+        "destroy", 6, 400, 5, 900)
+    assert ev.stop_ns - ev.start_ns == 5
+
+
+def test_no_dnat_when_reply_comes_from_the_destination() -> None:
+    orig = ("10.244.1.169", "10.244.2.74", 6, 40000, 80)
+    (ev,) = list(c.messages(message("new", orig, ("10.244.2.74", "10.244.1.169", 6, 80, 40000), 1)))
+    assert isinstance(ev, c.CtEvent) and not ev.is_dnat
+
+
+ports = st.integers(0, 65535)
+v4 = st.ip_addresses(v=4).map(str)
+v6 = st.ip_addresses(v=6).map(str)
+
+
+@given(st.one_of(st.tuples(v4, v4, v4), st.tuples(v6, v6, v6)), ports, ports, ports,
+       st.integers(0, 2**32 - 1), st.sampled_from([6, 17, 132]),
+       st.lists(st.integers(0, 2**63), min_size=4, max_size=4))
+def test_round_trip(ips: tuple, sport: int, vport: int, eport: int, ct_id: int, proto: int,
+                    counters: list[int]) -> None:
+    client, vip, ep = ips
+    orig = (client, vip, proto, sport, vport)
+    reply = (ep, client, proto, eport, sport)
+    buf = message("new", orig, reply, ct_id) + message("destroy", orig, reply, ct_id,
+                                                        tuple(counters))
+    new, gone = list(c.messages(buf))
+    for ev in (new, gone):
+        assert isinstance(ev, c.CtEvent)
+        got = [ipaddress.ip_address(x) for x in (ev.orig.src, ev.orig.dst, ev.reply.src)]
+        assert got == [ipaddress.ip_address(x) for x in (client, vip, ep)]
+        assert (ev.orig.sport, ev.orig.dport, ev.reply.sport, ev.ct_id) == (sport, vport, eport,
+                                                                            ct_id)
+    assert isinstance(gone, c.CtEvent)
+    assert [gone.orig_packets, gone.orig_bytes, gone.reply_packets, gone.reply_bytes] == counters
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=400))
+def test_random_bytes_never_crash(buf: bytes) -> None:
+    try:
+        list(c.messages(buf))
+    except c.DecodeError:
+        pass
+
+
+@settings(max_examples=300)
+@given(st.integers(0, 200), st.binary(min_size=1, max_size=8))
+def test_corrupted_real_messages_fail_cleanly(pos: int, junk: bytes) -> None:
+    buf = bytearray(message("new", SEED_ORIG, SEED_REPLY, 9))
+    pos %= len(buf)
+    buf[pos:pos + len(junk)] = junk
+    try:
+        list(c.messages(bytes(buf)))
+    except c.DecodeError:
+        pass
+
+
+def test_truncated_message_is_an_error() -> None:
+    with pytest.raises(c.DecodeError):
+        list(c.messages(message("new", SEED_ORIG, SEED_REPLY, 9)[:-7]))
+
+
+def test_dump_request_layout() -> None:
+    req = c.dump_request(42)
+    length, typ, flags, seq, _ = struct.unpack_from("=IHHII", req)
+    assert (length, typ, flags & c.NLM_F_DUMP, seq) == (20, 0x101, c.NLM_F_DUMP, 42)

@@ -1,0 +1,100 @@
+"""A real gRPC server and the agent's shipper over loopback: acks, resends, outages."""
+
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+
+from natlens.agent.ship.batch import Batcher
+from natlens.agent.ship.client import Shipper
+from natlens.collector.server import start
+from natlens.collector.store.db import Store
+from natlens.proto import natlens_pb2 as pb
+
+from .test_store import decision
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_batches_are_acked_and_stored(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "db"))
+    server, port = start(store, "127.0.0.1:0")
+    shipper = Shipper(f"127.0.0.1:{port}")
+    shipper.start()
+    b = Batcher("a", "k8s-node2", shipper.submit, max_records=10)
+    for i in range(95):
+        b.add_decision(decision(i + 1))
+    b.flush()
+    assert shipper.drain(10)
+    shipper.stop()
+    server.stop(0)
+    store.close()
+    assert sqlite_utils.Database(tmp_path / "db")["decisions"].count == 95
+    assert sqlite_utils.Database(tmp_path / "db")["batches"].count == 10
+
+
+def test_agent_keeps_batches_while_collector_is_down_then_delivers(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    shipper = Shipper(f"127.0.0.1:{port}", backoff=(0.05, 0.2))
+    shipper.start()
+    b = Batcher("a", "k8s-node2", shipper.submit, max_records=5)
+    with caplog.at_level(logging.ERROR, "natlens.agent.ship"):
+        for i in range(20):
+            b.add_decision(decision(i + 1))
+        assert not shipper.drain(1.0)
+    assert shipper.pending == 4
+    unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(unreachable) == 1  # one clear line per outage, not one per retry
+    store = Store(str(tmp_path / "db"))
+    server, _ = start(store, f"127.0.0.1:{port}")
+    try:
+        assert shipper.drain(15)
+    finally:
+        shipper.stop()
+        server.stop(0)
+        store.close()
+    assert sqlite_utils.Database(tmp_path / "db")["decisions"].count == 20
+
+
+def test_a_bad_batch_is_refused_and_nothing_of_it_stored(tmp_path: Path) -> None:
+    import grpc
+
+    from natlens.proto import natlens_pb2_grpc as pb_grpc
+
+    store = Store(str(tmp_path / "db"))
+    server, port = start(store, "127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.CollectorStub(ch)
+            good = pb.Batch(agent_id="a", boot_id="b", seq=1, node="n", decisions=[decision(1)])
+            bad = pb.Batch(agent_id="a", boot_id="b", seq=2, node="n",
+                           decisions=[decision(2), pb.Decision(vip="x")])
+            acks = []
+            with pytest.raises(grpc.RpcError) as err:
+                for ack in stub.Upload(iter([good, bad]), timeout=10):
+                    acks.append(ack.seq)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert acks == [1]
+    finally:
+        server.stop(0)
+        store.close()
+    assert sqlite_utils.Database(tmp_path / "db")["decisions"].count == 1
+
+
+def test_batcher_flushes_on_age() -> None:
+    now = [0.0]
+    out: list[pb.Batch] = []
+    b = Batcher("a", "n", out.append, max_records=100, max_age=1.0, clock=lambda: now[0])
+    b.add_decision(decision(1))
+    b.tick()
+    assert out == []
+    now[0] = 1.5
+    b.tick()
+    assert [x.seq for x in out] == [1] and len(out[0].decisions) == 1

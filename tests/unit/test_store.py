@@ -1,0 +1,101 @@
+"""The SQLite store: exactly-once batches, atomicity, rules epochs, schema versions."""
+
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+
+from natlens.collector.store.db import BatchRejected, Store
+from natlens.collector.store.schema import SCHEMA_VERSION, SchemaError
+from natlens.proto import natlens_pb2 as pb
+
+
+def decision(t: int, ep: str = "10.244.1.168", event: int = pb.EVENT_NEW) -> pb.Decision:
+    return pb.Decision(time_ns=t, protocol="tcp", client_ip="10.244.1.169", client_port=40000,
+                       vip="10.1.122.241", vip_port=9999, endpoint_ip=ep, endpoint_port=80,
+                       ct_id=t, source=pb.SOURCE_NETLINK, event=event)
+
+
+def batch(seq: int, decisions: list[pb.Decision], rules: list[pb.RuleSnapshot] = ()) -> pb.Batch:
+    return pb.Batch(agent_id="a", boot_id="b", seq=seq, node="k8s-node2",
+                    decisions=decisions, rules=list(rules))
+
+
+def count(path: Path, table: str) -> int:
+    return sqlite_utils.Database(path)[table].count
+
+
+def test_a_batch_sent_twice_is_stored_once(tmp_path: Path) -> None:
+    s = Store(str(tmp_path / "db"))
+    b = batch(1, [decision(1), decision(2)])
+    assert s.ingest(b) is True
+    assert s.ingest(b) is False
+    s.close()
+    assert count(tmp_path / "db", "decisions") == 2
+    assert count(tmp_path / "db", "batches") == 1
+
+
+def test_out_of_order_batches_are_all_kept(tmp_path: Path) -> None:
+    s = Store(str(tmp_path / "db"))
+    for seq in (3, 1, 2):
+        assert s.ingest(batch(seq, [decision(seq)]))
+    s.close()
+    assert count(tmp_path / "db", "decisions") == 3
+
+
+@pytest.mark.parametrize("bad", [
+    pb.Batch(agent_id="", boot_id="b", seq=1, node="n"),
+    pb.Batch(agent_id="a", boot_id="b", seq=0, node="n"),
+    batch(1, [decision(1), pb.Decision(time_ns=2, protocol="tcp", vip="x", endpoint_ip="",
+                                       source=pb.SOURCE_NETLINK, event=pb.EVENT_NEW)]),
+    batch(1, [pb.Decision(time_ns=2, protocol="tcp", vip="x", endpoint_ip="y",
+                          source=pb.SOURCE_NETLINK, event=99)]),
+    batch(1, [pb.Decision(time_ns=2, protocol="tcp", vip="x", endpoint_ip="y", vip_port=70000,
+                          source=pb.SOURCE_NETLINK, event=pb.EVENT_NEW)]),
+])
+def test_rejected_batches_store_nothing(tmp_path: Path, bad: pb.Batch) -> None:
+    s = Store(str(tmp_path / "db"))
+    s.ingest(batch(7, [decision(1)]))
+    with pytest.raises(BatchRejected):
+        s.ingest(bad)
+    s.close()
+    assert count(tmp_path / "db", "decisions") == 1
+    assert count(tmp_path / "db", "batches") == 1
+
+
+def test_decisions_are_judged_by_the_rules_in_force_at_their_time(tmp_path: Path) -> None:
+    s = Store(str(tmp_path / "db"))
+    s.ingest(batch(1, [decision(5)], [pb.RuleSnapshot(time_ns=10, mode="iptables", hash="h1")]))
+    s.ingest(batch(2, [decision(15), decision(25)],
+                   [pb.RuleSnapshot(time_ns=20, mode="iptables", hash="h2")]))
+    s.close()
+    s2 = Store(str(tmp_path / "db"))  # epochs reload from disk
+    assert (s2.rules_at("k8s-node2", 12), s2.rules_at("k8s-node2", 30)) == ("h1", "h2")
+    s2.close()
+    rows = sqlite_utils.Database(tmp_path / "db").execute(
+        "SELECT time_ns, rules_hash FROM decisions ORDER BY time_ns").fetchall()
+    assert rows == [(5, "h1"), (15, "h1"), (25, "h2")]
+
+
+def test_newer_schema_is_refused_and_foreign_files_too(tmp_path: Path) -> None:
+    Store(str(tmp_path / "db")).close()
+    db = sqlite_utils.Database(tmp_path / "db")
+    db.execute("UPDATE schema_version SET version = ?", [SCHEMA_VERSION + 1])
+    db.conn.commit()
+    db.close()
+    with pytest.raises(SchemaError, match="newer"):
+        Store(str(tmp_path / "db"))
+    other = sqlite_utils.Database(tmp_path / "other")
+    other["t"].insert({"x": 1})
+    other.close()
+    with pytest.raises(SchemaError, match="not a natlens database"):
+        Store(str(tmp_path / "other"))
+
+
+def test_older_schema_is_upgraded(tmp_path: Path) -> None:
+    db = sqlite_utils.Database(tmp_path / "db")
+    db["schema_version"].insert({"version": 0})
+    db.close()
+    Store(str(tmp_path / "db")).close()
+    assert sqlite_utils.Database(tmp_path / "db").execute(
+        "SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
