@@ -19,7 +19,7 @@ test-unit: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy natlens agent collector lab
+	bash scripts/mypy_tree.sh
 
 proto: install
 	$(PY) scripts/gen_proto.py

@@ -86,7 +86,7 @@ class Agent:
             self.batcher.add_rules(to_snapshot(model, t0))
         return True
 
-    def _snapshot_table(self, src: ConntrackSource, event: int) -> int:
+    def _snapshot_table(self, src: ConntrackSource, event: pb.Event) -> int:
         """Dump the table; ship DNAT entries not seen before as ``event`` records."""
         now = time.time_ns()
         n = 0
@@ -103,7 +103,8 @@ class Agent:
             changed = enable_accounting(self.cfg.netns)
             if changed:
                 log.info("conntrack: switched on %s", ", ".join(changed))
-        src = ConntrackSource(self.cfg.netns, self.cfg.rcvbuf)  # subscribe before the dump: nothing falls between
+        # Subscribe before the dump, so no connection falls between the two.
+        src = ConntrackSource(self.cfg.netns, self.cfg.rcvbuf)
         self.shipper.start()
         if not self._emit_rules():
             log.error("rules: starting without a declared model; decisions are kept and "

@@ -107,18 +107,18 @@ def run_lab(sc: Scenario, scenario_path: str, source: str = "auto",
         truth: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
         for t in sc.traffic:
             tally = run_traffic(sc, st, t.source, t.service, t.connections)
-            node = sc.pod(t.source).node
+            at = truth[sc.pod(t.source).node][tally.service]
             for ep, n in tally.by_endpoint.items():
-                truth[node][tally.service][ep] = truth[node][tally.service].get(ep, 0) + n
-        for node, p in agents.items():
+                at[ep] = at.get(ep, 0) + n
+        for p in agents.values():
             p.terminate()
-        for node, p in agents.items():
+        for name, p in agents.items():
             try:
                 rc = p.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                raise RunError(f"agent for {node} did not stop within 60s") from None
+                raise RunError(f"agent for {name} did not stop within 60s") from None
             if rc != 0:
-                raise RunError(f"agent for {node} exited {rc}: {_last_line(logs[node])}")
+                raise RunError(f"agent for {name} exited {rc}: {_last_line(logs[name])}")
         collector.terminate()
         collector.wait(timeout=30)
         db = sqlite_utils.Database(str(db_path))

@@ -44,20 +44,21 @@ def serve(listeners: list[tuple[socket.socket, bytes, str]]) -> None:
         sel.register(s, selectors.EVENT_READ, (body, proto))
     while True:
         for key, _ in sel.select():
-            s = key.fileobj
-            assert isinstance(s, socket.socket)
+            sock = key.fileobj
+            if not isinstance(sock, socket.socket):
+                continue
             body, proto = key.data
             if proto == "UDP":
                 try:
                     while True:
-                        _, addr = s.recvfrom(2048)
-                        s.sendto(body, addr)
+                        _, addr = sock.recvfrom(2048)
+                        sock.sendto(body, addr)
                 except BlockingIOError:
                     continue
             else:
                 while True:
                     try:
-                        conn, _ = s.accept()
+                        conn, _ = sock.accept()
                     except BlockingIOError:
                         break
                     try:

@@ -37,7 +37,7 @@ def _one(vip: str, port: int, proto: str, timeout: float, sport: int) -> bytes:
             s.send(b"?")
             return s.recv(2048)
     with socket.create_connection((vip, port), timeout=timeout) as s:
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             data = s.recv(4096)
             if not data:

@@ -5,10 +5,8 @@ from __future__ import annotations
 from natlens.agent.decode.ctnetlink import PROTOCOLS, CtEvent
 from natlens.proto import natlens_pb2 as pb
 
-EVENT_KIND = {"new": pb.EVENT_NEW, "destroy": pb.EVENT_DESTROY}
 
-
-def to_decision(ev: CtEvent, event: int, source: int, now_ns: int) -> pb.Decision:
+def to_decision(ev: CtEvent, event: pb.Event, source: pb.Source, now_ns: int) -> pb.Decision:
     """``now_ns`` is used when conntrack timestamps are off (start_ns == 0)."""
     d = pb.Decision(
         time_ns=ev.start_ns or now_ns,

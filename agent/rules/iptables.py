@@ -104,7 +104,7 @@ def _service_name(comment: str) -> str:
     for suffix in _ENTRY_SUFFIX:
         if comment.endswith(suffix):
             return comment[: -len(suffix)]
-    return comment.split(" ", 1)[0]
+    return str(comment.split(" ", 1)[0])
 
 
 def _endpoint_from_dnat(to: str, lineno: int) -> str:
@@ -239,7 +239,7 @@ def parse_iptables_save(text: str) -> DeclaredModel:
     for name, kind, vip, port, proto, target, lineno in entries:
         chain = _selection_chain(dump, target, lineno)
         affinity, eps = ("None", ()) if chain is None else _endpoints(dump, chain)
-        local = chain is not None and chain.startswith(("KUBE-SVL-", "KUBE-XLB-")) or (
+        local = (chain is not None and chain.startswith(("KUBE-SVL-", "KUBE-XLB-"))) or (
             chain is None and target.startswith(("KUBE-EXT-", "KUBE-XLB-")))
         vip = vip or _any_addr(eps, is_v6)
         key = (name, kind, vip, port, proto)

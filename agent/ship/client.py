@@ -14,6 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 
@@ -35,7 +36,7 @@ class Shipper:
         self._thread = threading.Thread(target=self._run, name="ship", daemon=True)
         self.dropped_decisions = 0
         self.sent = self.acked = self.send_errors = 0
-        self._call: grpc.Future | None = None
+        self._call: Any = None  # the running stream call, cancelled by stop()
 
     def start(self) -> None:
         self._thread.start()

@@ -27,21 +27,21 @@ def judge(declared: list[tuple[str, float]], observed: dict[str, int]) -> Judgem
     """``declared``: (endpoint, share) in rule order; ``observed``: endpoint → count."""
     total = sum(observed.values())
     names = {e for e, _ in declared}
-    eps = []
+    eps: list[dict[str, Any]] = []
     for ep, share in declared:
         k = observed.get(ep, 0)
         lo, hi = wilson(k, total)
         eps.append({"endpoint": ep, "declared": round(share, 12), "observed": k,
                     "share": round(k / total, 6) if total else 0.0,
                     "ci95": [round(lo, 6), round(hi, 6)]})
-    undeclared = [{"endpoint": ep, "observed": k} for ep, k in sorted(observed.items())
-                  if ep not in names]
+    undeclared: list[dict[str, Any]] = [{"endpoint": ep, "observed": k}
+                                        for ep, k in sorted(observed.items()) if ep not in names]
     j = Judgement(total, eps, undeclared, None)
     if any(u["observed"] for u in undeclared):
         j.impossible = True
         j.reasons.append(f"{sum(u['observed'] for u in undeclared)} connections went to "
                          f"endpoints the rules do not declare")
-    zero = [e for e in eps if e["declared"] == 0 and e["observed"]]
+    zero = [e for e in eps if e["declared"] == 0 and e["observed"] > 0]
     if zero:
         j.impossible = True
         j.reasons.append("connections went to endpoints the rules make unreachable")

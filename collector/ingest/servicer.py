@@ -14,12 +14,12 @@ from natlens.proto import natlens_pb2_grpc as pb_grpc
 log = logging.getLogger("natlens.collector.ingest")
 
 
-class CollectorServicer(pb_grpc.CollectorServicer):
+class CollectorServicer(pb_grpc.CollectorServicer):  # type: ignore[misc]
     def __init__(self, store: Store) -> None:
         self.store = store
         self.batches = self.duplicates = self.rejected = 0
 
-    def Upload(self, request_iterator: Iterator[pb.Batch],  # noqa: N802 - gRPC's name
+    def Upload(self, request_iterator: Iterator[pb.Batch],
                context: grpc.ServicerContext) -> Iterator[pb.Ack]:
         peer = context.peer()
         for batch in request_iterator:

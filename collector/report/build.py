@@ -121,14 +121,15 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "service": sp["service"], "kind": sp["kind"], "vip": vip, "port": port,
             "protocol": proto, "node": node, "rules_version": h, "affinity": sp["affinity"],
-            "policy": sp["policy"], "chain": sp.get("chain", ""), "total": j.total, "endpoints": j.endpoints,
-            "undeclared": j.undeclared, "test": None, "verdict": "", "reasons": j.reasons}
+            "policy": sp["policy"], "chain": sp.get("chain", ""), "total": j.total,
+            "endpoints": j.endpoints, "undeclared": j.undeclared, "test": None, "verdict": "",
+            "reasons": j.reasons}
         if sp["affinity"] == "ClientIP":
             entry["counted"] = "first connection per client"
         entries.append(entry)
         judgements.append(j)
     tested = [i for i, j in enumerate(judgements) if j.test is not None]
-    adjusted = holm([judgements[i].test.p_value for i in tested])  # type: ignore[union-attr]
+    adjusted = holm([t.p_value for i in tested if (t := judgements[i].test) is not None])
     adj_by = dict(zip(tested, adjusted, strict=True))
     for i, (entry, j) in enumerate(zip(entries, judgements, strict=True)):
         if j.test is not None:

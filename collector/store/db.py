@@ -97,24 +97,24 @@ class Store:
             new_epochs: list[tuple[int, str]] = []
             try:
                 with self.db.atomic():
-                    self.db["batches"].insert({
+                    self.db.table("batches").insert({
                         "agent_id": batch.agent_id, "boot_id": batch.boot_id, "seq": batch.seq,
                         "node": batch.node, "received_ns": now,
                         "records": len(batch.decisions) + len(batch.rules) + len(batch.lost)})
                     for r in batch.rules:
-                        self.db["rule_snapshots"].insert({
+                        self.db.table("rule_snapshots").insert({
                             "node": batch.node, "time_ns": r.time_ns, "hash": r.hash,
                             "mode": r.mode, "model": json.dumps(_model_json(r))}, ignore=True)
                         new_epochs.append((r.time_ns, r.hash))
                     self._add_epochs(batch.node, new_epochs)
                     rate = max(batch.sample_rate, 1)
-                    self.db["decisions"].insert_all(
+                    self.db.table("decisions").insert_all(
                         (self._decision_row(batch.node, d, rate) for d in batch.decisions),
                         batch_size=1000)
-                    self.db["lost_events"].insert_all(
-                        ({"node": batch.node, "time_ns": lo.time_ns,
+                    self.db.table("lost_events").insert_all(
+                        {"node": batch.node, "time_ns": lo.time_ns,
                           "source": SOURCES.get(lo.source, "unknown"), "reason": lo.reason,
-                          "count": lo.count, "recovered": lo.recovered} for lo in batch.lost))
+                          "count": lo.count, "recovered": lo.recovered} for lo in batch.lost)
             except BaseException:
                 self._drop_epochs(batch.node, new_epochs)
                 raise
@@ -149,7 +149,7 @@ class Store:
     def record_pods(self, pods: Iterable[PodRecord]) -> None:
         """Who owned each IP and when (the lab, later the Kubernetes watch, fills this)."""
         with self.lock:
-            self.db["pods"].insert_all(
+            self.db.table("pods").insert_all(
                 {"ip": p.ip, "namespace": p.namespace, "name": p.name, "node": p.node,
                  "from_ns": p.from_ns, "to_ns": p.to_ns} for p in pods)
 

@@ -16,26 +16,26 @@ class SchemaError(RuntimeError):
 
 
 def _v1(db: sqlite_utils.Database) -> None:
-    db["batches"].create({"agent_id": str, "boot_id": str, "seq": int, "node": str,
+    db.table("batches").create({"agent_id": str, "boot_id": str, "seq": int, "node": str,
                           "received_ns": int, "records": int},
                          pk=("agent_id", "boot_id", "seq"))
-    db["decisions"].create({
+    db.table("decisions").create({
         "time_ns": int, "node": str, "protocol": str, "client_ip": str, "client_port": int,
         "vip": str, "vip_port": int, "endpoint": str, "ct_id": int, "zone": int,
         "source": str, "event": str, "orig_packets": int, "orig_bytes": int,
         "reply_packets": int, "reply_bytes": int, "duration_ns": int, "rules_hash": str,
         "sample_rate": int})
-    db["decisions"].create_index(["time_ns"])
-    db["decisions"].create_index(["vip", "vip_port", "protocol", "time_ns"])
-    db["decisions"].create_index(["client_ip", "time_ns"])
-    db["decisions"].create_index(["node", "rules_hash"])
-    db["rule_snapshots"].create({"node": str, "time_ns": int, "hash": str, "mode": str,
+    db.table("decisions").create_index(["time_ns"])
+    db.table("decisions").create_index(["vip", "vip_port", "protocol", "time_ns"])
+    db.table("decisions").create_index(["client_ip", "time_ns"])
+    db.table("decisions").create_index(["node", "rules_hash"])
+    db.table("rule_snapshots").create({"node": str, "time_ns": int, "hash": str, "mode": str,
                                  "model": str}, pk=("node", "time_ns", "hash"))
-    db["lost_events"].create({"node": str, "time_ns": int, "source": str, "reason": str,
+    db.table("lost_events").create({"node": str, "time_ns": int, "source": str, "reason": str,
                               "count": int, "recovered": int})
-    db["pods"].create({"ip": str, "namespace": str, "name": str, "node": str,
+    db.table("pods").create({"ip": str, "namespace": str, "name": str, "node": str,
                        "from_ns": int, "to_ns": int})
-    db["pods"].create_index(["ip", "from_ns"])
+    db.table("pods").create_index(["ip", "from_ns"])
 
 
 MIGRATIONS = {1: _v1}
@@ -46,8 +46,8 @@ def migrate(db: sqlite_utils.Database) -> int:
     if "schema_version" not in db.table_names():
         if db.table_names():
             raise SchemaError("not a natlens database (tables present, no schema_version)")
-        db["schema_version"].create({"version": int})
-        db["schema_version"].insert({"version": 0})
+        db.table("schema_version").create({"version": int})
+        db.table("schema_version").insert({"version": 0})
     found = int(db.execute("SELECT version FROM schema_version").fetchone()[0])
     if found > SCHEMA_VERSION:
         raise SchemaError(f"database schema version {found} is newer than this natlens "

@@ -16,7 +16,8 @@ SEED = ROOT / "examples" / "seed-bill-service.yaml"
 NATLENS = [sys.executable, "-m", "natlens"]
 
 
-def natlens(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def natlens(*args: str, check: bool = True,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
     r = subprocess.run([*NATLENS, *args], capture_output=True, text=True, timeout=timeout)
     if check and r.returncode != 0:
         raise AssertionError(f"natlens {' '.join(args)} exited {r.returncode}: {r.stderr}")

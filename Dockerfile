@@ -1,0 +1,17 @@
+# natlens agent and collector image. There is no container engine on the build
+# machines, so this file is linted (hadolint) but not built there; it runs the same
+# install script as `make install` and CI.
+FROM debian:12.8-slim
+
+ENV DEBIAN_FRONTEND=noninteractive VENV=/opt/natlens/.venv
+WORKDIR /opt/natlens
+COPY . /opt/natlens
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make=4.3-4.1 \
+ && bash scripts/install.sh \
+ && rm -rf /var/lib/apt/lists/*
+ENV PATH=/opt/natlens/.venv/bin:$PATH
+
+HEALTHCHECK --interval=30s --timeout=5s CMD ["natlens", "--version"]
+ENTRYPOINT ["natlens"]
+CMD ["agent", "--help"]

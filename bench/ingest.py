@@ -1,0 +1,79 @@
+"""Collector ingest rate: Store.ingest (sqlite-utils, dedup, epochs) against raw sqlite3
+executemany into the same schema, same rows, same process. Median of 3 runs each.
+Run: .venv/bin/python bench/ingest.py
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from natlens.collector.store.db import Store
+from natlens.proto import natlens_pb2 as pb
+
+BATCHES, PER_BATCH, RUNS = 100, 2000, 3
+
+
+def make_batches() -> list[pb.Batch]:
+    out = []
+    for b in range(BATCHES):
+        ds = [pb.Decision(time_ns=1_700_000_000_000_000_000 + b * PER_BATCH + i, protocol="tcp",
+                          client_ip="10.244.1.169", client_port=(b * PER_BATCH + i) % 65535,
+                          vip="10.1.122.241", vip_port=9999,
+                          endpoint_ip="10.244.1.168" if i % 2 else "10.244.2.74",
+                          endpoint_port=80, ct_id=b * PER_BATCH + i, source=pb.SOURCE_NETLINK,
+                          event=pb.EVENT_NEW) for i in range(PER_BATCH)]
+        out.append(pb.Batch(agent_id="a", boot_id="b", seq=b + 1, node="n", decisions=ds))
+    return out
+
+
+def via_store(batches: list[pb.Batch], path: Path) -> float:
+    s = Store(str(path))
+    t = time.perf_counter()
+    for b in batches:
+        s.ingest(b)
+    dt = time.perf_counter() - t
+    s.close()
+    return dt
+
+
+def via_raw(batches: list[pb.Batch], path: Path) -> float:
+    Store(str(path)).close()  # same schema and indexes
+    c = sqlite3.connect(path)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("PRAGMA synchronous=NORMAL")
+    sql = ("INSERT INTO decisions (time_ns, node, protocol, client_ip, client_port, vip, "
+           "vip_port, endpoint, ct_id, zone, source, event, orig_packets, orig_bytes, "
+           "reply_packets, reply_bytes, duration_ns, rules_hash, sample_rate) "
+           "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    t = time.perf_counter()
+    for b in batches:
+        with c:
+            c.executemany(sql, [(d.time_ns, b.node, d.protocol, d.client_ip, d.client_port,
+                                 d.vip, d.vip_port, f"{d.endpoint_ip}:{d.endpoint_port}",
+                                 d.ct_id, d.zone, "netlink", "new", 0, 0, 0, 0, 0, "", 1)
+                                for d in b.decisions])
+    dt = time.perf_counter() - t
+    c.close()
+    return dt
+
+
+def main() -> None:
+    batches = make_batches()
+    n = BATCHES * PER_BATCH
+    store_t, raw_t = [], []
+    with tempfile.TemporaryDirectory() as d:
+        for i in range(RUNS):
+            store_t.append(via_store(batches, Path(d) / f"s{i}.db"))
+            raw_t.append(via_raw(batches, Path(d) / f"r{i}.db"))
+    s, r = statistics.median(store_t), statistics.median(raw_t)
+    print(f"ingest {n} decisions in {BATCHES} batches")
+    print(f"Store.ingest {n / s:,.0f}/s; raw executemany {n / r:,.0f}/s; "
+          f"ratio store/raw speed {r / s:.2f}")
+
+
+if __name__ == "__main__":
+    main()
