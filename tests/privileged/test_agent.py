@@ -72,8 +72,11 @@ def test_snapshot_is_kept_out_and_an_overflow_is_counted_and_recovered(
         os.kill(agent.pid, signal.SIGSTOP)  # the kernel keeps queueing into 4 KiB: overflow
         during = traffic(lab, 400)
         os.kill(agent.pid, signal.SIGCONT)
-        after = traffic(lab, 100)
-        time.sleep(1.5)
+        # No traffic while the agent recovers: with an 8 KiB buffer more traffic would
+        # overflow again and its recovery dump would run under churn, which can skip
+        # entries (docs/operations.md: reported as lost, not recovered). Not tested here.
+        wait_for(lambda: "recovered" in (tmp_path / "agent.log").read_text())
+        time.sleep(1.0)
     finally:
         os.kill(agent.pid, signal.SIGCONT)
         agent.terminate()
@@ -82,8 +85,7 @@ def test_snapshot_is_kept_out_and_an_overflow_is_counted_and_recovered(
         collector.wait(timeout=30)
     rep = build_report(sqlite_utils.Database(db), ReportQuery())
     (entry,) = rep["services"]
-    truth = {k: during.get(k, 0) + after.get(k, 0) for k in set(during) | set(after)}
-    assert {e["endpoint"]: e["observed"] for e in entry["endpoints"]} == truth
+    assert {e["endpoint"]: e["observed"] for e in entry["endpoints"]} == during
     (lost,) = rep["lost"]
     assert lost["reason"] == "enobufs" and lost["count"] > 0
     assert lost["recovered"] > 0  # TCP entries stay in the table (TIME_WAIT)
