@@ -19,7 +19,6 @@ class Judgement:
     undeclared: list[dict[str, Any]]
     test: TestResult | None
     reasons: list[str] = field(default_factory=list)
-    testable: bool = False
     impossible: bool = False    # traffic where the rules give probability 0
 
 
@@ -51,7 +50,6 @@ def judge(declared: list[tuple[str, float]], observed: dict[str, int]) -> Judgem
         counts = [c for c, _ in live]
         probs = [p for _, p in live]
         j.test = goodness_of_fit(counts, probs)
-        j.testable = True
     return j
 
 
