@@ -103,9 +103,9 @@ class Shipper:
                 self._call = call
                 for ack in call:
                     if down_since is not None:
-                        log.warning("collector %s reachable again after %.1fs; resent %d "
-                                    "batches", self.target, time.monotonic() - down_since,
-                                    self.pending + 1)
+                        log.warning("collector %s reachable again after %.1fs; resending "
+                                    "unacknowledged batches", self.target,
+                                    time.monotonic() - down_since)
                         down_since = None
                     delay = self.backoff[0]
                     with self._cond:

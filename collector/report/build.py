@@ -96,7 +96,8 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
         counts[(node, h, proto, vip, port)][ep] = int(n)
         tmin = t0 if tmin is None else min(tmin, t0)
         tmax = t1 if tmax is None else max(tmax, t1)
-    window_to = q.until_ns or max(tmax or now, now if q.since_ns else 0) or now
+    # An open-ended window (--since) ends now; otherwise at the last decision seen.
+    window_to = q.until_ns or (now if q.since_ns is not None else (tmax or now))
     pods = _pod_names(db, tmax or window_to)
     entries: list[dict[str, Any]] = []
     unmatched: list[dict[str, Any]] = []
