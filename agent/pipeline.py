@@ -38,19 +38,31 @@ class AgentConfig:
 
 
 class SeenIds:
-    """Recently seen conntrack ids (bounded), to tell recovered decisions from known ones."""
+    """Recently seen connections (bounded), to tell recovered decisions from known ones.
+
+    A conntrack id alone does not name one connection: when a client reuses a source
+    port, a SYN on the old TIME_WAIT entry kills it and the kernel creates a new entry
+    that often lands in the same slab slot with the same tuple, hence the same id. So
+    each id keeps a time: when its NEW event was read, or the entry's own start time
+    if it was first met in a table dump. A dumped entry whose kernel start time is
+    later than that is a different connection. Without conntrack timestamps
+    (``--no-accounting``) start times are 0 and a recycled id cannot be told apart.
+    """
 
     def __init__(self, limit: int = 1 << 20) -> None:
         self.limit = limit
-        self._ids: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._ids: OrderedDict[tuple[int, int], int] = OrderedDict()
 
-    def add(self, zone: int, ct_id: int) -> None:
-        self._ids[(zone, ct_id)] = None
+    def add(self, zone: int, ct_id: int, at_ns: int) -> None:
+        self._ids[(zone, ct_id)] = at_ns
+        self._ids.move_to_end((zone, ct_id))
         if len(self._ids) > self.limit:
             self._ids.popitem(last=False)
 
-    def __contains__(self, key: tuple[int, int]) -> bool:
-        return key in self._ids
+    def known(self, zone: int, ct_id: int, start_ns: int) -> bool:
+        """Whether a dumped entry (kernel start time ``start_ns``, 0 if none) was seen."""
+        at = self._ids.get((zone, ct_id))
+        return at is not None and not (start_ns and start_ns > at)
 
 
 class Agent:
@@ -91,9 +103,9 @@ class Agent:
         now = time.time_ns()
         n = 0
         for ev in src.dump():
-            if not ev.is_dnat or (ev.zone, ev.ct_id) in self.seen:
+            if not ev.is_dnat or self.seen.known(ev.zone, ev.ct_id, ev.start_ns):
                 continue
-            self.seen.add(ev.zone, ev.ct_id)
+            self.seen.add(ev.zone, ev.ct_id, ev.start_ns)
             self.batcher.add_decision(to_decision(ev, event, pb.SOURCE_NETLINK, now))
             n += 1
         return n
@@ -132,9 +144,9 @@ class Agent:
         return 0 if ok else 1
 
     def _read(self, src: ConntrackSource, timeout: float) -> None:
-        now = time.time_ns()
         overflowed = 0
         for ev in src.events(timeout):
+            now = time.time_ns()  # after the read: no later than the kernel made the entry
             if isinstance(ev, Overflow):
                 if ev.reason == "enobufs":
                     overflowed += ev.lost
@@ -148,7 +160,7 @@ class Agent:
                 self.stats["non_dnat"] += 1
                 continue
             if ev.kind == "new":
-                self.seen.add(ev.zone, ev.ct_id)
+                self.seen.add(ev.zone, ev.ct_id, now)
                 self.stats["new"] += 1
                 self.batcher.add_decision(to_decision(ev, pb.EVENT_NEW, pb.SOURCE_NETLINK, now))
             elif ev.kind == "destroy":
@@ -161,6 +173,6 @@ class Agent:
             self.stats["recovered"] += recovered
             log.warning("conntrack: receive buffer overflowed, kernel dropped %d events; "
                         "recovered %d DNAT decisions from the table", overflowed, recovered)
-            self.batcher.add_lost(pb.LostEvents(time_ns=now, source=pb.SOURCE_NETLINK,
-                                                reason="enobufs", count=overflowed,
-                                                recovered=recovered))
+            self.batcher.add_lost(pb.LostEvents(
+                time_ns=time.time_ns(), source=pb.SOURCE_NETLINK, reason="enobufs",
+                count=overflowed, recovered=recovered))

@@ -72,7 +72,7 @@ def test_snapshot_is_kept_out_and_an_overflow_is_counted_and_recovered(
         os.kill(agent.pid, signal.SIGSTOP)  # the kernel keeps queueing into 4 KiB: overflow
         during = traffic(lab, 400)
         os.kill(agent.pid, signal.SIGCONT)
-        # No traffic while the agent recovers: with an 8 KiB buffer more traffic would
+        # No traffic while the agent recovers: with a 4 KiB buffer more traffic would
         # overflow again and its recovery dump would run under churn, which can skip
         # entries (docs/operations.md: reported as lost, not recovered). Not tested here.
         wait_for(lambda: "recovered" in (tmp_path / "agent.log").read_text())
