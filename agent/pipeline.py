@@ -11,12 +11,21 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from natlens.agent.decode.decision import to_decision
 from natlens.agent.rules.live import RulesUnavailable, read_iptables, to_snapshot
 from natlens.agent.ship.batch import Batcher
 from natlens.agent.ship.client import Shipper
+from natlens.agent.sources.ebpf import (
+    DEFAULT_PIN_ROOT,
+    BpfUnavailable,
+    CounterKey,
+    CounterValue,
+    EbpfFilter,
+    pin_dir,
+)
 from natlens.agent.sources.netlink import ConntrackSource, Overflow, enable_accounting
 from natlens.proto import natlens_pb2 as pb
 
@@ -35,6 +44,11 @@ class AgentConfig:
     drain_timeout: float = 30.0
     accounting: bool = True
     rcvbuf: int = 64 << 20
+    source: str = "netlink"          # netlink, ebpf, or auto (ebpf, else netlink)
+    decisions: bool = False          # ebpf: also ship per-connection decisions
+    sample: int = 1                  # ebpf decisions: 1 in N, chosen in the kernel
+    pin_root: str = DEFAULT_PIN_ROOT
+    counters_interval: float = 1.0
 
 
 class SeenIds:
@@ -70,12 +84,37 @@ class Agent:
         self.cfg = cfg
         self.shipper = Shipper(cfg.collector)
         self.batcher = Batcher(cfg.agent_id or cfg.node, cfg.node, self.shipper.submit,
-                               cfg.batch_size, cfg.batch_age)
+                               cfg.batch_size, cfg.batch_age, sample_rate=cfg.sample)
         self._stop = threading.Event()
         self._rules_hash = ""
         self.seen = SeenIds()
         self.stats = {"new": 0, "destroy": 0, "snapshot": 0, "recovered": 0, "lost": 0,
                       "non_dnat": 0}
+        self.filter: EbpfFilter | None = None
+        self.source_pb = pb.SOURCE_NETLINK
+        self._shipped: dict[CounterKey, CounterValue] = {}
+        self._lost_shipped: dict[str, int] = {}
+        self._window_start = time.time_ns()
+
+    def _load_filter(self) -> EbpfFilter | None:
+        """The eBPF filter for ``ebpf``/``auto``; ``auto`` falls back to netlink."""
+        if self.cfg.source == "netlink":
+            return None
+        try:
+            pin = pin_dir(self.cfg.pin_root, self.cfg.node, self.cfg.netns)
+            f = EbpfFilter(pin, self.cfg.decisions, self.cfg.sample)
+        except BpfUnavailable as e:
+            if self.cfg.source == "ebpf":
+                raise
+            log.warning("source auto: eBPF unavailable, using netlink: %s", e)
+            return None
+        if f.mounted:
+            log.info("bpffs: mounted at %s for the pinned maps", f.mounted)
+        log.info("source %s: eBPF filter (%s mode%s), maps %s in %s, epoch %s",
+                 self.cfg.source, "decision" if self.cfg.decisions else "aggregate",
+                 f", 1 in {self.cfg.sample} decisions" if self.cfg.sample > 1 else "",
+                 "created" if f.fresh else "reused", f.pin, f.epoch)
+        return f
 
     def stop(self) -> None:
         self._stop.set()
@@ -102,38 +141,98 @@ class Agent:
         """Dump the table; ship DNAT entries not seen before as ``event`` records."""
         now = time.time_ns()
         n = 0
+        known: Callable[[int, int, int], bool]
+        mark: Callable[[int, int, int], None]
+        if self.filter is not None:
+            known, mark = self.filter.seen_checker(), self.filter.mark_seen
+        else:
+            known, mark = self.seen.known, self.seen.add
         for ev in src.dump():
-            if not ev.is_dnat or self.seen.known(ev.zone, ev.ct_id, ev.start_ns):
+            if not ev.is_dnat or known(ev.zone, ev.ct_id, ev.start_ns):
                 continue
-            self.seen.add(ev.zone, ev.ct_id, ev.start_ns)
-            self.batcher.add_decision(to_decision(ev, event, pb.SOURCE_NETLINK, now))
+            mark(ev.zone, ev.ct_id, ev.start_ns)
+            self.batcher.add_decision(to_decision(ev, event, self.source_pb, now))
             n += 1
         return n
+
+    def _ship_counters(self) -> None:
+        """Kernel counters changed since the last read, with their running totals."""
+        assert self.filter is not None
+        now = time.time_ns()
+        current = self.filter.read_counters()
+        for key, v in current.items():
+            last = self._shipped.get(key, CounterValue())
+            if v == last:
+                continue
+            self.batcher.add_counter(pb.CounterDelta(
+                window_start_ns=self._window_start, window_end_ns=now, protocol=key.protocol,
+                vip=key.vip, vip_port=key.vip_port, endpoint_ip=key.endpoint_ip,
+                endpoint_port=key.endpoint_port,
+                connections=v.connections - last.connections,
+                bytes=v.orig_bytes + v.reply_bytes - last.orig_bytes - last.reply_bytes,
+                packets=v.orig_packets + v.reply_packets - last.orig_packets
+                - last.reply_packets,
+                epoch=self.filter.epoch, total_connections=v.connections,
+                total_closed=v.closed, total_orig_packets=v.orig_packets,
+                total_orig_bytes=v.orig_bytes, total_reply_packets=v.reply_packets,
+                total_reply_bytes=v.reply_bytes, total_duration_ns=v.duration_ns))
+        self._shipped = current
+        self._window_start = now
+        stats = self.filter.read_stats()
+        for reason, name in (("map-full", "map_full"), ("sampling", "sampled_out"),
+                             ("malformed", "malformed")):
+            total, last_total = stats[name], self._lost_shipped.get(name, 0)
+            if total != last_total:
+                self.batcher.add_lost(pb.LostEvents(
+                    time_ns=now, source=pb.SOURCE_EBPF, reason=reason,
+                    count=total - last_total, epoch=self.filter.epoch, total=total))
+                self._lost_shipped[name] = total
 
     def run(self) -> int:
         if self.cfg.accounting:
             changed = enable_accounting(self.cfg.netns)
             if changed:
                 log.info("conntrack: switched on %s", ", ".join(changed))
+        self.filter = self._load_filter()
+        if self.filter is not None:
+            self.source_pb = pb.SOURCE_EBPF
         # Subscribe before the dump, so no connection falls between the two.
-        src = ConntrackSource(self.cfg.netns, self.cfg.rcvbuf)
+        src = ConntrackSource(self.cfg.netns, self.cfg.rcvbuf,
+                              attach=self.filter.attach if self.filter else None)
         self.shipper.start()
         if not self._emit_rules():
             log.error("rules: starting without a declared model; decisions are kept and "
                       "will be judged once the rules can be read")
-        self.stats["snapshot"] = self._snapshot_table(src, pb.EVENT_SNAPSHOT)
-        log.info("conntrack: subscribed in %s; %d DNAT entries already in the table "
-                 "(stored as snapshot, not counted)", self.cfg.netns or "this namespace",
-                 self.stats["snapshot"])
+        if self.filter is not None and not self.filter.fresh:
+            # Restarted on existing maps: what the table holds and the kernel-side seen
+            # set lacks was decided while no agent ran. Counted, marked recovered.
+            self.stats["recovered"] = self._snapshot_table(src, pb.EVENT_RECOVERED)
+            log.info("conntrack: subscribed in %s; recovered %d DNAT decisions made while "
+                     "the agent was down", self.cfg.netns or "this namespace",
+                     self.stats["recovered"])
+        else:
+            self.stats["snapshot"] = self._snapshot_table(src, pb.EVENT_SNAPSHOT)
+            log.info("conntrack: subscribed in %s; %d DNAT entries already in the table "
+                     "(stored as snapshot, not counted)", self.cfg.netns or "this namespace",
+                     self.stats["snapshot"])
         watcher = threading.Thread(target=self._watch_rules, name="rules", daemon=True)
         watcher.start()
+        next_counters = time.monotonic()
         try:
             while not self._stop.is_set():
                 self._read(src, 0.2)
+                if self.filter is not None and time.monotonic() >= next_counters:
+                    self._ship_counters()
+                    next_counters = time.monotonic() + self.cfg.counters_interval
                 self.batcher.tick()
             self._read(src, 0.0)  # what the kernel queued before we were told to stop
+            if self.filter is not None:
+                self._ship_counters()
         finally:
             src.close()
+        if self.filter is not None:
+            self.stats.update({f"bpf_{k}": v for k, v in self.filter.read_stats().items()})
+            self.filter.close()
         self.batcher.flush()
         ok = self.shipper.drain(self.cfg.drain_timeout)
         if not ok:
@@ -148,25 +247,27 @@ class Agent:
         for ev in src.events(timeout):
             now = time.time_ns()  # after the read: no later than the kernel made the entry
             if isinstance(ev, Overflow):
-                if ev.reason == "enobufs":
+                if ev.reason == "enobufs" and self.filter is None:
                     overflowed += ev.lost
                 else:
+                    # eBPF: the kernel counted these before the socket dropped them, so
+                    # only the per-connection records are lost, not the counts.
                     self.stats["lost"] += ev.lost
-                    log.error("conntrack: undecodable netlink message (%s)", ev.reason)
-                    self.batcher.add_lost(pb.LostEvents(time_ns=now, source=pb.SOURCE_NETLINK,
+                    log.error("conntrack: %d events lost (%s)", ev.lost, ev.reason)
+                    self.batcher.add_lost(pb.LostEvents(time_ns=now, source=self.source_pb,
                                                         reason=ev.reason, count=ev.lost))
                 continue
             if not ev.is_dnat:
                 self.stats["non_dnat"] += 1
                 continue
             if ev.kind == "new":
-                self.seen.add(ev.zone, ev.ct_id, now)
+                if self.filter is None:
+                    self.seen.add(ev.zone, ev.ct_id, now)
                 self.stats["new"] += 1
-                self.batcher.add_decision(to_decision(ev, pb.EVENT_NEW, pb.SOURCE_NETLINK, now))
+                self.batcher.add_decision(to_decision(ev, pb.EVENT_NEW, self.source_pb, now))
             elif ev.kind == "destroy":
                 self.stats["destroy"] += 1
-                self.batcher.add_decision(
-                    to_decision(ev, pb.EVENT_DESTROY, pb.SOURCE_NETLINK, now))
+                self.batcher.add_decision(to_decision(ev, pb.EVENT_DESTROY, self.source_pb, now))
         if overflowed:
             recovered = self._snapshot_table(src, pb.EVENT_RECOVERED)
             self.stats["lost"] += overflowed

@@ -74,6 +74,7 @@ def run_lab(sc: Scenario, scenario_path: str, source: str = "auto",
     work = Path(tempfile.mkdtemp(prefix=f"natlens-{st.prefix}-"))
     db_path = Path(keep_db) if keep_db else work / "natlens.db"
     procs: list[subprocess.Popen[str]] = []
+    mounted: Path | None = None
     try:
         store = Store(str(db_path))
         store.record_pods(PodRecord(p.ip, p.namespace, p.name, p.node) for p in sc.pods)
@@ -91,12 +92,23 @@ def run_lab(sc: Scenario, scenario_path: str, source: str = "auto",
             raise RunError(f"collector did not start: {_last_line(clog)}")
         agents: dict[str, subprocess.Popen[str]] = {}
         logs: dict[str, Path] = {}
+        # The eBPF source pins its maps; this run's own bpffs, unmounted at the end,
+        # leaves nothing behind. The lab checks every connection, so agents also ship
+        # per-connection decisions (ClientIP affinity is judged on first connections).
+        bpf_args: list[str] = []
+        if source in ("auto", "ebpf"):
+            bpffs = work / "bpf"
+            bpffs.mkdir()
+            subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True,
+                           capture_output=True)
+            mounted = bpffs
+            bpf_args = ["--decisions", "--pin-root", str(bpffs)]
         for node in sc.nodes:
             logs[node.name] = work / f"agent-{node.name}.log"
             p = subprocess.Popen(
                 [*NATLENS, "agent", "--collector", f"127.0.0.1:{port}", "--node", node.name,
                  "--netns", st.nodes[node.name], "--source", source, "--rules-interval", "1",
-                 *(extra_agent_args or [])],
+                 *bpf_args, *(extra_agent_args or [])],
                 stdout=subprocess.DEVNULL, stderr=logs[node.name].open("w"), text=True,
                 start_new_session=True)
             agents[node.name] = p
@@ -134,4 +146,6 @@ def run_lab(sc: Scenario, scenario_path: str, source: str = "auto",
             if p.poll() is None:
                 kill(p.pid)
         topology.down(st)
+        if mounted is not None:
+            subprocess.run(["umount", str(mounted)], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)

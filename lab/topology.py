@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from natlens import netns
+from natlens.agent.sources.ebpf import DEFAULT_PIN_ROOT, remove_pins
 from natlens.lab import kubeproxy
 from natlens.lab.scenario import Scenario
 from natlens.lab.state import LabState, kill, new_prefix
@@ -137,6 +138,7 @@ def down(st: LabState) -> list[str]:
                                   text=True).stdout.split())
     removed = []
     for ns in reversed(st.namespaces):
+        removed += remove_pins(DEFAULT_PIN_ROOT, ns)  # agents' maps (natlens agent --netns)
         if ns in existing:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
             removed.append(ns)

@@ -60,14 +60,26 @@ def cli() -> None:
 # ---------------------------------------------------------------- agent / collector
 
 @cli.command()
-@click.option("--collector", required=True, metavar="HOST:PORT", help="Collector gRPC address.")
+@click.option("--collector", metavar="HOST:PORT", help="Collector gRPC address (required).")
 @click.option("--node", default=lambda: os.environ.get("NODE_NAME") or os.uname().nodename,
               show_default="$NODE_NAME or the hostname", help="Node name put on every record.")
 @click.option("--netns", metavar="NAME", help="Watch this network namespace (/run/netns/NAME "
               "or a path) instead of the agent's own.")
 @click.option("--source", type=click.Choice(["auto", "ebpf", "netlink", "pcap"]), default="auto",
-              show_default=True, help="Where decisions come from. auto picks the best "
-              "available (netlink today).")
+              show_default=True, help="Where decisions come from. ebpf: a bcc socket filter "
+              "counts DNAT decisions in the kernel; netlink: every conntrack event in user "
+              "space; auto: ebpf, else netlink with one log line saying why.")
+@click.option("--decisions", is_flag=True, help="ebpf: also ship each DNAT decision "
+              "(per-connection queries), not only the kernel's counters.")
+@click.option("--sample", type=click.IntRange(1, 1 << 20), default=1, show_default=True,
+              metavar="N", help="ebpf --decisions: ship 1 in N decisions, picked in the "
+              "kernel by a hash of the connection; counters stay exact.")
+@click.option("--pin-root", default="/sys/fs/bpf/natlens", show_default=True,
+              help="bpffs folder for the pinned maps (one subfolder per node); a restarted "
+              "agent continues from them.")
+@click.option("--counters-interval", type=click.FloatRange(0.05, 3600), default=1.0,
+              show_default=True, help="ebpf: seconds between reads of the kernel counters.")
+@click.option("--print-bpf", is_flag=True, help="Print the eBPF C program and exit.")
 @click.option("--agent-id", default="", help="Stable id of this agent (default: the node).")
 @click.option("--rules-interval", type=click.FloatRange(0.1, 3600), default=2.0,
               show_default=True, help="Seconds between reads of the node's rules.")
@@ -83,25 +95,39 @@ def cli() -> None:
               "and nf_conntrack_timestamp (bytes and durations on DESTROY need them).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
-def agent(collector: str, node: str, netns: str | None, source: str, agent_id: str,
-          rules_interval: float, batch_size: int, batch_age: float, drain_timeout: float,
-          rcvbuf: int, no_ct_accounting: bool, log_level: str) -> None:
-    """Run the node agent: stream DNAT decisions and rule snapshots to the collector."""
+def agent(collector: str | None, node: str, netns: str | None, source: str,
+          decisions: bool, sample: int, pin_root: str, counters_interval: float,
+          print_bpf: bool, agent_id: str, rules_interval: float, batch_size: int,
+          batch_age: float, drain_timeout: float, rcvbuf: int, no_ct_accounting: bool,
+          log_level: str) -> None:
+    """Run the node agent: stream DNAT decisions, counters and rule snapshots to the
+    collector."""
     from natlens.agent.pipeline import Agent, AgentConfig
+    from natlens.agent.sources.ebpf import BpfUnavailable, pin_dir, program_text
 
+    if print_bpf:
+        click.echo(program_text(pin_dir(pin_root, node, netns)), nl=False)
+        return
+    if collector is None:
+        raise click.UsageError("Missing option '--collector'.")
     _check_hostport(collector, "--collector")
+    if source == "pcap":
+        raise CliError("--source pcap is not available in this version; use auto, ebpf or "
+                       "netlink")
+    if source == "netlink" and (decisions or sample > 1):
+        raise click.BadParameter("--decisions and --sample apply to the ebpf source; the "
+                                 "netlink source always ships every decision",
+                                 param_hint="--source")
     _setup_logging(log_level, f"natlens-agent[{node}]")
-    if source in ("ebpf", "pcap"):
-        raise CliError(f"--source {source} is not available in this version; use netlink "
-                       f"or auto")
-    if source == "auto":
-        logging.getLogger("natlens.agent").info("source auto: using netlink (ctnetlink events)")
     ag = Agent(AgentConfig(collector, node, netns, agent_id, rules_interval, batch_size,
-                           batch_age, drain_timeout, not no_ct_accounting, rcvbuf))
+                           batch_age, drain_timeout, not no_ct_accounting, rcvbuf, source,
+                           decisions, sample, pin_root, counters_interval))
     signal.signal(signal.SIGTERM, lambda *_: ag.stop())
     signal.signal(signal.SIGINT, lambda *_: ag.stop())
     try:
         rc = ag.run()
+    except BpfUnavailable as e:
+        raise CliError(f"agent: --source ebpf: {e}") from None
     except OSError as e:
         raise CliError(f"agent: {e}") from None
     sys.exit(rc)

@@ -17,8 +17,9 @@ from natlens.proto import natlens_pb2 as pb
 class Batcher:
     def __init__(self, agent_id: str, node: str, emit: Callable[[pb.Batch], None],
                  max_records: int = 2000, max_age: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, sample_rate: int = 1) -> None:
         self.agent_id, self.node = agent_id, node
+        self.sample_rate = sample_rate
         self.boot_id = uuid.uuid4().hex
         self.seq = 0
         self._emit = emit
@@ -29,7 +30,8 @@ class Batcher:
         self._opened = clock()
 
     def _new(self) -> pb.Batch:
-        return pb.Batch(agent_id=self.agent_id, boot_id=self.boot_id, node=self.node)
+        return pb.Batch(agent_id=self.agent_id, boot_id=self.boot_id, node=self.node,
+                        sample_rate=self.sample_rate)
 
     def add_decision(self, d: pb.Decision) -> None:
         with self._lock:
@@ -39,6 +41,11 @@ class Batcher:
     def add_rules(self, r: pb.RuleSnapshot) -> None:
         with self._lock:
             self._batch.rules.append(r)
+            self._bump()
+
+    def add_counter(self, c: pb.CounterDelta) -> None:
+        with self._lock:
+            self._batch.counters.append(c)
             self._bump()
 
     def add_lost(self, lost: pb.LostEvents) -> None:

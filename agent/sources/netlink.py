@@ -14,7 +14,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from natlens import netns
@@ -77,7 +77,9 @@ def enable_accounting(ns: str | None) -> list[str]:
 class ConntrackSource:
     """A ctnetlink event socket (and a dump socket) opened inside namespace ``ns``."""
 
-    def __init__(self, ns: str | None = None, rcvbuf: int = DEFAULT_RCVBUF) -> None:
+    def __init__(self, ns: str | None = None, rcvbuf: int = DEFAULT_RCVBUF,
+                 attach: Callable[[socket.socket], None] | None = None) -> None:
+        """``attach`` runs before bind(), e.g. to put a socket filter on it."""
         self.ns = ns
         with netns.entered(ns):
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
@@ -86,6 +88,8 @@ class ConntrackSource:
                 self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             except PermissionError:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if attach is not None:
+                attach(self.sock)
             groups = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
             self.sock.bind((0, groups))
         self.inode = os.fstat(self.sock.fileno()).st_ino

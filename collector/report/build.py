@@ -9,6 +9,7 @@ follow the affinity, not the random choice.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -87,22 +88,29 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
     models: dict[tuple[str, str], dict[str, Any]] = {}
     for node, h, model in db.execute("SELECT node, hash, model FROM rule_snapshots"):
         models[(node, h)] = json.loads(model)
-    counts: dict[tuple[str, str, str, str, int], dict[str, int]] = defaultdict(dict)
+    counts: dict[tuple[str, str, str, str, int], dict[str, int]] = defaultdict(
+        lambda: defaultdict(int))
     tmin, tmax = None, None
-    for node, h, proto, vip, port, ep, n, t0, t1 in db.execute(
+    # The eBPF source counts NEW decisions in the kernel (the counters table); its
+    # decision records are for queries and, when sampled, are shown scaled, not counted.
+    for node, h, proto, vip, port, ep, n, t0, t1 in [*db.execute(
             f"SELECT node, rules_hash, protocol, vip, vip_port, endpoint, "
             f"SUM(sample_rate), MIN(time_ns), MAX(time_ns) FROM decisions WHERE {where} "
-            f"GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint", args):
-        counts[(node, h, proto, vip, port)][ep] = int(n)
+            f"AND NOT (source = 'ebpf' AND event = 'new') "
+            f"GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint", args),
+            *_counter_sums(db, q)]:
+        counts[(node, h, proto, vip, port)][ep] += int(n)
         tmin = t0 if tmin is None else min(tmin, t0)
         tmax = t1 if tmax is None else max(tmax, t1)
+    sampled = _sampled(db, where, args)
     # An open-ended window (--since) ends now; otherwise at the last decision seen.
     window_to = q.until_ns or (now if q.since_ns is not None else (tmax or now))
     pods = _pod_names(db, tmax or window_to)
     entries: list[dict[str, Any]] = []
     unmatched: list[dict[str, Any]] = []
     judgements = []
-    for (node, h, proto, vip, port), observed in sorted(counts.items()):
+    for (node, h, proto, vip, port), by_ep in sorted(counts.items()):
+        observed = dict(by_ep)
         sp = _find_port(models.get((node, h), {"services": []}), vip, port, proto)
         if sp is None:
             unmatched.append({"node": node, "rules_version": h, "vip": vip, "port": port,
@@ -127,6 +135,8 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
             "reasons": j.reasons}
         if sp["affinity"] == "ClientIP":
             entry["counted"] = "first connection per client"
+        if (node, h, proto, vip, port) in sampled:
+            entry["sampled"] = sampled[(node, h, proto, vip, port)]
         entries.append(entry)
         judgements.append(j)
     tested = [i for i, j in enumerate(judgements) if j.test is not None]
@@ -150,6 +160,43 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
         "unmatched": unmatched,
         "lost": lost,
     }
+
+
+def _counter_sums(db: sqlite_utils.Database, q: ReportQuery) -> list[tuple[Any, ...]]:
+    """Kernel counters in the window (by the end of each counting window)."""
+    clauses, args = ["connections > 0"], []
+    for cond, value in (("node = ?", q.node), ("window_end_ns >= ?", q.since_ns),
+                        ("window_end_ns <= ?", q.until_ns)):
+        if value is not None:
+            clauses.append(cond)
+            args.append(value)
+    return list(db.execute(
+        "SELECT node, rules_hash, protocol, vip, vip_port, endpoint, SUM(connections), "
+        "MIN(window_start_ns), MAX(window_end_ns) FROM counters WHERE "
+        f"{' AND '.join(clauses)} GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint",
+        args))
+
+
+def scaled_error(k: int, rate: int) -> float:
+    """Three standard errors of k·rate as an estimate of n, when each of n connections
+    is kept with probability 1/rate: Var(k·rate) = n(rate−1) ≈ k·rate·(rate−1)."""
+    return 3.0 * math.sqrt(k * rate * (rate - 1))
+
+
+def _sampled(db: sqlite_utils.Database, where: str,
+             args: list[Any]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Per service port, the eBPF source's sampled decisions and their scaled counts."""
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for node, h, proto, vip, port, ep, k, rate in db.execute(
+            f"SELECT node, rules_hash, protocol, vip, vip_port, endpoint, COUNT(*), "
+            f"MAX(sample_rate) FROM decisions WHERE {where} AND source = 'ebpf' AND "
+            f"event = 'new' GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint",
+            args):
+        e = out.setdefault((node, h, proto, vip, port), {"rate": rate, "endpoints": []})
+        e["rate"] = max(e["rate"], rate)
+        e["endpoints"].append({"endpoint": ep, "decisions": k, "scaled": k * rate,
+                               "error": round(scaled_error(k, rate), 1)})
+    return out
 
 
 def _first_connections(db: sqlite_utils.Database, where: str, args: list[Any], node: str,

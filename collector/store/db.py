@@ -19,7 +19,7 @@ from typing import Any
 import sqlite_utils
 
 from natlens.agent.rules.model import endpoint_key
-from natlens.collector.store.schema import migrate
+from natlens.collector.store.schema import COUNTER_COLUMNS, migrate
 from natlens.proto import natlens_pb2 as pb
 
 SOURCES = {pb.SOURCE_NETLINK: "netlink", pb.SOURCE_EBPF: "ebpf", pb.SOURCE_PCAP: "pcap"}
@@ -57,6 +57,11 @@ def validate(batch: pb.Batch) -> None:
     for r in batch.rules:
         if not r.hash or not r.mode:
             raise BatchRejected("rule snapshot without hash or mode")
+    for c in batch.counters:
+        if not c.epoch or not c.vip or not c.endpoint_ip or not c.protocol:
+            raise BatchRejected("counter without epoch, vip, endpoint or protocol")
+        if c.vip_port > 65535 or c.endpoint_port > 65535:
+            raise BatchRejected("counter with a port above 65535")
 
 
 class Store:
@@ -100,7 +105,8 @@ class Store:
                     self.db.table("batches").insert({
                         "agent_id": batch.agent_id, "boot_id": batch.boot_id, "seq": batch.seq,
                         "node": batch.node, "received_ns": now,
-                        "records": len(batch.decisions) + len(batch.rules) + len(batch.lost)})
+                        "records": len(batch.decisions) + len(batch.rules) + len(batch.lost)
+                        + len(batch.counters)})
                     for r in batch.rules:
                         self.db.table("rule_snapshots").insert({
                             "node": batch.node, "time_ns": r.time_ns, "hash": r.hash,
@@ -111,10 +117,12 @@ class Store:
                     self.db.table("decisions").insert_all(
                         (self._decision_row(batch.node, d, rate) for d in batch.decisions),
                         batch_size=1000)
+                    self.db.table("counters").insert_all(
+                        row for c in batch.counters
+                        if (row := self._counter_row(batch.node, c)) is not None)
                     self.db.table("lost_events").insert_all(
-                        {"node": batch.node, "time_ns": lo.time_ns,
-                          "source": SOURCES.get(lo.source, "unknown"), "reason": lo.reason,
-                          "count": lo.count, "recovered": lo.recovered} for lo in batch.lost)
+                        row for lo in batch.lost
+                        if (row := self._lost_row(batch.node, lo)) is not None)
             except BaseException:
                 self._drop_epochs(batch.node, new_epochs)
                 raise
@@ -144,7 +152,46 @@ class Store:
             "event": EVENTS[d.event], "orig_packets": d.orig_packets,
             "orig_bytes": d.orig_bytes, "reply_packets": d.reply_packets,
             "reply_bytes": d.reply_bytes, "duration_ns": d.duration_ns,
-            "rules_hash": self.rules_at(node, d.time_ns), "sample_rate": rate}
+            "rules_hash": self.rules_at(node, d.time_ns),
+            # Only NEW events are sampled; dumps (snapshot, recovered) ship every entry.
+            "sample_rate": rate if d.event in (pb.EVENT_NEW, pb.EVENT_DESTROY) else 1}
+
+    def _counter_row(self, node: str, c: pb.CounterDelta) -> dict[str, Any] | None:
+        """The increase over the last stored total for this epoch and key (None if
+        nothing new): a counter resent after a restart adds nothing."""
+        key = {"node": node, "epoch": c.epoch, "protocol": c.protocol, "vip": c.vip,
+               "vip_port": c.vip_port, "endpoint": endpoint_key(c.endpoint_ip, c.endpoint_port)}
+        totals = dict(zip(COUNTER_COLUMNS, (
+            c.total_connections, c.total_closed, c.total_orig_packets, c.total_orig_bytes,
+            c.total_reply_packets, c.total_reply_bytes, c.total_duration_ns), strict=True))
+        cols = ", ".join(COUNTER_COLUMNS)
+        last = self.db.execute(
+            f"SELECT {cols} FROM counter_totals WHERE node=? AND epoch=? AND protocol=? "
+            "AND vip=? AND vip_port=? AND endpoint=?", list(key.values())).fetchone()
+        increase = {k: totals[k] - (last[i] if last else 0)
+                    for i, k in enumerate(COUNTER_COLUMNS)}
+        if not any(v > 0 for v in increase.values()):
+            return None
+        if any(v < 0 for v in increase.values()):
+            raise BatchRejected(f"counter total went backwards within epoch {c.epoch}")
+        self.db.table("counter_totals").upsert({**key, **totals}, pk=tuple(key))
+        return {**key, "window_start_ns": c.window_start_ns, "window_end_ns": c.window_end_ns,
+                "rules_hash": self.rules_at(node, c.window_end_ns), **increase}
+
+    def _lost_row(self, node: str, lo: pb.LostEvents) -> dict[str, Any] | None:
+        source = SOURCES.get(lo.source, "unknown")
+        count = lo.count
+        if lo.epoch:  # cumulative within the epoch: store the increase only
+            key = {"node": node, "epoch": lo.epoch, "source": source, "reason": lo.reason}
+            last = self.db.execute(
+                "SELECT total FROM lost_totals WHERE node=? AND epoch=? AND source=? AND "
+                "reason=?", list(key.values())).fetchone()
+            count = lo.total - (last[0] if last else 0)
+            if count <= 0:
+                return None
+            self.db.table("lost_totals").upsert({**key, "total": lo.total}, pk=tuple(key))
+        return {"node": node, "time_ns": lo.time_ns, "source": source, "reason": lo.reason,
+                "count": count, "recovered": lo.recovered}
 
     def record_pods(self, pods: Iterable[PodRecord]) -> None:
         """Who owned each IP and when (the lab, later the Kubernetes watch, fills this)."""

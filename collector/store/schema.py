@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class SchemaError(RuntimeError):
@@ -38,7 +38,26 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.table("pods").create_index(["ip", "from_ns"])
 
 
-MIGRATIONS = {1: _v1}
+COUNTER_COLUMNS = ("connections", "closed", "orig_packets", "orig_bytes", "reply_packets",
+                   "reply_bytes", "duration_ns")
+
+
+def _v2(db: sqlite_utils.Database) -> None:
+    """Kernel-side counters (eBPF source): per-window increases, and the last total
+    stored per epoch and key, from which each increase is computed exactly once."""
+    key = {"node": str, "epoch": str, "protocol": str, "vip": str, "vip_port": int,
+           "endpoint": str}
+    db.table("counters").create({**key, "window_start_ns": int, "window_end_ns": int,
+                                 "rules_hash": str, **dict.fromkeys(COUNTER_COLUMNS, int)})
+    db.table("counters").create_index(["vip", "vip_port", "protocol", "window_end_ns"])
+    db.table("counters").create_index(["window_end_ns"])
+    db.table("counter_totals").create({**key, **dict.fromkeys(COUNTER_COLUMNS, int)},
+                                      pk=tuple(key))
+    db.table("lost_totals").create({"node": str, "epoch": str, "source": str, "reason": str,
+                                    "total": int}, pk=("node", "epoch", "source", "reason"))
+
+
+MIGRATIONS = {1: _v1, 2: _v2}
 
 
 def migrate(db: sqlite_utils.Database) -> int:

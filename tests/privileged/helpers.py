@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent.parent
 SEED = ROOT / "examples" / "seed-bill-service.yaml"
 NATLENS = [sys.executable, "-m", "natlens"]
+CLIENT = "front-tomcat-v1-7f8c94c6c8-lfz5m"
+SERVICE = "istio-demo/bill-service:http"
 
 
 def natlens(*args: str, check: bool = True,
@@ -55,3 +58,25 @@ def observed(entry: dict[str, Any]) -> dict[str, int]:
     got = {e["endpoint"]: e["observed"] for e in entry["endpoints"] if e["observed"]}
     got.update({u["endpoint"]: u["observed"] for u in entry["undeclared"] if u["observed"]})
     return got
+
+
+def traffic(lab: dict[str, Any], n: int) -> dict[str, int]:
+    r = natlens("lab", "traffic", str(SEED), "--prefix", lab["prefix"], "--from", CLIENT,
+                "--service", SERVICE, "--connections", str(n))
+    tally = json.loads(r.stdout)
+    assert tally["failed"] == 0
+    return dict(tally["by_endpoint"])
+
+
+def start(argv: list[str], log: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([*NATLENS, *argv], stdout=subprocess.PIPE, stderr=log.open("w"),
+                            text=True)
+
+
+def wait_for(cond: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,42 +17,9 @@ import sqlite_utils
 from natlens.agent.rules.iptables import parse_iptables_save
 from natlens.collector.report.build import ReportQuery, build_report
 
-from .helpers import NATLENS, SEED, free_port, natlens
+from .helpers import free_port, natlens, start, traffic, wait_for
 
 pytestmark = pytest.mark.privileged
-SERVICE = "istio-demo/bill-service:http"
-CLIENT = "front-tomcat-v1-7f8c94c6c8-lfz5m"
-
-
-@pytest.fixture
-def lab() -> Iterator[dict[str, Any]]:
-    info = json.loads(natlens("lab", "up", str(SEED)).stdout)
-    try:
-        yield info
-    finally:
-        natlens("lab", "down", str(SEED), "--prefix", info["prefix"])
-
-
-def traffic(lab: dict[str, Any], n: int) -> dict[str, int]:
-    r = natlens("lab", "traffic", str(SEED), "--prefix", lab["prefix"], "--from", CLIENT,
-                "--service", SERVICE, "--connections", str(n))
-    tally = json.loads(r.stdout)
-    assert tally["failed"] == 0
-    return dict(tally["by_endpoint"])
-
-
-def start(argv: list[str], log: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([*NATLENS, *argv], stdout=subprocess.PIPE, stderr=log.open("w"),
-                            text=True)
-
-
-def wait_for(cond: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_snapshot_is_kept_out_and_an_overflow_is_counted_and_recovered(

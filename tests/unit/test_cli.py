@@ -42,7 +42,11 @@ def test_rules_parse_file_and_stdin() -> None:
     (["rules", "parse", "-"], "hello\n", 1, "line 1"),
     (["rules", "parse", "/nonexistent"], None, 2, "does not exist"),
     (["agent", "--collector", "nocolon"], None, 2, "HOST:PORT"),
-    (["agent", "--collector", "127.0.0.1:1", "--source", "ebpf"], None, 1, "not available"),
+    (["agent", "--collector", "127.0.0.1:1", "--source", "pcap"], None, 1, "not available"),
+    (["agent", "--collector", "127.0.0.1:1", "--source", "netlink", "--sample", "2"], None, 2,
+     "ebpf source"),
+    (["agent"], None, 2, "--collector"),
+    (["agent", "--collector", "127.0.0.1:1", "--sample", "0"], None, 2, "--sample"),
     (["lab", "up", "/nonexistent.yaml"], None, 2, "does not exist"),
 ])
 def test_bad_input(args: list[str], stdin: str | None, code: int, needle: str) -> None:
@@ -71,3 +75,11 @@ def test_every_command_is_documented() -> None:
                 "natlens lab run", "natlens demo"):
         assert cmd in docs, f"{cmd} is not documented"
         assert run(*cmd.split()[1:], "--help").returncode == 0
+
+
+def test_print_bpf_shows_the_program_with_the_node_pin_dir() -> None:
+    r = run("agent", "--print-bpf", "--node", "n1", "--netns", "lab-x", "--pin-root",
+            "/sys/fs/bpf/t")
+    assert r.returncode == 0, r.stderr
+    assert "int ct_filter(struct __sk_buff *skb)" in r.stdout
+    assert '"/sys/fs/bpf/t/n1@lab-x/counters"' in r.stdout

@@ -2,7 +2,6 @@
 
 import contextlib
 import ipaddress
-import socket
 import struct
 
 import pytest
@@ -10,44 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from natlens.agent.decode import ctnetlink as c
-
-
-def nla(typ: int, payload: bytes, nested: bool = False) -> bytes:
-    body = struct.pack("=HH", 4 + len(payload), typ | (0x8000 if nested else 0)) + payload
-    return body + b"\0" * (-len(body) % 4)
-
-
-def tuple_attr(typ: int, src: str, dst: str, proto: int, sport: int, dport: int) -> bytes:
-    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
-    a, b = (c.CTA_IP_V6_SRC, c.CTA_IP_V6_DST) if fam == socket.AF_INET6 else (
-        c.CTA_IP_V4_SRC, c.CTA_IP_V4_DST)
-    ip = nla(c.CTA_TUPLE_IP, nla(a, socket.inet_pton(fam, src))
-             + nla(b, socket.inet_pton(fam, dst)), True)
-    pr = nla(c.CTA_TUPLE_PROTO, nla(c.CTA_PROTO_NUM, bytes([proto]))
-             + nla(c.CTA_PROTO_SRC_PORT, struct.pack(">H", sport))
-             + nla(c.CTA_PROTO_DST_PORT, struct.pack(">H", dport)), True)
-    return nla(typ, ip + pr, True)
-
-
-def message(kind: str, orig: tuple, reply: tuple, ct_id: int, counters: tuple = (0, 0, 0, 0),
-            ts: tuple = (0, 0)) -> bytes:
-    sub = c.IPCTNL_MSG_CT_DELETE if kind == "destroy" else c.IPCTNL_MSG_CT_NEW
-    flags = c.NLM_F_CREATE | 0x200 if kind == "new" else 0
-    attrs = (tuple_attr(c.CTA_TUPLE_ORIG, *orig) + tuple_attr(c.CTA_TUPLE_REPLY, *reply)
-             + nla(c.CTA_ID, struct.pack(">I", ct_id)))
-    if kind == "destroy":
-        attrs += nla(c.CTA_COUNTERS_ORIG, nla(c.CTA_COUNTERS_PACKETS,
-                                              struct.pack(">Q", counters[0]))
-                     + nla(c.CTA_COUNTERS_BYTES, struct.pack(">Q", counters[1])), True)
-        attrs += nla(c.CTA_COUNTERS_REPLY, nla(c.CTA_COUNTERS_PACKETS,
-                                               struct.pack(">Q", counters[2]))
-                     + nla(c.CTA_COUNTERS_BYTES, struct.pack(">Q", counters[3])), True)
-        attrs += nla(c.CTA_TIMESTAMP, nla(c.CTA_TIMESTAMP_START, struct.pack(">Q", ts[0]))
-                     + nla(c.CTA_TIMESTAMP_STOP, struct.pack(">Q", ts[1])), True)
-    body = struct.pack("=BBH", socket.AF_INET, 0, 0) + attrs
-    return struct.pack("=IHHII", 16 + len(body), (c.NFNL_SUBSYS_CTNETLINK << 8) | sub,
-                       flags, 0, 0) + body
-
+from tests.ctmsg import message
 
 SEED_ORIG = ("10.244.1.169", "10.1.122.241", 6, 40000, 9999)
 SEED_REPLY = ("10.244.2.74", "10.244.1.169", 6, 80, 40000)

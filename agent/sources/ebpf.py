@@ -1,0 +1,271 @@
+"""The eBPF source: ebpf_filter.c, loaded through bcc, as a socket filter on the
+conntrack socket.
+
+The kernel runs the filter on every conntrack event before it is queued, so events
+that are not DNAT decisions cost no copy and no wake-up, and in aggregate mode none
+does: the counts live in per-CPU maps pinned under bpffs, read here every interval.
+Pinned maps outlive the agent, so a restarted agent (kill -9 included) carries on
+from the same cumulative counters; the collector counts the change since the last
+total it stored for the same epoch, so nothing is counted twice or missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROGRAM = Path(__file__).with_name("ebpf_filter.c")
+# Names of the stats array's slots, in the order of the enum in ebpf_filter.c.
+STATS = ("events", "new", "destroy", "non_dnat", "map_full", "sampled_out", "passed",
+         "malformed")
+SO_ATTACH_BPF = 50
+BPF_FS_MAGIC = 0xCAFE4A11
+DEFAULT_PIN_ROOT = "/sys/fs/bpf/natlens"
+# Where scripts/install.sh merges Debian's header packages for bcc (ENVIRONMENT.md).
+DEFAULT_HEADERS = "/var/lib/natlens/kernel-headers"
+DEFAULT_MAX_KEYS = 1 << 18
+DEFAULT_MAX_SEEN = 1 << 20
+PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
+CLOCK_SLACK_NS = 1_000_000
+
+
+class BpfUnavailable(Exception):
+    """The program could not be compiled, loaded or attached; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class CounterKey:
+    protocol: str
+    vip: str
+    vip_port: int
+    endpoint_ip: str
+    endpoint_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class CounterValue:
+    connections: int = 0
+    closed: int = 0
+    orig_packets: int = 0
+    orig_bytes: int = 0
+    reply_packets: int = 0
+    reply_bytes: int = 0
+    duration_ns: int = 0
+
+
+def decode_key(family: int, proto: int, vip: bytes, vip_port: int, ep: bytes,
+               ep_port: int) -> CounterKey:
+    """A counter map key (struct nl_key) as strings and numbers."""
+    if family == socket.AF_INET:
+        a, b = socket.inet_ntop(socket.AF_INET, vip[:4]), socket.inet_ntop(socket.AF_INET, ep[:4])
+    elif family == socket.AF_INET6:
+        a, b = socket.inet_ntop(socket.AF_INET6, vip), socket.inet_ntop(socket.AF_INET6, ep)
+    else:
+        raise ValueError(f"address family {family}")
+    return CounterKey(PROTOCOLS.get(proto, str(proto)), a, vip_port, b, ep_port)
+
+
+def sum_values(per_cpu: list[CounterValue]) -> CounterValue:
+    """Per-CPU slots of one key added up: each CPU counted its own events."""
+    return CounterValue(*(sum(getattr(v, f) for v in per_cpu)
+                          for f in CounterValue.__dataclass_fields__))
+
+
+def pin_dir(root: str, node: str, netns: str | None = None) -> str:
+    """One directory of pinned maps per node, and per namespace when the agent watches
+    one other than its own (labs reuse node names): ``NODE`` or ``NODE@NETNS``."""
+    name = node if not netns else f"{node}@{os.path.basename(netns)}"
+    return os.path.join(root, re.sub(r"[^A-Za-z0-9_.@-]", "_", name)[:240] or "node")
+
+
+def remove_pins(root: str, netns: str) -> list[str]:
+    """Delete the pinned maps of agents that watched ``netns`` (``lab down``)."""
+    removed: list[str] = []
+    base = Path(root)
+    if not base.is_dir():
+        return removed
+    for d in base.glob(f"*@{os.path.basename(netns)}"):
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+        removed.append(str(d))
+    return removed
+
+
+def program_text(pin: str) -> str:
+    return PROGRAM.read_text().replace("__PIN__", pin)
+
+
+def is_bpffs(path: str) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class StatFs(ctypes.Structure):
+        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 112)]
+
+    buf = StatFs()
+    if libc.statfs(path.encode(), ctypes.byref(buf)) != 0:
+        return False
+    return bool((buf.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC)
+
+
+def ensure_bpffs(pin: str) -> str | None:
+    """bpffs must hold the pins. Only /sys/fs/bpf, its usual home, is mounted here if
+    nobody has (returns it then); any other folder must already be on a bpffs, so that
+    nothing is ever mounted over a user's files."""
+    mnt = Path(pin)
+    while not mnt.exists():
+        mnt = mnt.parent
+    if not is_bpffs(str(mnt)):
+        if not (pin.startswith("/sys/fs/bpf/") and str(mnt) in ("/sys/fs/bpf", "/sys/fs")):
+            raise BpfUnavailable(f"{mnt} is not on a bpffs; mount one there "
+                                 f"(mount -t bpf bpf DIR) or use a --pin-root under "
+                                 f"/sys/fs/bpf")
+        r = subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], capture_output=True,
+                           text=True)
+        if r.returncode != 0 or not is_bpffs("/sys/fs/bpf"):
+            raise BpfUnavailable(f"/sys/fs/bpf is not a bpffs and mounting one failed: "
+                                 f"{r.stderr.strip()}")
+        os.makedirs(pin, exist_ok=True)
+        return "/sys/fs/bpf"
+    os.makedirs(pin, exist_ok=True)
+    return None
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[list[str]]:
+    """Collect what bcc and its compiler write to fds 1 and 2 (bypassing sys.stdout and
+    sys.stderr), so that a failure becomes one line with its reason, not a page of
+    clang output, and a success prints nothing."""
+    lines: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+") as tmp:
+        for fd in (1, 2):
+            os.dup2(tmp.fileno(), fd)
+        try:
+            yield lines
+        finally:
+            for fd, old in zip((1, 2), saved, strict=True):
+                os.dup2(old, fd)
+                os.close(old)
+            tmp.seek(0)
+            lines.extend(x.strip() for x in tmp.read().splitlines() if x.strip())
+
+
+def compile_reason(stderr: list[str], exc: BaseException) -> str:
+    """The line of compiler output that says why, else the exception's first line."""
+    for needle in ("Unable to find kernel headers", "error:", "bpf: "):
+        for line in stderr:
+            if needle in line:
+                return line.split(". ", 1)[0]
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def boot_offset_ns() -> int:
+    """Add to a CLOCK_BOOTTIME reading (bpf_ktime_get_boot_ns) to get wall-clock ns."""
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+class EbpfFilter:
+    """The loaded program and its maps, for one node's pin directory."""
+
+    def __init__(self, pin: str, decisions: bool = False, sample: int = 1,
+                 max_keys: int = DEFAULT_MAX_KEYS, max_seen: int = DEFAULT_MAX_SEEN) -> None:
+        if sample < 1:
+            raise ValueError("sample rate must be at least 1")
+        self.pin = pin
+        self.sample = sample
+        try:
+            from bcc import BPF  # optional: only this source needs bcc
+        except ImportError as e:
+            raise BpfUnavailable(f"bcc is not importable ({e}); install python3-bpfcc") from e
+        if "BCC_KERNEL_SOURCE" not in os.environ and Path(DEFAULT_HEADERS).is_dir():
+            os.environ["BCC_KERNEL_SOURCE"] = DEFAULT_HEADERS
+        self.mounted = ensure_bpffs(pin)
+        self.fresh = not Path(pin, "counters").exists()
+        try:
+            with captured_output() as err:
+                self.bpf = BPF(text=program_text(pin),
+                               cflags=[f"-DMAX_KEYS={max_keys}", f"-DMAX_SEEN={max_seen}",
+                                       "-Wno-unused-value"])
+                self.fn = self.bpf.load_func("ct_filter", BPF.SOCKET_FILTER)
+        except Exception as e:  # bcc raises bare Exception; the reason is on fd 2
+            raise BpfUnavailable(f"eBPF program did not load: {compile_reason(err, e)}") from e
+        self.counters = self.bpf[b"counters"]
+        self.seen = self.bpf[b"seen"]
+        self.stats_map = self.bpf[b"stats"]
+        meta = self.bpf[b"meta"]
+        if self.fresh or meta[ctypes.c_uint32(0)].value == 0:
+            self.fresh = True
+            meta[ctypes.c_uint32(0)] = ctypes.c_uint64(secrets.randbits(63) | 1)
+        self.epoch = f"{meta[ctypes.c_uint32(0)].value:016x}"
+        self.configure(decisions, sample)
+
+    def configure(self, decisions: bool, sample: int = 1, seed: int | None = None) -> None:
+        """Set the mode in the running program (a map write, no reload)."""
+        cfg = self.bpf[b"config"]
+        leaf = cfg.Leaf()
+        leaf.decisions, leaf.sample = int(decisions), sample
+        leaf.seed = secrets.randbits(32) if seed is None else seed
+        cfg[ctypes.c_uint32(0)] = leaf
+        self.sample = sample
+
+    def attach(self, sock: socket.socket) -> None:
+        """Before bind(): no event may reach the socket unfiltered."""
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, self.fn.fd)
+
+    def read_counters(self) -> dict[CounterKey, CounterValue]:
+        out: dict[CounterKey, CounterValue] = {}
+        for k, per_cpu in self.counters.items():
+            key = decode_key(k.family, k.proto, bytes(k.vip), k.vip_port, bytes(k.ep), k.ep_port)
+            out[key] = sum_values([CounterValue(v.connections, v.closed, v.orig_packets,
+                                                v.orig_bytes, v.reply_packets, v.reply_bytes,
+                                                v.duration_ns) for v in per_cpu])
+        return out
+
+    def read_stats(self) -> dict[str, int]:
+        return {name: int(sum(self.stats_map[ctypes.c_uint32(i)]))
+                for i, name in enumerate(STATS)}
+
+    def seen_checker(self) -> Callable[[int, int, int], bool]:
+        """known(zone, ct_id, start_ns) against the pinned seen map; see SeenIds."""
+        offset = boot_offset_ns()
+        seen = self.seen
+
+        def known(zone: int, ct_id: int, start_ns: int) -> bool:
+            k = seen.Key(ct_id=ct_id, zone=zone)
+            try:
+                at = seen[k].value
+            except KeyError:
+                return False
+            # The boot clock is converted to wall-clock time here and when marking;
+            # a millisecond of slack absorbs the conversion's jitter.
+            at_real = at + offset + CLOCK_SLACK_NS if at else 0
+            return not (start_ns and start_ns > at_real)
+
+        return known
+
+    def mark_seen(self, zone: int, ct_id: int, start_ns: int) -> None:
+        """Record an entry met in a dump (boot-clock ns of its start, 0 if unknown)."""
+        at = max(start_ns - boot_offset_ns(), 1) if start_ns else 0
+        self.seen[self.seen.Key(ct_id=ct_id, zone=zone)] = ctypes.c_uint64(at)
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+def describe(f: EbpfFilter) -> dict[str, Any]:
+    return {"pin": f.pin, "epoch": f.epoch, "fresh": f.fresh, "sample": f.sample}

@@ -1,0 +1,326 @@
+// natlens conntrack filter: a socket filter on the agent's ctnetlink socket.
+//
+// The kernel runs it on every conntrack NEW/DESTROY event before queueing the message
+// on the socket. It walks the nfnetlink attributes, drops every event that is not a
+// DNAT decision (original destination == reply source), counts DNAT decisions per
+// (protocol, VIP:port, endpoint:port) in a per-CPU map and returns 0, so nothing is
+// copied to user space. In decision mode it returns the message length for the DNAT
+// events a hash of the connection's tuple selects (1 in SAMPLE), and only those.
+//
+// Python decodes these structs in ebpf.py (same folder); keep the two in step.
+// Only UAPI headers: the program must compile without a matching kernel tree.
+#include <uapi/linux/bpf.h>
+
+#define CTA_TUPLE_ORIG 1
+#define CTA_TUPLE_REPLY 2
+#define CTA_COUNTERS_ORIG 9
+#define CTA_COUNTERS_REPLY 10
+#define CTA_ID 12
+#define CTA_ZONE 18
+#define CTA_TIMESTAMP 20
+#define CTA_TUPLE_IP 1
+#define CTA_TUPLE_PROTO 2
+#define CTA_IP_V4_SRC 1
+#define CTA_IP_V4_DST 2
+#define CTA_IP_V6_SRC 3
+#define CTA_IP_V6_DST 4
+#define CTA_PROTO_NUM 1
+#define CTA_PROTO_SRC_PORT 2
+#define CTA_PROTO_DST_PORT 3
+#define CTA_COUNTERS_PACKETS 1
+#define CTA_COUNTERS_BYTES 2
+#define CTA_TIMESTAMP_START 1
+#define CTA_TIMESTAMP_STOP 2
+#define NFNL_SUBSYS_CTNETLINK 1
+#define IPCTNL_MSG_CT_NEW 0
+#define IPCTNL_MSG_CT_DELETE 2
+#define NLA_TYPE_MASK 0x3fff
+#define NLMSG_HDRLEN 16
+#define NFGEN_HDRLEN 4
+#define MAX_ATTRS 24
+
+// Counter key: one per (family, protocol, VIP:port, endpoint:port).
+struct nl_key {
+    u8 family;      // AF_INET (2) or AF_INET6 (10)
+    u8 proto;       // 6 tcp, 17 udp, 132 sctp
+    u16 vip_port;   // host order
+    u16 ep_port;    // host order
+    u16 pad;
+    u8 vip[16];     // IPv4 in the first 4 bytes
+    u8 ep[16];
+};
+
+struct nl_val {
+    u64 connections;    // NEW DNAT events
+    u64 closed;         // DESTROY DNAT events
+    u64 orig_packets;
+    u64 orig_bytes;
+    u64 reply_packets;
+    u64 reply_bytes;
+    u64 duration_ns;    // sum over closed connections with timestamps
+};
+
+struct seen_key {
+    u32 ct_id;
+    u16 zone;
+    u16 pad;
+};
+
+struct config {
+    u32 decisions;  // 1: pass selected DNAT events to user space
+    u32 sample;     // pass 1 in SAMPLE (by tuple hash); 0 or 1: all
+    u32 seed;
+    u32 pad;
+};
+
+// Indexes into stats; ebpf.py names them in the same order.
+enum {
+    ST_EVENTS, ST_NEW, ST_DESTROY, ST_NON_DNAT, ST_MAP_FULL, ST_SAMPLED_OUT, ST_PASSED,
+    ST_MALFORMED, ST_MAX
+};
+
+struct tuple {
+    u8 src[16];
+    u8 dst[16];
+    u16 sport;
+    u16 dport;
+    u8 proto;
+};
+
+BPF_TABLE_PINNED("percpu_hash", struct nl_key, struct nl_val, counters, MAX_KEYS,
+                 "__PIN__/counters");
+BPF_TABLE_PINNED("lru_hash", struct seen_key, u64, seen, MAX_SEEN, "__PIN__/seen");
+BPF_TABLE_PINNED("percpu_array", u32, u64, stats, ST_MAX, "__PIN__/stats");
+// meta[0]: the epoch, a random id the agent writes when it creates the maps. Counters
+// are cumulative within an epoch, which lets the collector count each exactly once.
+BPF_TABLE_PINNED("array", u32, u64, meta, 2, "__PIN__/meta");
+BPF_ARRAY(config, struct config, 1);
+
+// What one event says. Parsed into map memory, not the stack: the verifier would
+// otherwise follow every combination of attributes seen as a separate state.
+struct parsed {
+    struct tuple orig;
+    struct tuple reply;
+    u64 counters_orig[2];   // packets, bytes
+    u64 counters_reply[2];
+    u64 ts[2];              // start, stop
+    u32 ct_id;
+    u16 zone;
+};
+BPF_PERCPU_ARRAY(scratch, struct parsed, 1);
+
+static __always_inline void bump(u32 idx) {
+    u64 *v = stats.lookup(&idx);
+    if (v)
+        *v += 1;
+}
+
+static __always_inline int attr_hdr(struct __sk_buff *skb, u32 off, u16 *len, u16 *type) {
+    u16 h[2];
+    if (bpf_skb_load_bytes(skb, off, h, 4) < 0)
+        return -1;
+    *len = h[0];
+    *type = h[1] & NLA_TYPE_MASK;
+    return h[0] < 4 ? -1 : 0;
+}
+
+static __always_inline u64 be64(struct __sk_buff *skb, u32 off) {
+    u64 v = 0;
+    bpf_skb_load_bytes(skb, off, &v, 8);
+    return __builtin_bswap64(v);  // network order; x86-64 and arm64 are little-endian
+}
+
+static __always_inline int parse_tuple(struct __sk_buff *skb, u32 off, u32 end,
+                                       struct tuple *t) {
+    u16 len, type, l2, t2;
+    for (int i = 0; i < 3; i++) {
+        if (off + 4 > end || attr_hdr(skb, off, &len, &type) < 0)
+            break;
+        u32 o2 = off + 4, e2 = off + len;
+        if (type == CTA_TUPLE_IP) {
+            for (int j = 0; j < 2; j++) {
+                if (o2 + 4 > e2 || attr_hdr(skb, o2, &l2, &t2) < 0)
+                    break;
+                if (t2 == CTA_IP_V4_SRC)
+                    bpf_skb_load_bytes(skb, o2 + 4, t->src, 4);
+                else if (t2 == CTA_IP_V4_DST)
+                    bpf_skb_load_bytes(skb, o2 + 4, t->dst, 4);
+                else if (t2 == CTA_IP_V6_SRC)
+                    bpf_skb_load_bytes(skb, o2 + 4, t->src, 16);
+                else if (t2 == CTA_IP_V6_DST)
+                    bpf_skb_load_bytes(skb, o2 + 4, t->dst, 16);
+                o2 += (l2 + 3) & ~3;
+            }
+        } else if (type == CTA_TUPLE_PROTO) {
+            for (int j = 0; j < 3; j++) {
+                if (o2 + 4 > e2 || attr_hdr(skb, o2, &l2, &t2) < 0)
+                    break;
+                if (t2 == CTA_PROTO_NUM)
+                    bpf_skb_load_bytes(skb, o2 + 4, &t->proto, 1);
+                else if (t2 == CTA_PROTO_SRC_PORT)
+                    bpf_skb_load_bytes(skb, o2 + 4, &t->sport, 2);
+                else if (t2 == CTA_PROTO_DST_PORT)
+                    bpf_skb_load_bytes(skb, o2 + 4, &t->dport, 2);
+                o2 += (l2 + 3) & ~3;
+            }
+        }
+        off += (len + 3) & ~3;
+    }
+    return 0;
+}
+
+static __always_inline u32 mix(u32 h, u32 k) {
+    k *= 0xcc9e2d51;
+    k = (k << 15) | (k >> 17);
+    k *= 0x1b873593;
+    h ^= k;
+    h = (h << 13) | (h >> 19);
+    return h * 5 + 0xe6546b64;
+}
+
+// murmur3 over the original tuple: the same connection is selected on NEW and DESTROY.
+static __always_inline u32 tuple_hash(struct tuple *t, u32 seed) {
+    u32 w[4];
+    u32 h = seed;
+    __builtin_memcpy(w, t->src, 16);
+    h = mix(h, w[0]); h = mix(h, w[1]); h = mix(h, w[2]); h = mix(h, w[3]);
+    __builtin_memcpy(w, t->dst, 16);
+    h = mix(h, w[0]); h = mix(h, w[1]); h = mix(h, w[2]); h = mix(h, w[3]);
+    h = mix(h, ((u32)t->sport << 16) | t->dport);
+    h = mix(h, t->proto);
+    h ^= h >> 16;
+    h *= 0x85ebca6b;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35;
+    h ^= h >> 16;
+    return h;
+}
+
+int ct_filter(struct __sk_buff *skb) {
+    u8 hdr[NLMSG_HDRLEN + NFGEN_HDRLEN];
+    u32 zero = 0;
+    bump(ST_EVENTS);
+    if (bpf_skb_load_bytes(skb, 0, hdr, sizeof(hdr)) < 0) {
+        bump(ST_MALFORMED);
+        return 0;
+    }
+    u32 msglen = *(u32 *)hdr;
+    u16 type = *(u16 *)(hdr + 4);
+    u8 family = hdr[NLMSG_HDRLEN];
+    if ((type >> 8) != NFNL_SUBSYS_CTNETLINK)
+        return 0;
+    if (msglen > skb->len || msglen < sizeof(hdr)) {  // the kernel never truncates one
+        bump(ST_MALFORMED);
+        return 0;
+    }
+    int destroy = (type & 0xff) == IPCTNL_MSG_CT_DELETE;
+    if (!destroy && (type & 0xff) != IPCTNL_MSG_CT_NEW)
+        return 0;
+
+    struct parsed *m = scratch.lookup(&zero);
+    if (!m)
+        return 0;
+    __builtin_memset(m, 0, sizeof(*m));
+    u16 len = 0, atype = 0;
+    u32 end = msglen;
+    u32 off = NLMSG_HDRLEN + NFGEN_HDRLEN;
+    for (int i = 0; i < MAX_ATTRS; i++) {
+        if (off + 4 > end)
+            break;
+        if (attr_hdr(skb, off, &len, &atype) < 0) {
+            bump(ST_MALFORMED);
+            return 0;
+        }
+        u32 p = off + 4, e = off + len;
+        if (atype == CTA_TUPLE_ORIG) {
+            parse_tuple(skb, p, e, &m->orig);
+        } else if (atype == CTA_TUPLE_REPLY) {
+            parse_tuple(skb, p, e, &m->reply);
+        } else if (atype == CTA_ID) {
+            u32 id = 0;
+            bpf_skb_load_bytes(skb, p, &id, 4);
+            m->ct_id = bpf_ntohl(id);
+        } else if (atype == CTA_ZONE) {
+            u16 z = 0;
+            bpf_skb_load_bytes(skb, p, &z, 2);
+            m->zone = bpf_ntohs(z);
+        } else if (destroy && (atype == CTA_COUNTERS_ORIG || atype == CTA_COUNTERS_REPLY ||
+                               atype == CTA_TIMESTAMP)) {
+            u64 *dst = atype == CTA_COUNTERS_ORIG ? m->counters_orig
+                       : atype == CTA_COUNTERS_REPLY ? m->counters_reply : m->ts;
+            u16 l2, t2;
+            for (int j = 0; j < 3; j++) {
+                if (p + 4 > e || attr_hdr(skb, p, &l2, &t2) < 0)
+                    break;
+                if (t2 == 1 && l2 >= 12)          // PACKETS / TIMESTAMP_START
+                    dst[0] = be64(skb, p + 4);
+                else if (t2 == 2 && l2 >= 12)     // BYTES / TIMESTAMP_STOP
+                    dst[1] = be64(skb, p + 4);
+                p += (l2 + 3) & ~3;
+            }
+        }
+        off += (len + 3) & ~3;
+    }
+
+    struct tuple *orig = &m->orig, *reply = &m->reply;
+    if (orig->proto != 6 && orig->proto != 17 && orig->proto != 132)
+        return 0;
+    u64 a[2], b[2];
+    __builtin_memcpy(a, orig->dst, 16);
+    __builtin_memcpy(b, reply->src, 16);
+    if (a[0] == b[0] && a[1] == b[1] && orig->dport == reply->sport) {
+        bump(ST_NON_DNAT);
+        return 0;
+    }
+
+    struct nl_key key = {};
+    key.family = family;
+    key.proto = orig->proto;
+    key.vip_port = bpf_ntohs(orig->dport);
+    key.ep_port = bpf_ntohs(reply->sport);
+    __builtin_memcpy(key.vip, orig->dst, 16);
+    __builtin_memcpy(key.ep, reply->src, 16);
+    struct seen_key sk = {.ct_id = m->ct_id, .zone = m->zone};
+
+    struct nl_val *v = counters.lookup(&key);
+    if (!v) {
+        struct nl_val init = {};
+        int err = counters.insert(&key, &init);  // NOEXIST: another CPU may have won
+        v = counters.lookup(&key);
+        if (!v && err) {
+            bump(ST_MAP_FULL);
+            goto decide;
+        }
+    }
+    if (v) {
+        if (destroy) {
+            v->closed += 1;
+            v->orig_packets += m->counters_orig[0];
+            v->orig_bytes += m->counters_orig[1];
+            v->reply_packets += m->counters_reply[0];
+            v->reply_bytes += m->counters_reply[1];
+            if (m->ts[0] && m->ts[1] > m->ts[0])
+                v->duration_ns += m->ts[1] - m->ts[0];
+        } else {
+            v->connections += 1;
+        }
+    }
+decide:
+    if (destroy) {
+        bump(ST_DESTROY);
+        seen.delete(&sk);
+    } else {
+        u64 now = bpf_ktime_get_boot_ns();
+        bump(ST_NEW);
+        seen.update(&sk, &now);
+    }
+    struct config *cfg = config.lookup(&zero);
+    if (!cfg || !cfg->decisions)
+        return 0;
+    if (cfg->sample > 1 && tuple_hash(orig, cfg->seed) % cfg->sample != 0) {
+        bump(ST_SAMPLED_OUT);
+        return 0;
+    }
+    bump(ST_PASSED);
+    return skb->len;
+}

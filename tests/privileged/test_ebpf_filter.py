@@ -1,0 +1,154 @@
+"""The kernel program itself: loaded through bcc, run by the kernel on messages built
+to ctnetlink's layout (BPF_PROG_TEST_RUN), checked against the Python decoder."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from natlens.agent.decode import ctnetlink as c
+from natlens.agent.sources.ebpf import CounterKey, CounterValue, EbpfFilter
+from tests.ctmsg import message
+
+from .bpf_run import test_run as run
+
+pytestmark = pytest.mark.privileged
+
+V4_ORIG = ("10.244.1.169", "10.1.122.241", 6, 40000, 9999)
+V4_REPLY = ("10.244.2.74", "10.244.1.169", 6, 80, 40000)
+
+
+@pytest.fixture(scope="module")
+def bpffs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    d = tmp_path_factory.mktemp("bpffs")
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=True)
+
+
+@pytest.fixture(scope="module")
+def loaded(bpffs: Path) -> Iterator[EbpfFilter]:
+    f = EbpfFilter(str(bpffs / "node"), decisions=True)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+@pytest.fixture
+def filt(loaded: EbpfFilter) -> EbpfFilter:
+    loaded.counters.clear()
+    loaded.stats_map.clear()
+    loaded.configure(decisions=True)
+    return loaded
+
+
+def test_dnat_new_event_is_counted_and_passed(filt: EbpfFilter) -> None:
+    m = message("new", V4_ORIG, V4_REPLY, 7)
+    assert run(filt.fn.fd, m) == len(m)
+    assert filt.read_counters() == {
+        CounterKey("tcp", "10.1.122.241", 9999, "10.244.2.74", 80): CounterValue(connections=1)}
+    assert filt.read_stats()["passed"] == 1
+    assert filt.seen_checker()(0, 7, 0)
+
+
+def test_aggregate_mode_copies_nothing(filt: EbpfFilter) -> None:
+    filt.configure(decisions=False)
+    assert run(filt.fn.fd, message("new", V4_ORIG, V4_REPLY, 8)) == 0
+    assert sum(v.connections for v in filt.read_counters().values()) == 1
+
+
+def test_event_without_dnat_is_dropped_and_not_counted(filt: EbpfFilter) -> None:
+    orig = ("10.244.1.169", "10.244.1.168", 6, 40001, 80)
+    reply = ("10.244.1.168", "10.244.1.169", 6, 80, 40001)
+    assert run(filt.fn.fd, message("new", orig, reply, 9)) == 0
+    assert filt.read_counters() == {}
+    assert filt.read_stats()["non_dnat"] == 1
+
+
+@pytest.mark.parametrize("proto,name", [(6, "tcp"), (17, "udp"), (132, "sctp")])
+def test_ipv6_and_every_protocol(filt: EbpfFilter, proto: int, name: str) -> None:
+    orig = ("fd00:10:244:1::169", "fd00:10:96::a", proto, 40000, 53)
+    reply = ("fd00:10:244:2::74", "fd00:10:244:1::169", proto, 5353, 40000)
+    m = message("new", orig, reply, 11, zone=3)
+    assert run(filt.fn.fd, m) == len(m)
+    assert filt.read_counters() == {
+        CounterKey(name, "fd00:10:96::a", 53, "fd00:10:244:2::74", 5353):
+            CounterValue(connections=1)}
+    assert filt.seen_checker()(3, 11, 0) and not filt.seen_checker()(0, 11, 0)
+
+
+def test_destroy_adds_bytes_packets_and_duration(filt: EbpfFilter) -> None:
+    run(filt.fn.fd, message("new", V4_ORIG, V4_REPLY, 12))
+    m = message("destroy", V4_ORIG, V4_REPLY, 12, counters=(3, 180, 2, 320),
+                ts=(1_000_000_000, 1_250_000_000))
+    assert run(filt.fn.fd, m) == len(m)
+    (v,) = filt.read_counters().values()
+    assert v == CounterValue(1, 1, 3, 180, 2, 320, 250_000_000)
+    assert not filt.seen_checker()(0, 12, 0)  # ended: no longer in the seen set
+
+
+def test_malformed_attribute_is_counted(filt: EbpfFilter) -> None:
+    m = bytearray(message("new", V4_ORIG, V4_REPLY, 13))
+    m[20:22] = (2).to_bytes(2, "little")  # first attribute claims a length below its header
+    assert run(filt.fn.fd, bytes(m)) == 0
+    assert filt.read_stats()["malformed"] == 1 and filt.read_counters() == {}
+
+
+def test_sampling_keeps_one_in_n_and_is_stable_per_connection(filt: EbpfFilter) -> None:
+    n, rate = 20_000, 10
+    filt.configure(decisions=True, sample=rate, seed=12345)
+    passed = set()
+    for i in range(n):
+        orig = (f"10.244.{1 + i // 60000}.169", "10.1.122.241", 6, 1024 + i % 60000, 9999)
+        reply = ("10.244.2.74", orig[0], 6, 80, orig[3])
+        if run(filt.fn.fd, message("new", orig, reply, i)):
+            passed.add(orig)
+    expected, sd = n / rate, (n * (1 / rate) * (1 - 1 / rate)) ** 0.5
+    assert abs(len(passed) - expected) < 4 * sd
+    # The same connection's DESTROY is selected exactly when its NEW was.
+    for i in range(200):
+        orig = ("10.244.1.169", "10.1.122.241", 6, 1024 + i, 9999)
+        reply = ("10.244.2.74", orig[0], 6, 80, orig[3])
+        kept = bool(run(filt.fn.fd, message("destroy", orig, reply, i)))
+        assert kept == (orig in passed)
+    stats = filt.read_stats()
+    assert stats["sampled_out"] + stats["passed"] == n + 200
+    assert sum(v.connections for v in filt.read_counters().values()) == n  # counts stay exact
+
+
+addr4 = st.ip_addresses(v=4).map(str)
+port = st.integers(1, 65535)
+proto = st.sampled_from([6, 17, 132])
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(src=addr4, vip=addr4, ep=addr4, pr=proto, sport=port, vport=port, eport=port,
+       kind=st.sampled_from(["new", "destroy"]))
+def test_kernel_and_python_agree_on_what_is_a_dnat_decision(
+        filt: EbpfFilter, src: str, vip: str, ep: str, pr: int, sport: int, vport: int,
+        eport: int, kind: str) -> None:
+    m = message(kind, (src, vip, pr, sport, vport), (ep, src, pr, eport, sport), 1)
+    (ev,) = list(c.messages(m))
+    assert isinstance(ev, c.CtEvent)
+    assert bool(run(filt.fn.fd, m)) == ev.is_dnat
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=400), cut=st.integers(0, 399))
+def test_garbage_and_truncated_messages_are_dropped(filt: EbpfFilter, data: bytes,
+                                                   cut: int) -> None:
+    full = message("new", V4_ORIG, V4_REPLY, 5)
+    counted = sum(v.connections for v in filt.read_counters().values())
+    assert run(filt.fn.fd, full[:min(cut, len(full) - 1)]) == 0
+    assert sum(v.connections for v in filt.read_counters().values()) == counted
+    assert run(filt.fn.fd, data) in (0, len(data))
