@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+ARCH=$(dpkg --print-architecture)
 APT_PACKAGES=(iptables nftables conntrack hping3 tcpdump iproute2 util-linux procps
-              python3 python3-venv python3-dev python3-bpfcc bpfcc-tools)
+              python3 python3-venv python3-dev python3-bpfcc bpfcc-tools
+              "linux-headers-$ARCH")
 VENV=${VENV:-.venv}
 
 missing=()
@@ -21,6 +23,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install: apt-get install ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# bcc compiles the eBPF program against a kernel header tree. The program uses UAPI
+# headers only, so Debian's current header packages serve any kernel; bcc wants them
+# merged into one tree (ENVIRONMENT.md), which the agent finds at this path.
+HEADERS=/var/lib/natlens/kernel-headers
+if [ ! -f "$HEADERS/include/linux/kconfig.h" ] && [ "$(id -u)" = 0 ]; then
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1)
+  if [ -n "$common" ] && [ -d "${common%-common}-$ARCH" ]; then
+    rm -rf "$HEADERS.tmp" && mkdir -p "$(dirname "$HEADERS")"
+    cp -a "$common" "$HEADERS.tmp" && cp -a "${common%-common}-$ARCH/." "$HEADERS.tmp"
+    rm -rf "$HEADERS" && mv "$HEADERS.tmp" "$HEADERS"
+    echo "install: kernel headers for bcc in $HEADERS (from $common)"
+  else
+    echo "install: no Debian kernel headers found; the eBPF source will fall back" >&2
+  fi
 fi
 
 # bcc (Debian's python3-bpfcc) lives in the system Python's dist-packages, so the venv
