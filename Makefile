@@ -29,7 +29,8 @@ proto-check: install
 
 bench: install
 	$(PY) bench/rules_parse.py
-	$(PY) bench/netlink_cpu.py
+	$(PY) bench/source_cpu.py
+	$(PY) bench/ebpf_memory.py
 	$(PY) bench/ingest.py
 
 clean:

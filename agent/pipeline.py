@@ -24,6 +24,8 @@ from natlens.agent.sources.ebpf import (
     CounterKey,
     CounterValue,
     EbpfFilter,
+    KernelDecision,
+    boot_offset_ns,
     pin_dir,
 )
 from natlens.agent.sources.netlink import ConntrackSource, Overflow, enable_accounting
@@ -48,7 +50,7 @@ class AgentConfig:
     decisions: bool = False          # ebpf: also ship per-connection decisions
     sample: int = 1                  # ebpf decisions: 1 in N, chosen in the kernel
     pin_root: str = DEFAULT_PIN_ROOT
-    counters_interval: float = 1.0
+    counters_interval: float = 5.0
 
 
 class SeenIds:
@@ -95,6 +97,7 @@ class Agent:
         self._shipped: dict[CounterKey, CounterValue] = {}
         self._lost_shipped: dict[str, int] = {}
         self._window_start = time.time_ns()
+        self._boot_offset = boot_offset_ns()
 
     def _load_filter(self) -> EbpfFilter | None:
         """The eBPF filter for ``ebpf``/``auto``; ``auto`` falls back to netlink."""
@@ -180,7 +183,7 @@ class Agent:
         self._window_start = now
         stats = self.filter.read_stats()
         for reason, name in (("map-full", "map_full"), ("sampling", "sampled_out"),
-                             ("malformed", "malformed")):
+                             ("malformed", "malformed"), ("ring-overflow", "ring_full")):
             total, last_total = stats[name], self._lost_shipped.get(name, 0)
             if total != last_total:
                 self.batcher.add_lost(pb.LostEvents(
@@ -218,15 +221,26 @@ class Agent:
         watcher = threading.Thread(target=self._watch_rules, name="rules", daemon=True)
         watcher.start()
         next_counters = time.monotonic()
+        ring = self.filter is not None and self.cfg.decisions
+        if ring:
+            assert self.filter is not None
+            self.filter.open_decisions(self._on_kernel_decision)
         try:
             while not self._stop.is_set():
-                self._read(src, 0.2)
+                if ring:
+                    assert self.filter is not None
+                    self._boot_offset = boot_offset_ns()
+                    self.filter.poll(0.2)
+                    self._read(src, 0.0)
+                else:
+                    self._read(src, 0.2)
                 if self.filter is not None and time.monotonic() >= next_counters:
                     self._ship_counters()
                     next_counters = time.monotonic() + self.cfg.counters_interval
                 self.batcher.tick()
             self._read(src, 0.0)  # what the kernel queued before we were told to stop
             if self.filter is not None:
+                self.filter.poll(0.0)
                 self._ship_counters()
         finally:
             src.close()
@@ -241,6 +255,21 @@ class Agent:
         self.shipper.stop()
         log.info("stopped: %s", ", ".join(f"{k}={v}" for k, v in self.stats.items()))
         return 0 if ok else 1
+
+    def _on_kernel_decision(self, k: KernelDecision) -> None:
+        """A record from the filter's ring buffer (eBPF decision mode)."""
+        destroy = k.kind == "destroy"
+        self.stats[k.kind] += 1
+        self.batcher.add_decision(pb.Decision(
+            time_ns=k.start_ns or k.boot_ns + self._boot_offset, protocol=k.protocol,
+            client_ip=k.client_ip, client_port=k.client_port, vip=k.vip, vip_port=k.vip_port,
+            endpoint_ip=k.endpoint_ip, endpoint_port=k.endpoint_port, ct_id=k.ct_id,
+            zone=k.zone, source=pb.SOURCE_EBPF,
+            event=pb.EVENT_DESTROY if destroy else pb.EVENT_NEW,
+            orig_packets=k.orig_packets, orig_bytes=k.orig_bytes,
+            reply_packets=k.reply_packets, reply_bytes=k.reply_bytes,
+            duration_ns=k.stop_ns - k.start_ns if destroy and k.stop_ns > k.start_ns > 0
+            else 0))
 
     def _read(self, src: ConntrackSource, timeout: float) -> None:
         overflowed = 0

@@ -4,8 +4,9 @@
 // on the socket. It walks the nfnetlink attributes, drops every event that is not a
 // DNAT decision (original destination == reply source), counts DNAT decisions per
 // (protocol, VIP:port, endpoint:port) in a per-CPU map and returns 0, so nothing is
-// copied to user space. In decision mode it returns the message length for the DNAT
-// events a hash of the connection's tuple selects (1 in SAMPLE), and only those.
+// copied to the socket. In decision mode it also writes the DNAT events that a hash of
+// the connection's tuple selects (1 in SAMPLE) to a ring buffer, already parsed, so
+// user space reads fixed records instead of decoding netlink messages.
 //
 // Python decodes these structs in ebpf.py (same folder); keep the two in step.
 // Only UAPI headers: the program must compile without a matching kernel tree.
@@ -76,7 +77,7 @@ struct config {
 // Indexes into stats; ebpf.py names them in the same order.
 enum {
     ST_EVENTS, ST_NEW, ST_DESTROY, ST_NON_DNAT, ST_MAP_FULL, ST_SAMPLED_OUT, ST_PASSED,
-    ST_MALFORMED, ST_MAX
+    ST_MALFORMED, ST_RING_FULL, ST_MAX
 };
 
 struct tuple {
@@ -107,7 +108,15 @@ struct parsed {
     u32 ct_id;
     u16 zone;
 };
-BPF_PERCPU_ARRAY(scratch, struct parsed, 1);
+// One decision as user space reads it from the ring buffer (ebpf.py: RECORD).
+struct decision_rec {
+    u64 boot_ns;    // bpf_ktime_get_boot_ns() when the event passed the filter
+    u8 kind;        // 0 new, 1 destroy
+    u8 family;
+    struct parsed p;
+};
+BPF_PERCPU_ARRAY(scratch, struct decision_rec, 1);
+BPF_RINGBUF_OUTPUT(decisions, RING_PAGES);
 
 static __always_inline void bump(u32 idx) {
     u64 *v = stats.lookup(&idx);
@@ -217,10 +226,11 @@ int ct_filter(struct __sk_buff *skb) {
     if (!destroy && (type & 0xff) != IPCTNL_MSG_CT_NEW)
         return 0;
 
-    struct parsed *m = scratch.lookup(&zero);
-    if (!m)
+    struct decision_rec *rec = scratch.lookup(&zero);
+    if (!rec)
         return 0;
-    __builtin_memset(m, 0, sizeof(*m));
+    __builtin_memset(rec, 0, sizeof(*rec));
+    struct parsed *m = &rec->p;
     u16 len = 0, atype = 0;
     u32 end = msglen;
     u32 off = NLMSG_HDRLEN + NFGEN_HDRLEN;
@@ -321,6 +331,13 @@ decide:
         bump(ST_SAMPLED_OUT);
         return 0;
     }
+    rec->boot_ns = bpf_ktime_get_boot_ns();
+    rec->kind = destroy;
+    rec->family = family;
+    if (decisions.ringbuf_output(rec, sizeof(*rec), 0) < 0) {
+        bump(ST_RING_FULL);
+        return 0;
+    }
     bump(ST_PASSED);
-    return skb->len;
+    return 0;
 }

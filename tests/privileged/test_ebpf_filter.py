@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from natlens.agent.decode import ctnetlink as c
-from natlens.agent.sources.ebpf import CounterKey, CounterValue, EbpfFilter
+from natlens.agent.sources.ebpf import CounterKey, CounterValue, EbpfFilter, KernelDecision
 from tests.ctmsg import message
 
 from .bpf_run import test_run as run
@@ -33,9 +33,13 @@ def bpffs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         subprocess.run(["umount", str(d)], check=True)
 
 
+RECORDS: list[KernelDecision] = []
+
+
 @pytest.fixture(scope="module")
 def loaded(bpffs: Path) -> Iterator[EbpfFilter]:
     f = EbpfFilter(str(bpffs / "node"), decisions=True)
+    f.open_decisions(RECORDS.append)
     try:
         yield f
     finally:
@@ -47,12 +51,26 @@ def filt(loaded: EbpfFilter) -> EbpfFilter:
     loaded.counters.clear()
     loaded.stats_map.clear()
     loaded.configure(decisions=True)
+    loaded.poll(0)
+    RECORDS.clear()
     return loaded
+
+
+def records(f: EbpfFilter) -> list[KernelDecision]:
+    f.poll(0)
+    out = list(RECORDS)
+    RECORDS.clear()
+    return out
 
 
 def test_dnat_new_event_is_counted_and_passed(filt: EbpfFilter) -> None:
     m = message("new", V4_ORIG, V4_REPLY, 7)
-    assert run(filt.fn.fd, m) == len(m)
+    assert run(filt.fn.fd, m) == 0  # nothing for the socket: the record goes to the ring
+    (r,) = records(filt)
+    assert (r.kind, r.protocol, r.client_ip, r.client_port, r.vip, r.vip_port, r.endpoint_ip,
+            r.endpoint_port, r.ct_id, r.zone) == ("new", "tcp", "10.244.1.169", 40000,
+                                                  "10.1.122.241", 9999, "10.244.2.74", 80, 7, 0)
+    assert r.boot_ns > 0
     assert filt.read_counters() == {
         CounterKey("tcp", "10.1.122.241", 9999, "10.244.2.74", 80): CounterValue(connections=1)}
     assert filt.read_stats()["passed"] == 1
@@ -62,6 +80,7 @@ def test_dnat_new_event_is_counted_and_passed(filt: EbpfFilter) -> None:
 def test_aggregate_mode_copies_nothing(filt: EbpfFilter) -> None:
     filt.configure(decisions=False)
     assert run(filt.fn.fd, message("new", V4_ORIG, V4_REPLY, 8)) == 0
+    assert records(filt) == []
     assert sum(v.connections for v in filt.read_counters().values()) == 1
 
 
@@ -69,7 +88,7 @@ def test_event_without_dnat_is_dropped_and_not_counted(filt: EbpfFilter) -> None
     orig = ("10.244.1.169", "10.244.1.168", 6, 40001, 80)
     reply = ("10.244.1.168", "10.244.1.169", 6, 80, 40001)
     assert run(filt.fn.fd, message("new", orig, reply, 9)) == 0
-    assert filt.read_counters() == {}
+    assert records(filt) == [] and filt.read_counters() == {}
     assert filt.read_stats()["non_dnat"] == 1
 
 
@@ -77,8 +96,10 @@ def test_event_without_dnat_is_dropped_and_not_counted(filt: EbpfFilter) -> None
 def test_ipv6_and_every_protocol(filt: EbpfFilter, proto: int, name: str) -> None:
     orig = ("fd00:10:244:1::169", "fd00:10:96::a", proto, 40000, 53)
     reply = ("fd00:10:244:2::74", "fd00:10:244:1::169", proto, 5353, 40000)
-    m = message("new", orig, reply, 11, zone=3)
-    assert run(filt.fn.fd, m) == len(m)
+    run(filt.fn.fd, message("new", orig, reply, 11, zone=3))
+    (r,) = records(filt)
+    assert (r.protocol, r.client_ip, r.vip, r.endpoint_ip, r.zone) == (
+        name, "fd00:10:244:1::169", "fd00:10:96::a", "fd00:10:244:2::74", 3)
     assert filt.read_counters() == {
         CounterKey(name, "fd00:10:96::a", 53, "fd00:10:244:2::74", 5353):
             CounterValue(connections=1)}
@@ -87,9 +108,12 @@ def test_ipv6_and_every_protocol(filt: EbpfFilter, proto: int, name: str) -> Non
 
 def test_destroy_adds_bytes_packets_and_duration(filt: EbpfFilter) -> None:
     run(filt.fn.fd, message("new", V4_ORIG, V4_REPLY, 12))
-    m = message("destroy", V4_ORIG, V4_REPLY, 12, counters=(3, 180, 2, 320),
-                ts=(1_000_000_000, 1_250_000_000))
-    assert run(filt.fn.fd, m) == len(m)
+    run(filt.fn.fd, message("destroy", V4_ORIG, V4_REPLY, 12, counters=(3, 180, 2, 320),
+                            ts=(1_000_000_000, 1_250_000_000)))
+    new, end = records(filt)
+    assert (new.kind, end.kind) == ("new", "destroy")
+    assert (end.orig_packets, end.orig_bytes, end.reply_packets, end.reply_bytes,
+            end.start_ns, end.stop_ns) == (3, 180, 2, 320, 1_000_000_000, 1_250_000_000)
     (v,) = filt.read_counters().values()
     assert v == CounterValue(1, 1, 3, 180, 2, 320, 250_000_000)
     assert not filt.seen_checker()(0, 12, 0)  # ended: no longer in the seen set
@@ -100,25 +124,25 @@ def test_malformed_attribute_is_counted(filt: EbpfFilter) -> None:
     m[20:22] = (2).to_bytes(2, "little")  # first attribute claims a length below its header
     assert run(filt.fn.fd, bytes(m)) == 0
     assert filt.read_stats()["malformed"] == 1 and filt.read_counters() == {}
+    assert records(filt) == []
 
 
 def test_sampling_keeps_one_in_n_and_is_stable_per_connection(filt: EbpfFilter) -> None:
     n, rate = 20_000, 10
     filt.configure(decisions=True, sample=rate, seed=12345)
-    passed = set()
     for i in range(n):
         orig = (f"10.244.{1 + i // 60000}.169", "10.1.122.241", 6, 1024 + i % 60000, 9999)
         reply = ("10.244.2.74", orig[0], 6, 80, orig[3])
-        if run(filt.fn.fd, message("new", orig, reply, i)):
-            passed.add(orig)
+        run(filt.fn.fd, message("new", orig, reply, i))
+    passed = {(r.client_ip, r.client_port) for r in records(filt)}
     expected, sd = n / rate, (n * (1 / rate) * (1 - 1 / rate)) ** 0.5
     assert abs(len(passed) - expected) < 4 * sd
     # The same connection's DESTROY is selected exactly when its NEW was.
     for i in range(200):
         orig = ("10.244.1.169", "10.1.122.241", 6, 1024 + i, 9999)
         reply = ("10.244.2.74", orig[0], 6, 80, orig[3])
-        kept = bool(run(filt.fn.fd, message("destroy", orig, reply, i)))
-        assert kept == (orig in passed)
+        run(filt.fn.fd, message("destroy", orig, reply, i))
+        assert bool(records(filt)) == ((orig[0], orig[3]) in passed)
     stats = filt.read_stats()
     assert stats["sampled_out"] + stats["passed"] == n + 200
     assert sum(v.connections for v in filt.read_counters().values()) == n  # counts stay exact
@@ -139,7 +163,15 @@ def test_kernel_and_python_agree_on_what_is_a_dnat_decision(
     m = message(kind, (src, vip, pr, sport, vport), (ep, src, pr, eport, sport), 1)
     (ev,) = list(c.messages(m))
     assert isinstance(ev, c.CtEvent)
-    assert bool(run(filt.fn.fd, m)) == ev.is_dnat
+    run(filt.fn.fd, m)
+    got = records(filt)
+    assert bool(got) == ev.is_dnat
+    if got:  # the kernel's parse and the Python decoder's agree field by field
+        (r,) = got
+        assert (r.kind, r.client_ip, r.client_port, r.vip, r.vip_port, r.endpoint_ip,
+                r.endpoint_port, r.ct_id) == (ev.kind, ev.orig.src, ev.orig.sport, ev.orig.dst,
+                                              ev.orig.dport, ev.reply.src, ev.reply.sport,
+                                              ev.ct_id)
 
 
 @settings(max_examples=300, deadline=None,
@@ -151,4 +183,5 @@ def test_garbage_and_truncated_messages_are_dropped(filt: EbpfFilter, data: byte
     counted = sum(v.connections for v in filt.read_counters().values())
     assert run(filt.fn.fd, full[:min(cut, len(full) - 1)]) == 0
     assert sum(v.connections for v in filt.read_counters().values()) == counted
-    assert run(filt.fn.fd, data) in (0, len(data))
+    assert records(filt) == []
+    assert run(filt.fn.fd, data) == 0  # the socket never gets anything

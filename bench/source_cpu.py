@@ -1,0 +1,211 @@
+"""CPU per DNAT event of each natlens source against `conntrack -E`, on the same flood.
+
+In the seed lab, hping3 sends FLOOD SYNs from front-tomcat to the ClusterIP as fast as
+it can (each a new conntrack entry and a DNAT decision on k8s-node2). Whole-machine
+busy CPU is read from /proc/stat around each run; a run with no watcher is the
+reference subtracted from the others. The agent's and the collector's own CPU are
+read from /proc/PID/stat as well. Each configuration runs RUNS times; medians and
+ratios to `conntrack -E` are printed.
+Run: .venv/bin/python bench/source_cpu.py  (root; needs hping3, conntrack and bcc)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from natlens.lab import topology
+from natlens.lab.scenario import load_scenario
+
+FLOOD = int(os.environ.get("FLOOD", "60000"))
+RUNS = int(os.environ.get("RUNS", "3"))
+SEED = Path(__file__).resolve().parent.parent / "examples" / "seed-bill-service.yaml"
+TICK = os.sysconf("SC_CLK_TCK")
+# Byte counters and timestamps (on by default) cost on every packet of every flow, not
+# per event; they are off here like for the conntrack -E run, and measured on their own.
+CONFIGS = {"ebpf aggregate": ["--source", "ebpf", "--no-ct-accounting"],
+           "ebpf aggregate + accounting": ["--source", "ebpf"],
+           "ebpf --decisions": ["--source", "ebpf", "--decisions", "--no-ct-accounting"],
+           "netlink": ["--source", "netlink", "--no-ct-accounting"]}
+
+
+def busy() -> float:
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / TICK  # minus idle and iowait
+
+
+def proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def clear(node_ns: str) -> None:
+    """Empty the table before a watcher starts: no startup snapshot, no flush events
+    inside a measured window."""
+    subprocess.run(["ip", "netns", "exec", node_ns, "conntrack", "-F"], capture_output=True)
+    for key in ("nf_conntrack_acct", "nf_conntrack_timestamp"):
+        subprocess.run(["ip", "netns", "exec", node_ns, "sysctl", "-qw",
+                        f"net.netfilter.{key}=0"], check=True)
+    time.sleep(0.5)
+
+
+def flood(pod_ns: str, node_ns: str) -> float:
+    """The flood; returns its rate in SYNs per second."""
+    t = time.monotonic()
+    subprocess.run(["ip", "netns", "exec", pod_ns, "hping3", "-q", "-S", "-p", "9999",
+                    "-i", "u1", "-c", str(FLOOD), "10.1.122.241"],
+                   capture_output=True, timeout=600)
+    return FLOOD / (time.monotonic() - t)
+
+
+def settle(count: Callable[[], int], timeout: float = 120) -> int:
+    last, since = -1, time.monotonic()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = count()
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since > 1.5:
+            return n
+        time.sleep(0.2)
+    return last
+
+
+def run_baseline(pod: str, node: str) -> tuple[float, float]:
+    clear(node)
+    t = busy()
+    rate = flood(pod, node)
+    time.sleep(1.5)  # the others' windows end 1.5 s after their count stops changing
+    return busy() - t, rate
+
+
+def run_conntrack(pod: str, node: str, tmp: Path, events: list[str]) -> tuple[float, int]:
+    """`conntrack -E` with ``events`` (e.g. ``-e NEW``); returns CPU and NEW events seen."""
+    out = tmp / "ct.txt"
+    clear(node)
+    p = subprocess.Popen(["ip", "netns", "exec", node, "conntrack", "-E", *events,
+                          "-b", str(256 << 20)], stdout=out.open("w"),
+                         stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    t = busy()
+    flood(pod, node)
+    n = settle(lambda: out.read_text().count("[NEW]"))
+    cpu = busy() - t
+    p.terminate()
+    p.wait()
+    return cpu, n
+
+
+def run_agent(pod: str, node: str, tmp: Path, name: str,
+              args: list[str]) -> tuple[float, float, float, int, int]:
+    """(whole-machine CPU, agent CPU, collector CPU, decisions counted, lost)."""
+    db = tmp / f"{name.replace(' ', '_')}-{time.monotonic_ns()}.db"
+    clear(node)
+    bpffs = tmp / "bpffs"
+    bpffs.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nat = [sys.executable, "-m", "natlens"]
+    col = subprocess.Popen([*nat, "collector", "--db", str(db), "--listen", f"127.0.0.1:{port}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert col.stdout and col.stdout.readline().startswith("listening")
+    ag = subprocess.Popen([*nat, "agent", "--collector", f"127.0.0.1:{port}", "--node", "n",
+                           "--netns", node, "--pin-root", str(bpffs), *args],
+                          stderr=subprocess.DEVNULL)
+
+    def counted() -> int:
+        try:
+            with sqlite3.connect(db) as c:
+                n = c.execute("SELECT COUNT(*) FROM decisions WHERE event='new' AND "
+                              "source='netlink'").fetchone()[0]
+                if "counters" in {r[0] for r in c.execute(
+                        "SELECT name FROM sqlite_master WHERE type='table'")}:
+                    n += c.execute("SELECT COALESCE(SUM(connections),0) FROM counters"
+                                   ).fetchone()[0]
+                return int(n)
+        except sqlite3.Error:
+            return 0
+
+    def lost() -> int:
+        with sqlite3.connect(db) as c:
+            return int(c.execute("SELECT COALESCE(SUM(count),0) FROM lost_events WHERE "
+                                 "reason='enobufs'").fetchone()[0])
+
+    time.sleep(4)  # bcc compiles the program at start
+    t, a0, c0 = busy(), proc_cpu(ag.pid), proc_cpu(col.pid)
+    flood(pod, node)
+    n = settle(counted)
+    cpu, a1, c1 = busy() - t, proc_cpu(ag.pid), proc_cpu(col.pid)
+    ag.terminate()
+    ag.wait()
+    col.terminate()
+    col.wait()
+    subprocess.run(["umount", str(bpffs)], check=True)
+    return cpu, a1 - a0, c1 - c0, n, lost()
+
+
+def main() -> None:
+    sc = load_scenario(SEED)
+    st = topology.up(sc, str(SEED))
+    pod = st.pods["istio-demo/front-tomcat-v1-7f8c94c6c8-lfz5m"]
+    node = st.nodes["k8s-node2"]
+    base: list[float] = []
+    rates: list[float] = []
+    ct: list[tuple[float, int]] = []
+    ct_all: list[tuple[float, int]] = []
+    res: dict[str, list[tuple[float, float, float, int, int]]] = {k: [] for k in CONFIGS}
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d)
+            for i in range(RUNS):
+                b, rate = run_baseline(pod, node)
+                base.append(b)
+                rates.append(rate)
+                ct.append(run_conntrack(pod, node, tmp, ["-e", "NEW"]))
+                ct_all.append(run_conntrack(pod, node, tmp, []))
+                line = (f"run {i}: {rate:,.0f} SYN/s; baseline {b:.2f}s; conntrack -E -e NEW "
+                        f"{ct[-1][0]:.2f}s ({ct[-1][1]} events); conntrack -E "
+                        f"{ct_all[-1][0]:.2f}s")
+                order = list(CONFIGS.items())
+                random.Random(i).shuffle(order)  # no configuration always runs first
+                for name, args in order:
+                    res[name].append(run_agent(pod, node, tmp, name, args))
+                    w, a, c, n, lo = res[name][-1]
+                    line += (f"; {name} {w:.2f}s (agent {a:.2f}s, collector {c:.2f}s, "
+                             f"{n} counted, {lo} lost)")
+                print(line, flush=True)
+    finally:
+        topology.down(st)
+    b = statistics.median(base)
+    ct_us = statistics.median((c - b) / n * 1e6 for c, n in ct)
+    all_us = statistics.median((c - b) / n * 1e6 for c, n in ct_all)
+    print(f"flood {FLOOD} SYNs, median {statistics.median(rates):,.0f}/s; CPU per new "
+          f"connection above the no-watcher reference: conntrack -E -e NEW {ct_us:.2f} us, "
+          f"conntrack -E (all events) {all_us:.2f} us")
+    for name, runs in res.items():
+        whole = statistics.median((w - b) / n * 1e6 for w, _, _, n, _ in runs)
+        agent = statistics.median(a / n * 1e6 for _, a, _, n, _ in runs)
+        coll = statistics.median(c / n * 1e6 for _, _, c, n, _ in runs)
+        exact = all(n == ct[i][1] for i, (_, _, _, n, _) in enumerate(runs))
+        lost = max(lo for *_, lo in runs)
+        print(f"  {name}: whole machine {whole:.2f} us/event (ratio {whole / ct_us:.2f} to "
+              f"-e NEW, {whole / all_us:.2f} to all events), "
+              f"agent {agent:.2f} us, collector {coll:.2f} us; counted == conntrack -E in "
+              f"every run: {exact}; max lost {lost}")
+
+
+if __name__ == "__main__":
+    main()
