@@ -123,7 +123,8 @@ def run_agent(pod: str, node: str, tmp: Path, name: str,
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert col.stdout and col.stdout.readline().startswith("listening")
     ag = subprocess.Popen([*nat, "agent", "--collector", f"127.0.0.1:{port}", "--node", "n",
-                           "--netns", node, "--pin-root", str(bpffs), *args],
+                           "--netns", node, "--pin-root", str(bpffs),
+                           "--counters-interval", "1", *args],
                           stderr=subprocess.DEVNULL)
 
     def counted() -> int:
@@ -153,6 +154,7 @@ def run_agent(pod: str, node: str, tmp: Path, name: str,
     ag.wait()
     col.terminate()
     col.wait()
+    n = counted()  # after the agent's last shipment
     subprocess.run(["umount", str(bpffs)], check=True)
     return cpu, a1 - a0, c1 - c0, n, lost()
 

@@ -277,7 +277,7 @@ class EbpfFilter:
                 self.bpf = BPF(text=program_text(pin).encode(),
                                cflags=[f"-DMAX_KEYS={max_keys}", f"-DMAX_SEEN={max_seen}",
                                        f"-DRING_PAGES={RING_PAGES}", "-Wno-unused-value"])
-                self.fn = self.bpf.load_func("ct_filter", BPF.SOCKET_FILTER)
+                self.fn = self.bpf.load_func(b"ct_filter", BPF.SOCKET_FILTER)
         except Exception as e:  # bcc raises bare Exception; the reason is on fd 2
             raise BpfUnavailable(f"eBPF program did not load: {compile_reason(err, e)}") from e
         self.counters = self.bpf[b"counters"]

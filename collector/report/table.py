@@ -53,6 +53,11 @@ def render(report: dict[str, Any], ground_truth: dict[str, Any] | None = None) -
         for r in s.get("reasons", []):
             line.append(f"  — {r}", style="dim")
         parts.append(line)
+        if s.get("sampled"):
+            sm = s["sampled"]
+            parts.append(Text(f"  decision records sampled 1 in {sm['rate']}: " + ", ".join(
+                f"{e['endpoint']} {e['decisions']} × {sm['rate']} = {e['scaled']} "
+                f"± {e['error']:g}" for e in sm["endpoints"]), style="dim"))
     if not report["services"]:
         parts.append(Text("no decisions in the window", style="yellow"))
     for u in report.get("unmatched", []):

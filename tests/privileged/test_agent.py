@@ -31,7 +31,7 @@ def test_snapshot_is_kept_out_and_an_overflow_is_counted_and_recovered(
     assert collector.stdout and collector.stdout.readline().startswith("listening")
     before = traffic(lab, 100)  # made before the agent starts: snapshot, not counted
     agent = start(["agent", "--collector", f"127.0.0.1:{port}", "--node", "k8s-node2",
-                   "--netns", lab["nodes"]["k8s-node2"], "--rcvbuf", "4096"],
+                   "--netns", lab["nodes"]["k8s-node2"], "--rcvbuf", "4096", "--source", "netlink"],
                   tmp_path / "agent.log")
     try:
         wait_for(lambda: db.exists() and sqlite_utils.Database(db)["rule_snapshots"].count > 0)
@@ -65,7 +65,8 @@ def test_snapshot_is_kept_out_and_an_overflow_is_counted_and_recovered(
 def test_unreachable_collector_keeps_running_then_fails_on_stop(
         lab: dict[str, Any], tmp_path: Path) -> None:
     agent = start(["agent", "--collector", f"127.0.0.1:{free_port()}", "--node", "k8s-node2",
-                   "--netns", lab["nodes"]["k8s-node2"], "--drain-timeout", "1"],
+                   "--netns", lab["nodes"]["k8s-node2"], "--drain-timeout", "1",
+                   "--source", "netlink"],
                   tmp_path / "agent.log")
     try:
         wait_for(lambda: "unreachable" in (tmp_path / "agent.log").read_text())

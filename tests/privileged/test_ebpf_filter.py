@@ -185,3 +185,15 @@ def test_garbage_and_truncated_messages_are_dropped(filt: EbpfFilter, data: byte
     assert sum(v.connections for v in filt.read_counters().values()) == counted
     assert records(filt) == []
     assert run(filt.fn.fd, data) == 0  # the socket never gets anything
+
+
+def test_a_full_counter_map_is_counted_not_silent(bpffs: Path) -> None:
+    small = EbpfFilter(str(bpffs / "small"), max_keys=2)
+    try:
+        for i in range(3):  # three endpoints, room for two keys
+            reply = (f"10.244.2.{i + 1}", "10.244.1.169", 6, 80, 40000)
+            run(small.fn.fd, message("new", V4_ORIG, reply, 100 + i))
+        assert len(small.read_counters()) == 2
+        assert small.read_stats()["map_full"] == 1
+    finally:
+        small.close()
