@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from natlens.agent.decode.decision import to_decision
-from natlens.agent.rules.live import RulesUnavailable, read_iptables, to_snapshot
+from natlens.agent.rules.live import RulesUnavailable, read_rules, to_snapshot
 from natlens.agent.ship.batch import Batcher
 from natlens.agent.ship.client import Shipper
 from natlens.agent.sources.ebpf import (
@@ -129,7 +129,7 @@ class Agent:
     def _emit_rules(self) -> bool:
         t0 = time.time_ns()
         try:
-            model = read_iptables(self.cfg.netns)
+            model = read_rules(self.cfg.netns)
         except RulesUnavailable as e:
             log.error("rules: %s", e)
             return False

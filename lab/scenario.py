@@ -205,9 +205,9 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
     d = _check_keys(data, source, {"name", "nodes", "services"},
                     {"proxyMode", "traffic", "extraRules", "clusterCIDR"})
     mode = d.get("proxyMode", "iptables")
-    if mode != "iptables":
-        raise ScenarioError(f"{source}.proxyMode: {mode!r} is not supported by the lab yet "
-                            f"(iptables only)")
+    if mode not in ("iptables", "nftables"):
+        raise ScenarioError(f"{source}.proxyMode: {mode!r} is not supported by the lab "
+                            f"(iptables or nftables)")
     if not isinstance(d["nodes"], list) or not d["nodes"]:
         raise ScenarioError(f"{source}.nodes: expected a non-empty list")
     nodes = []

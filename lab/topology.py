@@ -15,7 +15,7 @@ from pathlib import Path
 
 from natlens import netns
 from natlens.agent.sources.ebpf import DEFAULT_PIN_ROOT, remove_pins
-from natlens.lab import kubeproxy
+from natlens.lab import kubeproxy, kubeproxy_nft
 from natlens.lab.scenario import Scenario
 from natlens.lab.state import LabState, kill, new_prefix
 
@@ -71,7 +71,8 @@ def _build(sc: Scenario, st: LabState) -> None:
     _ip(ul, "link", "add", "ul0", "type", "bridge")
     _ip(ul, "link", "set", "ul0", "up")
     node_ip = {n.name: str(UNDERLAY[i + 1]) for i, n in enumerate(sc.nodes)}
-    rules = kubeproxy.render(sc)
+    nft = sc.proxy_mode == "nftables"
+    rules = kubeproxy_nft.render(sc) if nft else kubeproxy.render(sc)
     for i, node in enumerate(sc.nodes):
         ns = _add_ns(st, _nsname(st.prefix, "node", node.name))
         st.nodes[node.name] = ns
@@ -102,7 +103,10 @@ def _build(sc: Scenario, st: LabState) -> None:
             _ip(pns, "addr", "add", f"{pod.ip}/{cidr.prefixlen}", "dev", "eth0")
             _ip(pns, "link", "set", "eth0", "up")
             _ip(pns, "route", "add", "default", "via", str(cidr[1]))
-        _run(netns.command(ns, ["iptables-restore", "-w", "--noflush"]), stdin=rules)
+        if nft:
+            _run(netns.command(ns, ["nft", "-f", "-"]), stdin=rules)
+        else:
+            _run(netns.command(ns, ["iptables-restore", "-w", "--noflush"]), stdin=rules)
         for rule in sc.extra_rules.get(node.name, ()):
             _run(netns.command(ns, ["iptables", "-w", *shlex.split(rule)]))
     for node in sc.nodes:

@@ -200,22 +200,32 @@ def rules() -> None:
 @rules.command(name="parse")
 @click.argument("file", required=False,
                 type=click.Path(exists=True, allow_dash=True, dir_okay=False))
-@click.option("--mode", type=click.Choice(["iptables", "nftables"]), default="iptables",
-              show_default=True)
+@click.option("--mode", type=click.Choice(["auto", "iptables", "nftables"]), default="auto",
+              show_default=True, help="What FILE is: iptables-save output, an nftables "
+              "listing (nft list table ip kube-proxy / nft list ruleset), or auto: detected "
+              "from the text. Live, auto uses kube-proxy's nftables table if it exists.")
 @click.option("--netns", metavar="NAME", help="Read the live rules of this network namespace.")
 def rules_parse(file: str | None, mode: str, netns: str | None) -> None:
-    """Print the declared model of FILE (iptables-save output), - for stdin, or the live node."""
+    """Print the declared model of FILE (iptables-save output or an nftables listing),
+    - for stdin, or of the live node."""
     from natlens.agent.rules.iptables import parse_iptables_save
-    from natlens.agent.rules.live import read_iptables
+    from natlens.agent.rules.live import read_iptables, read_nftables, read_rules
+    from natlens.agent.rules.nftables import parse_nft
 
-    if mode == "nftables":
-        raise CliError("--mode nftables is not available in this version")
     if file is None:
-        model = read_iptables(netns)
+        if mode == "nftables":
+            live = read_nftables(netns)
+            if live is None:
+                raise CliError("no kube-proxy nftables table (nft list table ip kube-proxy)")
+            model = live
+        else:
+            model = read_iptables(netns) if mode == "iptables" else read_rules(netns)
     else:
         with click.open_file(file) as f:
             text = f.read()
-        model = parse_iptables_save(text)
+        if mode == "auto":
+            mode = "nftables" if text.lstrip().startswith("table ") else "iptables"
+        model = parse_nft(text) if mode == "nftables" else parse_iptables_save(text)
     _print_json(model.to_json())
 
 
@@ -346,14 +356,15 @@ def demo(output: str) -> None:
 def main(argv: list[str] | None = None) -> NoReturn:
     from natlens.agent.rules.iptables import RulesParseError
     from natlens.agent.rules.live import RulesUnavailable
+    from natlens.agent.rules.nftables import NftParseError
     from natlens.collector.server import ListenError
     from natlens.collector.store.schema import SchemaError
     from natlens.lab.run import RunError
     from natlens.lab.scenario import ScenarioError
     from natlens.lab.topology import LabError
 
-    known = (CliError, RulesParseError, RulesUnavailable, ListenError, SchemaError, RunError,
-             ScenarioError, LabError)
+    known = (CliError, RulesParseError, NftParseError, RulesUnavailable, ListenError,
+             SchemaError, RunError, ScenarioError, LabError)
     try:
         rv = cli.main(args=argv, prog_name="natlens", standalone_mode=False)
     except click.exceptions.Exit as e:

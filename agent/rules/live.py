@@ -8,11 +8,39 @@ import time
 from natlens import netns
 from natlens.agent.rules.iptables import parse_iptables_save
 from natlens.agent.rules.model import DeclaredModel
+from natlens.agent.rules.nftables import parse_nft
 from natlens.proto import natlens_pb2 as pb
 
 
 class RulesUnavailable(RuntimeError):
     """The node's rules could not be read (tool missing, permission, bad dump)."""
+
+
+def read_nftables(ns: str | None = None, timeout: float = 60.0) -> DeclaredModel | None:
+    """kube-proxy's ``ip``/``ip6 kube-proxy`` tables, or None when neither exists."""
+    texts = []
+    for family in ("ip", "ip6"):
+        argv = netns.command(ns, ["nft", "list", "table", family, "kube-proxy"])
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except FileNotFoundError:
+            return None  # no nft binary: not an nftables-mode node as far as we can tell
+        except subprocess.TimeoutExpired:
+            raise RulesUnavailable(f"nft list took longer than {timeout:.0f}s") from None
+        if r.returncode == 0:
+            texts.append(r.stdout)
+    if not texts:
+        return None
+    try:
+        return parse_nft("".join(texts))
+    except ValueError as e:
+        raise RulesUnavailable(f"nft output not understood: {e}") from None
+
+
+def read_rules(ns: str | None = None) -> DeclaredModel:
+    """The node's declared model; the proxy mode is detected: kube-proxy's nftables
+    table when it exists, iptables otherwise."""
+    return read_nftables(ns) or read_iptables(ns)
 
 
 def read_iptables(ns: str | None = None, timeout: float = 60.0) -> DeclaredModel:

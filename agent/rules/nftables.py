@@ -1,0 +1,212 @@
+"""kube-proxy's nftables ruleset (``nft list table ip kube-proxy``, or ``nft list
+ruleset``) → the declared model.
+
+The ``service-ips`` verdict map sends each ClusterIP/ExternalIP (VIP . protocol . port)
+to a ``service-…`` chain (or an ``external-…`` one), ``service-nodeports`` sends node
+ports to ``external-…`` chains, and a service chain picks its endpoint with ``numgen
+random mod N vmap { 0 : goto endpoint-…, … }`` (or a plain ``goto`` for one endpoint).
+``numgen`` is uniform over 0..N−1, so an endpoint's share is exactly the number of
+slots that lead to it over N. Endpoint chains end in ``dnat to IP:PORT``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from natlens.agent.rules.model import (
+    DeclaredEndpoint,
+    DeclaredModel,
+    ServicePort,
+    endpoint_key,
+)
+
+
+class NftParseError(ValueError):
+    """The text is not an nftables listing natlens understands; says where."""
+
+
+@dataclass
+class _Table:
+    family: str
+    chains: dict[str, list[str]] = field(default_factory=dict)
+    elements: dict[str, list[str]] = field(default_factory=dict)
+
+
+_BLOCK = re.compile(r"^(chain|map|set)\s+(\S+)\s*\{$")
+_NUMGEN = re.compile(r"numgen random mod (\d+) vmap \{ (.*) \}")
+_VMAP_ITEM = re.compile(r"^(\d+)(?:-(\d+))?\s*:\s*(?:goto|jump)\s+(\S+)$")
+_GOTO = re.compile(r"(?:^|\s)goto (\S+)$")
+_DNAT = re.compile(r"dnat (?:ip6? )?to (\[[0-9a-fA-F:.]+\]|[0-9.]+):(\d+)")
+_SERVICE_ELEMENT = re.compile(
+    r'^(\S+) \. (\w+) \. (\d+)(?: comment "[^"]*")? : (?:goto|jump) (\S+)$')
+_NODEPORT_ELEMENT = re.compile(r'^(\w+) \. (\d+)(?: comment "[^"]*")? : (?:goto|jump) (\S+)$')
+_PORT_NAME = re.compile(r"^(?:service|external)-[A-Z2-7]{8}-([^/]+)/([^/]+)/(\w+)/(.*)$")
+
+
+def _split_elements(text: str) -> list[str]:
+    """Top-level comma-separated elements, commas inside quotes kept."""
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            out.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    if "".join(cur).strip():
+        out.append("".join(cur).strip())
+    return out
+
+
+def _tables(text: str) -> list[_Table]:
+    tables: list[_Table] = []
+    table: _Table | None = None
+    block: tuple[str, str] | None = None
+    collecting: list[str] | None = None
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if collecting is not None:  # inside "elements = { …" spanning lines
+            collecting.append(line)
+            joined = " ".join(collecting)
+            if joined.count("{") == joined.count("}"):
+                assert table is not None and block is not None
+                inner = joined[joined.index("{") + 1:joined.rindex("}")]
+                table.elements[block[1]] = _split_elements(inner)
+                collecting = None
+            continue
+        if table is None:
+            m = re.match(r"^table (ip6?|inet) (\S+) \{$", line)
+            if not m:
+                raise NftParseError(f"line {n}: expected 'table FAMILY NAME {{', got {line!r}")
+            table = _Table(m.group(1)) if m.group(2) == "kube-proxy" else _Table("ignored")
+            continue
+        if block is None:
+            if line == "}":
+                if table.family != "ignored":
+                    tables.append(table)
+                table = None
+                continue
+            m = _BLOCK.match(line)
+            if m:
+                block = (m.group(1), m.group(2))
+                if m.group(1) == "chain":
+                    table.chains[m.group(2)] = []
+                continue
+            if line.startswith(("comment ", "flags ")):
+                continue
+            raise NftParseError(f"line {n}: unexpected {line!r} in table")
+        if line == "}":
+            block = None
+        elif block[0] == "chain":
+            if not line.startswith(("type ", "policy ")):
+                table.chains[block[1]].append(line)
+        elif line.startswith("elements = {"):
+            collecting = [line]
+            if line.count("{") == line.count("}"):
+                table.elements[block[1]] = _split_elements(line[line.index("{") + 1:
+                                                                line.rindex("}")])
+                collecting = None
+    if table is not None or block is not None or collecting is not None:
+        raise NftParseError("truncated: a table, chain or map is not closed")
+    return tables
+
+
+def _service_name(chain: str) -> tuple[str, str]:
+    """(``ns/name:port``, protocol) from ``service-HASH-ns/name/proto/port``."""
+    m = _PORT_NAME.match(chain)
+    if not m:
+        raise NftParseError(f"chain {chain!r} is not named like kube-proxy's service chains")
+    ns, name, proto, port = m.groups()
+    return f"{ns}/{name}:{port}" if port else f"{ns}/{name}", proto
+
+
+def _endpoints(t: _Table, chain: str) -> tuple[tuple[DeclaredEndpoint, ...], str]:
+    """The endpoints a service chain picks from, with exact shares, and its affinity."""
+    rules = t.chains.get(chain)
+    if rules is None:
+        raise NftParseError(f"chain {chain!r} is referenced but not listed")
+    affinity = "ClientIP" if any("@affinity-" in r for r in rules) else "None"
+    slots: Counter[str] = Counter()
+    total = 0
+    for r in rules:
+        if "@affinity-" in r:
+            continue
+        m = _NUMGEN.search(r)
+        if m:
+            total = int(m.group(1))
+            for item in _split_elements(m.group(2)):
+                im = _VMAP_ITEM.match(item)
+                if not im:
+                    raise NftParseError(f"chain {chain!r}: vmap element {item!r} not understood")
+                lo = int(im.group(1))
+                hi = int(im.group(2)) if im.group(2) else lo
+                slots[im.group(3)] += hi - lo + 1
+            break
+        g = _GOTO.search(r)
+        if g and g.group(1).startswith("endpoint-"):
+            slots[g.group(1)], total = 1, 1
+            break
+    if total and sum(slots.values()) != total:
+        raise NftParseError(f"chain {chain!r}: numgen mod {total} maps "
+                            f"{sum(slots.values())} slots")
+    eps = []
+    for ep_chain, k in slots.items():
+        target = None
+        for r in t.chains.get(ep_chain, []):
+            d = _DNAT.search(r)
+            if d:
+                target = endpoint_key(d.group(1).strip("[]"), int(d.group(2)))
+        if target is None:
+            raise NftParseError(f"endpoint chain {ep_chain!r} has no 'dnat to'")
+        eps.append(DeclaredEndpoint(target, k / total, ep_chain))
+    return tuple(sorted(eps, key=lambda e: e.endpoint)), affinity
+
+
+def _resolve(t: _Table, chain: str) -> tuple[str, str]:
+    """An ``external-…`` chain's service chain and traffic policy."""
+    if chain.startswith("service-"):
+        return chain, "Cluster"
+    for r in reversed(t.chains.get(chain, [])):
+        g = _GOTO.search(r)
+        if g:
+            target = g.group(1)
+            return (target, "Cluster") if target.startswith("service-") else (target, "Local")
+    raise NftParseError(f"chain {chain!r} leads to no service chain")
+
+
+def parse_nft(text: str) -> DeclaredModel:
+    services: list[ServicePort] = []
+    for t in _tables(text):
+        cluster_ips = set(t.elements.get("cluster-ips", []))
+        for el in t.elements.get("service-ips", []):
+            m = _SERVICE_ELEMENT.match(el)
+            if not m:
+                raise NftParseError(f"service-ips element {el!r} not understood")
+            vip, proto, port, target = m.groups()
+            chain, policy = _resolve(t, target)
+            name, _ = _service_name(target)
+            eps, affinity = _endpoints(t, chain)
+            kind = "clusterIP" if vip in cluster_ips and target.startswith("service-") \
+                else "externalIP"
+            services.append(ServicePort(name, kind, vip, int(port), proto, affinity, policy,
+                                        eps, chain))
+        for el in t.elements.get("service-nodeports", []):
+            m = _NODEPORT_ELEMENT.match(el)
+            if not m:
+                raise NftParseError(f"service-nodeports element {el!r} not understood")
+            proto, port, target = m.groups()
+            chain, policy = _resolve(t, target)
+            name, _ = _service_name(target)
+            eps, affinity = _endpoints(t, chain)
+            services.append(ServicePort(name, "nodePort", "::" if t.family == "ip6"
+                                        else "0.0.0.0", int(port), proto, affinity, policy,
+                                        eps, chain))
+    services.sort(key=lambda s: (s.service, s.kind, s.vip, s.port, s.protocol))
+    return DeclaredModel("nftables", tuple(services))

@@ -1,0 +1,128 @@
+"""Write the rules kube-proxy's nftables proxier would write for a scenario.
+
+Names follow its proxier: ``service-HASH-NS/NAME/PROTO/PORT`` and
+``endpoint-HASH-NS/NAME/PROTO/PORT__IP/PORT`` with HASH the first 8 characters of
+base32(sha256(name)); ClusterIPs are looked up in the ``service-ips`` verdict map,
+node ports in ``service-nodeports``, and an endpoint is picked with ``numgen random
+mod N vmap``. The output is ``nft -f`` input for one node's ``ip kube-proxy`` table.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from natlens.lab.scenario import Port, Scenario, ScenarioError, Service
+
+
+def _hash(name: str) -> str:
+    return base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()[:8]
+
+
+def port_base(svc: Service, port: Port) -> str:
+    return f"{svc.namespace}/{svc.name}/{port.protocol.lower()}/{port.name}"
+
+
+def service_chain(svc: Service, port: Port) -> str:
+    base = port_base(svc, port)
+    return f"service-{_hash(base)}-{base}"
+
+
+def external_chain(svc: Service, port: Port) -> str:
+    base = port_base(svc, port)
+    return f"external-{_hash(base)}-{base}"
+
+
+def endpoint_chain(svc: Service, port: Port, ip: str, target: int) -> str:
+    base = f"{port_base(svc, port)}__{ip}/{target}"
+    return f"endpoint-{_hash(base)}-{base}"
+
+
+def affinity_set(svc: Service, port: Port, ip: str, target: int) -> str:
+    base = f"{port_base(svc, port)}__{ip}/{target}"
+    return f"affinity-{_hash(base)}-{base}"
+
+
+def render(sc: Scenario) -> str:
+    t = "ip kube-proxy"
+    head = [f'add table {t} {{ comment "rules for kube-proxy" ; }}']
+    chains: list[str] = []
+    rules: list[str] = []
+    elements: list[str] = []
+
+    def chain(name: str, spec: str = "") -> None:
+        head.append(f"add chain {t} {name}" + (f" {{ {spec} }}" if spec else ""))
+
+    chain("nat-prerouting", "type nat hook prerouting priority dstnat ; policy accept ;")
+    chain("nat-output", "type nat hook output priority -100 ; policy accept ;")
+    chain("nat-postrouting", "type nat hook postrouting priority srcnat ; policy accept ;")
+    chain("mark-for-masquerade")
+    chain("masquerading")
+    chain("services")
+    head += [
+        f'add set {t} cluster-ips {{ type ipv4_addr ; comment "Active ClusterIPs" ; }}',
+        f"add map {t} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; "
+        f'comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }}',
+        f"add map {t} service-nodeports {{ type inet_proto . inet_service : verdict ; "
+        f'comment "NodePort traffic" ; }}',
+    ]
+    rules += [
+        f"add rule {t} nat-prerouting jump services",
+        f"add rule {t} nat-output jump services",
+        f"add rule {t} nat-postrouting jump masquerading",
+        f"add rule {t} mark-for-masquerade mark set mark or 0x4000",
+        f"add rule {t} masquerading mark and 0x4000 == 0 return",
+        f"add rule {t} masquerading mark set mark xor 0x4000",
+        f"add rule {t} masquerading masquerade fully-random",
+        f"add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips",
+        f"add rule {t} services fib daddr type local ip daddr != 127.0.0.0/8 "
+        f"meta l4proto . th dport vmap @service-nodeports",
+    ]
+    for svc in sc.services:
+        if svc.probabilities is not None:
+            raise ScenarioError(f"service {svc.namespace}/{svc.name}: probabilities can only "
+                                f"be set in iptables mode (nftables picks with numgen)")
+        elements.append(f"add element {t} cluster-ips {{ {svc.cluster_ip} }}")
+        for port in svc.ports:
+            _port(sc, svc, port, t, chains, rules, elements)
+    return "\n".join([*head, *chains, *rules, *elements]) + "\n"
+
+
+def _port(sc: Scenario, svc: Service, port: Port, t: str, chains: list[str],
+          rules: list[str], elements: list[str]) -> None:
+    proto = port.protocol.lower()
+    pods = sc.endpoints(svc, port)
+    if not pods:
+        return
+    sc_name = service_chain(svc, port)
+    chains.append(f"add chain {t} {sc_name}")
+    rules.append(f"add rule {t} {sc_name} ip daddr {svc.cluster_ip} {proto} dport {port.port} "
+                 f"ip saddr != {sc.cluster_cidr} jump mark-for-masquerade")
+    eps = [(p.ip, endpoint_chain(svc, port, p.ip, port.target_port)) for p in pods]
+    if svc.affinity == "ClientIP":
+        for ip, ep in eps:
+            aff = affinity_set(svc, port, ip, port.target_port)
+            chains.append(f"add set {t} {aff} {{ type ipv4_addr ; flags dynamic,timeout ; "
+                          f"timeout {svc.affinity_timeout}s ; }}")
+            rules.append(f"add rule {t} {sc_name} ip saddr @{aff} goto {ep}")
+    if len(eps) == 1:
+        rules.append(f"add rule {t} {sc_name} goto {eps[0][1]}")
+    else:
+        vmap = " , ".join(f"{i} : goto {ep}" for i, (_, ep) in enumerate(eps))
+        rules.append(f"add rule {t} {sc_name} numgen random mod {len(eps)} vmap {{ {vmap} }}")
+    for ip, ep in eps:
+        chains.append(f"add chain {t} {ep}")
+        rules.append(f"add rule {t} {ep} ip saddr {ip} jump mark-for-masquerade")
+        if svc.affinity == "ClientIP":
+            aff = affinity_set(svc, port, ip, port.target_port)
+            rules.append(f"add rule {t} {ep} update @{aff} {{ ip saddr }}")
+        rules.append(f"add rule {t} {ep} meta l4proto {proto} dnat to {ip}:{port.target_port}")
+    elements.append(f"add element {t} service-ips {{ {svc.cluster_ip} . {proto} . {port.port} "
+                    f": goto {sc_name} }}")
+    if port.node_port is not None:
+        ext = external_chain(svc, port)
+        chains.append(f"add chain {t} {ext}")
+        rules += [f"add rule {t} {ext} jump mark-for-masquerade",
+                  f"add rule {t} {ext} goto {sc_name}"]
+        elements.append(f"add element {t} service-nodeports {{ {proto} . {port.node_port} "
+                        f": goto {ext} }}")

@@ -1,0 +1,98 @@
+"""kube-proxy's nftables ruleset → declared model, on listings printed by a real `nft`."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from natlens.agent.rules.model import DeclaredModel
+from natlens.agent.rules.nftables import NftParseError, parse_nft
+
+FIX = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def shares(model: DeclaredModel, service: str, kind: str = "clusterIP") -> dict[str, float]:
+    (s,) = [s for s in model.services if s.service == service and s.kind == kind]
+    return {e.endpoint: e.probability for e in s.endpoints}
+
+
+def test_seed_listing_gives_the_seed_model() -> None:
+    m = parse_nft((FIX / "seed-node2.nft").read_text())
+    assert m.mode == "nftables"
+    (s,) = m.services
+    assert (s.service, s.kind, s.vip, s.port, s.protocol, s.affinity, s.policy) == (
+        "istio-demo/bill-service:http", "clusterIP", "10.1.122.241", 9999, "tcp", "None",
+        "Cluster")
+    assert {e.endpoint: e.probability for e in s.endpoints} == {
+        "10.244.1.168:80": 0.5, "10.244.2.74:80": 0.5}
+    assert s.chain == "service-UQ6V3AXA-istio-demo/bill-service/tcp/http"
+
+
+def test_node_port_affinity_udp_and_unnamed_port() -> None:
+    m = parse_nft((FIX / "kube-proxy-mixed.nft").read_text())
+    third = {"10.244.1.168:80": 1 / 3, "10.244.2.74:80": 1 / 3, "10.244.2.75:80": 1 / 3}
+    assert shares(m, "istio-demo/bill-service:admin") == third
+    assert shares(m, "istio-demo/bill-service:admin", "nodePort") == third
+    (np,) = [s for s in m.services if s.kind == "nodePort"]
+    assert (np.vip, np.port) == ("0.0.0.0", 30900)
+    (sticky,) = [s for s in m.services if s.service == "shop/sticky"]
+    assert (sticky.protocol, sticky.affinity, sticky.port) == ("udp", "ClientIP", 53)
+
+
+SLOTS_TEMPLATE = """table ip kube-proxy {{
+	set cluster-ips {{
+		type ipv4_addr
+		elements = {{ 10.0.0.1 }}
+	}}
+	map service-ips {{
+		type ipv4_addr . inet_proto . inet_service : verdict
+		elements = {{ 10.0.0.1 . tcp . 80 comment "ns/a:http, with a comma" :
+			goto service-AAAAAAAA-ns/a/tcp/http }}
+	}}
+	chain service-AAAAAAAA-ns/a/tcp/http {{
+		numgen random mod {n} vmap {{ {vmap} }}
+	}}
+{endpoints}}}
+"""
+
+
+def listing(slots: list[int]) -> str:
+    """A service whose endpoint i owns slots[i] consecutive numgen values (as ranges)."""
+    items, eps, lo = [], [], 0
+    for i, k in enumerate(slots):
+        rng = f"{lo}" if k == 1 else f"{lo}-{lo + k - 1}"
+        items.append(f"{rng} : goto endpoint-BBBBBBBB-ns/a/tcp/http__10.1.1.{i}/80")
+        eps.append(f"\tchain endpoint-BBBBBBBB-ns/a/tcp/http__10.1.1.{i}/80 {{\n"
+                   f"\t\tmeta l4proto tcp dnat to 10.1.1.{i}:80\n\t}}\n")
+        lo += k
+    return SLOTS_TEMPLATE.format(n=lo, vmap=", ".join(items), endpoints="".join(eps))
+
+
+@given(st.lists(st.integers(1, 20), min_size=1, max_size=12))
+def test_shares_are_slots_over_n_exactly(slots: list[int]) -> None:
+    m = parse_nft(listing(slots))
+    got = shares(m, "ns/a:http")
+    n = sum(slots)
+    assert got == {f"10.1.1.{i}:80": k / n for i, k in enumerate(slots)}
+    assert sum(Fraction(k, n) for k in slots) == 1
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("table ip kube-proxy {\n\tchain x {\n", "truncated"),
+    ("hello\n", "line 1"),
+    (listing([1, 1]).replace("dnat to 10.1.1.1:80", "accept"), "no 'dnat to'"),
+    (listing([1, 1]).replace("mod 2", "mod 3"), "maps 2 slots"),
+])
+def test_malformed_listings_are_refused_with_a_reason(text: str, needle: str) -> None:
+    with pytest.raises(NftParseError, match=needle):
+        parse_nft(text)
+
+
+def test_other_tables_are_ignored() -> None:
+    text = "table inet filter {\n\tchain input {\n\t\taccept\n\t}\n}\n" + (
+        FIX / "seed-node2.nft").read_text()
+    assert len(parse_nft(text).services) == 1
