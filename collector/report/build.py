@@ -190,8 +190,8 @@ def _sampled(db: sqlite_utils.Database, where: str,
     for node, h, proto, vip, port, ep, k, rate in db.execute(
             f"SELECT node, rules_hash, protocol, vip, vip_port, endpoint, COUNT(*), "
             f"MAX(sample_rate) FROM decisions WHERE {where} AND source = 'ebpf' AND "
-            f"event = 'new' GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint",
-            args):
+            f"event = 'new' AND sample_rate > 1 "
+            f"GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint", args):
         e = out.setdefault((node, h, proto, vip, port), {"rate": rate, "endpoints": []})
         e["rate"] = max(e["rate"], rate)
         e["endpoints"].append({"endpoint": ep, "decisions": k, "scaled": k * rate,

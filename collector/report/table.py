@@ -17,7 +17,9 @@ def render(report: dict[str, Any], ground_truth: dict[str, Any] | None = None) -
     for s in report["services"]:
         title = (f"{s['service']}  {s['vip']}:{s['port']}/{s['protocol']}  on {s['node']}  "
                  f"rules {s['rules_version'][7:19]}")
-        if s.get("chain"):
+        if s.get("chain", "").startswith("service-"):  # kube-proxy's nftables mode
+            title += f"\n  services → service-ips → {s['chain']} → endpoint-… → dnat"
+        elif s.get("chain"):
             title += f"\n  KUBE-SERVICES → {s['chain']} → KUBE-SEP-… → DNAT"
         t = Table(title=title, title_justify="left", expand=False)
         t.add_column("endpoint")
