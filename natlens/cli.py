@@ -224,7 +224,7 @@ def rules_parse(file: str | None, mode: str, netns: str | None) -> None:
         with click.open_file(file) as f:
             text = f.read()
         if mode == "auto":
-            mode = "nftables" if text.lstrip().startswith("table ") else "iptables"
+            mode = "nftables" if text.lstrip().startswith(("table ", "{")) else "iptables"
         model = parse_nft(text) if mode == "nftables" else parse_iptables_save(text)
     _print_json(model.to_json())
 

@@ -1,5 +1,5 @@
-"""kube-proxy's nftables ruleset (``nft list table ip kube-proxy``, or ``nft list
-ruleset``) → the declared model.
+"""kube-proxy's nftables ruleset (``nft list table ip kube-proxy`` or ``nft list
+ruleset``, as text or with ``-j`` as JSON) → the declared model.
 
 The ``service-ips`` verdict map sends each ClusterIP/ExternalIP (VIP . protocol . port)
 to a ``service-…`` chain (or an ``external-…`` one), ``service-nodeports`` sends node
@@ -11,9 +11,11 @@ slots that lead to it over N. Endpoint chains end in ``dnat to IP:PORT``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from natlens.agent.rules.model import (
     DeclaredEndpoint,
@@ -181,9 +183,84 @@ def _resolve(t: _Table, chain: str) -> tuple[str, str]:
     raise NftParseError(f"chain {chain!r} leads to no service chain")
 
 
+def _verdict(v: Any) -> str:
+    for kind in ("goto", "jump"):
+        if isinstance(v, dict) and kind in v:
+            return f"{kind} {v[kind]['target']}"
+    raise NftParseError(f"verdict {v!r} not understood")
+
+
+def _rule_text(expr: list[Any], family: str) -> str:
+    """The parts of a JSON rule the model needs, written as the text form prints them."""
+    parts = []
+    for e in expr:
+        if "@affinity-" in json.dumps(e):
+            parts.append("@affinity-")
+        if "vmap" in e and "numgen" in e["vmap"].get("key", {}):
+            ng = e["vmap"]["key"]["numgen"]
+            items = []
+            for key, verdict in e["vmap"]["data"]["set"]:
+                rng = f"{key['range'][0]}-{key['range'][1]}" if isinstance(key, dict) else key
+                items.append(f"{rng} : {_verdict(verdict)}")
+            parts.append(f"numgen {ng['mode']} mod {ng['mod']} vmap {{ {', '.join(items)} }}")
+        elif "goto" in e or "jump" in e:
+            parts.append(_verdict(e))
+        elif "dnat" in e:
+            addr = e["dnat"]["addr"]
+            parts.append(f"dnat to {f'[{addr}]' if ':' in addr else addr}:{e['dnat']['port']}")
+    return " ".join(parts)
+
+
+def _tables_json(text: str) -> list[_Table]:
+    """``nft -j list table …`` / ``nft -j list ruleset`` as the same tables."""
+    try:
+        return _tables_json_unchecked(text)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        if isinstance(e, NftParseError):
+            raise
+        raise NftParseError(f"nft JSON not understood: {type(e).__name__}: {e}") from None
+
+
+def _tables_json_unchecked(text: str) -> list[_Table]:
+    try:
+        objects = json.loads(text)["nftables"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise NftParseError(f"not nft JSON output: {e}") from None
+    if not isinstance(objects, list) or not all(isinstance(o, dict) and len(o) == 1
+                                                for o in objects):
+        raise NftParseError("not nft JSON output: 'nftables' is not a list of objects")
+    tables: dict[tuple[str, str], _Table] = {}
+    for o in objects:
+        (kind, body), = o.items()
+        if not isinstance(body, dict) or body.get("table", body.get("name")) is None:
+            continue
+        family = body.get("family", "")
+        name = body["name"] if kind == "table" else body.get("table")
+        if name != "kube-proxy" or family not in ("ip", "ip6", "inet"):
+            continue
+        t = tables.setdefault((family, name), _Table(family))
+        if kind == "chain":
+            t.chains.setdefault(body["name"], [])
+        elif kind == "rule":
+            t.chains.setdefault(body["chain"], []).append(_rule_text(body["expr"], family))
+        elif kind in ("set", "map"):
+            out = []
+            for el in body.get("elem", []):
+                if isinstance(el, list):  # map: [key, verdict]
+                    key, verdict = el
+                    parts = key["concat"] if isinstance(key, dict) and "concat" in key else [key]
+                    out.append(" . ".join(str(p) for p in parts) + " : " + _verdict(verdict))
+                else:
+                    out.append(str(el))
+            t.elements[body["name"]] = out
+    return list(tables.values())
+
+
 def parse_nft(text: str) -> DeclaredModel:
+    """The model of an nftables listing, text (``nft list``) or JSON (``nft -j list``)."""
+    tables = _tables_json(text) if text.lstrip().startswith("{") else _tables(text)
     services: list[ServicePort] = []
-    for t in _tables(text):
+    for t in tables:
         cluster_ips = set(t.elements.get("cluster-ips", []))
         for el in t.elements.get("service-ips", []):
             m = _SERVICE_ELEMENT.match(el)

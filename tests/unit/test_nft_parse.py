@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from natlens.agent.rules.model import DeclaredModel
@@ -96,3 +98,48 @@ def test_other_tables_are_ignored() -> None:
     text = "table inet filter {\n\tchain input {\n\t\taccept\n\t}\n}\n" + (
         FIX / "seed-node2.nft").read_text()
     assert len(parse_nft(text).services) == 1
+
+
+def test_json_listing_gives_the_same_model_as_the_text_one() -> None:
+    text = parse_nft((FIX / "kube-proxy-affinity.nft").read_text())
+    js = parse_nft((FIX / "kube-proxy-affinity.json").read_text())
+    assert js == text and js.hash == text.hash
+    assert shares(js, "shop/sticky") == {"10.244.1.168:80": 0.5, "10.244.2.74:80": 0.5}
+    (sticky,) = [s for s in js.services if s.service == "shop/sticky"]
+    assert sticky.affinity == "ClientIP"
+    assert {(s.kind, s.port) for s in js.services} == {
+        ("clusterIP", 9999), ("clusterIP", 9000), ("nodePort", 30900), ("clusterIP", 53)}
+
+
+@pytest.mark.parametrize("text", ['{"nftables": 5}', "{not json", '{"other": []}'])
+def test_bad_json_is_refused(text: str) -> None:
+    with pytest.raises(NftParseError):
+        parse_nft(text)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=12)
+    | st.sampled_from(["kube-proxy", "ip", "service-ips", "goto", "concat", "numgen"]),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["table", "chain", "rule", "map", "set", "family", "name",
+                                       "elem", "expr", "vmap", "goto", "target", "dnat",
+                                       "concat", "key", "data"]), children, max_size=4),
+    max_leaves=20)
+
+
+@settings(deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["table", "chain", "rule", "map", "set"]),
+                                json_values, min_size=1, max_size=1), max_size=6))
+def test_json_fuzz_gives_a_model_or_a_parse_error(objects: list[dict[str, object]]) -> None:
+    with contextlib.suppress(NftParseError):
+        parse_nft(json.dumps({"nftables": objects}))
+
+
+@settings(deadline=None)
+@given(st.lists(st.sampled_from(
+    (FIX / "kube-proxy-affinity.nft").read_text().splitlines() + ["}", "{", "elements = {",
+                                                                   "table ip kube-proxy {"]),
+    max_size=40))
+def test_text_fuzz_gives_a_model_or_a_parse_error(lines: list[str]) -> None:
+    with contextlib.suppress(NftParseError):
+        parse_nft("\n".join(lines))
