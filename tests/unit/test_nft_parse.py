@@ -137,9 +137,8 @@ def test_json_fuzz_gives_a_model_or_a_parse_error(objects: list[dict[str, object
 
 @settings(deadline=None)
 @given(st.lists(st.sampled_from(
-    (FIX / "kube-proxy-affinity.nft").read_text().splitlines() + ["}", "{", "elements = {",
-                                                                   "table ip kube-proxy {"]),
-    max_size=40))
+    [*(FIX / "kube-proxy-affinity.nft").read_text().splitlines(), "}", "{", "elements = {",
+     "table ip kube-proxy {"]), max_size=40))
 def test_text_fuzz_gives_a_model_or_a_parse_error(lines: list[str]) -> None:
     with contextlib.suppress(NftParseError):
         parse_nft("\n".join(lines))
