@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from natlens.agent.decode.decision import to_decision
+from natlens.agent.health.server import Health, serve
 from natlens.agent.rules.live import RulesUnavailable, read_rules, to_snapshot
 from natlens.agent.ship.batch import Batcher
 from natlens.agent.ship.client import Shipper
@@ -51,6 +52,7 @@ class AgentConfig:
     sample: int = 1                  # ebpf decisions: 1 in N, chosen in the kernel
     pin_root: str = DEFAULT_PIN_ROOT
     counters_interval: float = 5.0
+    health_listen: str | None = None  # HOST:PORT for /healthz and /readyz
 
 
 class SeenIds:
@@ -92,6 +94,7 @@ class Agent:
         self.seen = SeenIds()
         self.stats = {"new": 0, "destroy": 0, "snapshot": 0, "recovered": 0, "lost": 0,
                       "non_dnat": 0}
+        self.health = Health()
         self.filter: EbpfFilter | None = None
         self.source_pb = pb.SOURCE_NETLINK
         self._shipped: dict[CounterKey, CounterValue] = {}
@@ -133,6 +136,7 @@ class Agent:
         except RulesUnavailable as e:
             log.error("rules: %s", e)
             return False
+        self.health.ready = True
         if model.hash != self._rules_hash:
             log.info("rules: %s mode, %d service ports, %s", model.mode, len(model.services),
                      model.hash[:19])
@@ -192,6 +196,10 @@ class Agent:
                 self._lost_shipped[name] = total
 
     def run(self) -> int:
+        if self.cfg.health_listen:
+            host, _, port = self.cfg.health_listen.rpartition(":")
+            srv = serve(self.health, host, int(port))
+            log.info("health: /healthz and /readyz on %s:%d", *srv.server_address[:2])
         if self.cfg.accounting:
             changed = enable_accounting(self.cfg.netns)
             if changed:
@@ -203,7 +211,8 @@ class Agent:
         src = ConntrackSource(self.cfg.netns, self.cfg.rcvbuf,
                               attach=self.filter.attach if self.filter else None)
         self.shipper.start()
-        if not self._emit_rules():
+        rules_ok = self._emit_rules()
+        if not rules_ok:
             log.error("rules: starting without a declared model; decisions are kept and "
                       "will be judged once the rules can be read")
         if self.filter is not None and not self.filter.fresh:
@@ -218,6 +227,8 @@ class Agent:
             log.info("conntrack: subscribed in %s; %d DNAT entries already in the table "
                      "(stored as snapshot, not counted)", self.cfg.netns or "this namespace",
                      self.stats["snapshot"])
+        self.health.ready = rules_ok
+        self.health.reason = "the node's rules could not be read"
         watcher = threading.Thread(target=self._watch_rules, name="rules", daemon=True)
         watcher.start()
         next_counters = time.monotonic()
@@ -227,6 +238,7 @@ class Agent:
             self.filter.open_decisions(self._on_kernel_decision)
         try:
             while not self._stop.is_set():
+                self.health.beat()
                 if ring:
                     assert self.filter is not None
                     self._boot_offset = boot_offset_ns()

@@ -81,6 +81,8 @@ def cli() -> None:
               show_default=True, help="ebpf: seconds between reads of the kernel counters "
               "(a read of 100,000 keys costs about 0.6 s of CPU).")
 @click.option("--print-bpf", is_flag=True, help="Print the eBPF C program and exit.")
+@click.option("--health-listen", metavar="HOST:PORT", help="Serve /healthz (the source "
+              "loop turns) and /readyz (subscribed, rules read) for kubelet probes.")
 @click.option("--agent-id", default="", help="Stable id of this agent (default: the node).")
 @click.option("--rules-interval", type=click.FloatRange(0.1, 3600), default=2.0,
               show_default=True, help="Seconds between reads of the node's rules.")
@@ -98,9 +100,9 @@ def cli() -> None:
               default="info", show_default=True)
 def agent(collector: str | None, node: str, netns: str | None, source: str,
           decisions: bool, sample: int, pin_root: str, counters_interval: float,
-          print_bpf: bool, agent_id: str, rules_interval: float, batch_size: int,
-          batch_age: float, drain_timeout: float, rcvbuf: int, no_ct_accounting: bool,
-          log_level: str) -> None:
+          print_bpf: bool, health_listen: str | None, agent_id: str, rules_interval: float,
+          batch_size: int, batch_age: float, drain_timeout: float, rcvbuf: int,
+          no_ct_accounting: bool, log_level: str) -> None:
     """Run the node agent: stream DNAT decisions, counters and rule snapshots to the
     collector."""
     from natlens.agent.pipeline import Agent, AgentConfig
@@ -112,6 +114,8 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     if collector is None:
         raise click.UsageError("Missing option '--collector'.")
     _check_hostport(collector, "--collector")
+    if health_listen is not None:
+        _check_hostport(health_listen, "--health-listen")
     if source == "pcap":
         raise CliError("--source pcap is not available in this version; use auto, ebpf or "
                        "netlink")
@@ -122,7 +126,7 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     _setup_logging(log_level, f"natlens-agent[{node}]")
     ag = Agent(AgentConfig(collector, node, netns, agent_id, rules_interval, batch_size,
                            batch_age, drain_timeout, not no_ct_accounting, rcvbuf, source,
-                           decisions, sample, pin_root, counters_interval))
+                           decisions, sample, pin_root, counters_interval, health_listen))
     signal.signal(signal.SIGTERM, lambda *_: ag.stop())
     signal.signal(signal.SIGINT, lambda *_: ag.stop())
     try:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,18 @@ def test_snapshot_is_kept_out_and_an_overflow_is_counted_and_recovered(
 
 def test_unreachable_collector_keeps_running_then_fails_on_stop(
         lab: dict[str, Any], tmp_path: Path) -> None:
+    health = free_port()
     agent = start(["agent", "--collector", f"127.0.0.1:{free_port()}", "--node", "k8s-node2",
                    "--netns", lab["nodes"]["k8s-node2"], "--drain-timeout", "1",
-                   "--source", "netlink"],
+                   "--source", "netlink", "--health-listen", f"127.0.0.1:{health}"],
                   tmp_path / "agent.log")
     try:
         wait_for(lambda: "unreachable" in (tmp_path / "agent.log").read_text())
+        # Subscribed and rules read: ready, even while the collector is away (the
+        # batches wait in the agent; restarting the pod would lose them).
+        for path in ("/healthz", "/readyz"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{health}{path}", timeout=5) as r:
+                assert r.status == 200
         traffic(lab, 20)
         time.sleep(2)
         assert agent.poll() is None  # a long-running agent keeps going
