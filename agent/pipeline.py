@@ -29,7 +29,12 @@ from natlens.agent.sources.ebpf import (
     boot_offset_ns,
     pin_dir,
 )
-from natlens.agent.sources.netlink import ConntrackSource, Overflow, enable_accounting
+from natlens.agent.sources.netlink import (
+    ConntrackSource,
+    Overflow,
+    enable_accounting,
+    events_disabled,
+)
 from natlens.proto import natlens_pb2 as pb
 
 log = logging.getLogger("natlens.agent")
@@ -204,6 +209,10 @@ class Agent:
             changed = enable_accounting(self.cfg.netns)
             if changed:
                 log.info("conntrack: switched on %s", ", ".join(changed))
+        if events_disabled(self.cfg.netns):
+            log.error("conntrack: events are disabled in %s (net.netfilter."
+                      "nf_conntrack_events=0): no decision can be seen until it is 1 or 2",
+                      self.cfg.netns or "this namespace")
         self.filter = self._load_filter()
         if self.filter is not None:
             self.source_pb = pb.SOURCE_EBPF

@@ -74,6 +74,17 @@ def enable_accounting(ns: str | None) -> list[str]:
     return changed
 
 
+def events_disabled(ns: str | None) -> bool:
+    """True when ``nf_conntrack_events`` is 0 in ``ns``: the kernel then sends no
+    conntrack events at all, to natlens or to ``conntrack -E``."""
+    with netns.entered(ns):
+        try:
+            with open("/proc/sys/net/netfilter/nf_conntrack_events") as f:
+                return f.read().strip() == "0"
+        except OSError:
+            return False
+
+
 class ConntrackSource:
     """A ctnetlink event socket (and a dump socket) opened inside namespace ``ns``."""
 

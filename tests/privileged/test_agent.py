@@ -95,3 +95,19 @@ def test_rules_parse_reads_the_live_node(lab: dict[str, Any]) -> None:
                           capture_output=True, text=True, check=True).stdout
     assert live == parse_iptables_save(dump).to_json()
     assert live["services"][0]["endpoints"][1]["endpoint"] == "10.244.2.74:80"
+
+
+def test_disabled_conntrack_events_are_said_not_silent(lab: dict[str, Any],
+                                                       tmp_path: Path) -> None:
+    node = lab["nodes"]["k8s-node2"]
+    subprocess.run(["ip", "netns", "exec", node, "sysctl", "-qw",
+                    "net.netfilter.nf_conntrack_events=0"], check=True)
+    log = tmp_path / "agent.log"
+    agent = start(["agent", "--collector", f"127.0.0.1:{free_port()}", "--node", "k8s-node2",
+                   "--netns", node, "--source", "netlink", "--drain-timeout", "0"], log)
+    try:
+        wait_for(lambda: "subscribed" in log.read_text(), 60)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=60)
+    assert "events are disabled in " + node in log.read_text()
