@@ -99,3 +99,45 @@ def test_older_schema_is_upgraded(tmp_path: Path) -> None:
     Store(str(tmp_path / "db")).close()
     assert sqlite_utils.Database(tmp_path / "db").execute(
         "SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def counter(total: int, epoch: str = "e1", closed: int = 0) -> pb.CounterDelta:
+    return pb.CounterDelta(window_start_ns=1, window_end_ns=2, protocol="tcp",
+                           vip="10.1.122.241", vip_port=9999, endpoint_ip="10.244.1.168",
+                           endpoint_port=80, connections=total, epoch=epoch,
+                           total_connections=total, total_closed=closed)
+
+
+def connections(path: Path) -> int:
+    return int(sqlite_utils.Database(path).execute(
+        "SELECT COALESCE(SUM(connections), 0) FROM counters").fetchone()[0])
+
+
+def test_counter_totals_count_once_across_resends_and_restarts(tmp_path: Path) -> None:
+    s = Store(str(tmp_path / "db"))
+    s.ingest(pb.Batch(agent_id="a", boot_id="b1", seq=1, node="n", counters=[counter(5)]))
+    # A restarted agent (new boot) re-reads the pinned maps and ships the same total.
+    s.ingest(pb.Batch(agent_id="a", boot_id="b2", seq=1, node="n", counters=[counter(5)]))
+    s.ingest(pb.Batch(agent_id="a", boot_id="b2", seq=2, node="n", counters=[counter(9)]))
+    # An older total arriving late (a resent batch) is stale: it adds nothing.
+    s.ingest(pb.Batch(agent_id="a", boot_id="b2", seq=3, node="n", counters=[counter(7)]))
+    # New maps (a new epoch) start from zero again.
+    s.ingest(pb.Batch(agent_id="a", boot_id="b3", seq=1, node="n",
+                      counters=[counter(2, "e2")]))
+    s.close()
+    assert connections(tmp_path / "db") == 9 + 2
+
+
+def test_a_batch_failing_halfway_stores_nothing(tmp_path: Path) -> None:
+    s = Store(str(tmp_path / "db"))
+    s.ingest(pb.Batch(agent_id="a", boot_id="b", seq=1, node="n",
+                      counters=[counter(5, closed=3)]))
+    # More connections but fewer closed ones: not a state these maps can be in.
+    bad = pb.Batch(agent_id="a", boot_id="b", seq=2, node="n",
+                   decisions=[decision(1), decision(2)], counters=[counter(6, closed=1)])
+    with pytest.raises(BatchRejected, match="backwards"):
+        s.ingest(bad)
+    s.close()
+    assert count(tmp_path / "db", "decisions") == 0
+    assert count(tmp_path / "db", "batches") == 1
+    assert connections(tmp_path / "db") == 5
