@@ -32,6 +32,7 @@ bench: install
 	$(PY) bench/source_cpu.py
 	$(PY) bench/ebpf_memory.py
 	$(PY) bench/ingest.py
+	$(PY) bench/recv_buffer.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from natlens.agent.decode.ctnetlink import CtEvent
 from natlens.agent.decode.decision import to_decision
 from natlens.agent.health.server import Health, serve
 from natlens.agent.rules.live import RulesUnavailable, read_rules, to_snapshot
@@ -25,7 +26,6 @@ from natlens.agent.sources.ebpf import (
     CounterKey,
     CounterValue,
     EbpfFilter,
-    KernelDecision,
     boot_offset_ns,
     pin_dir,
 )
@@ -34,6 +34,7 @@ from natlens.agent.sources.netlink import (
     Overflow,
     enable_accounting,
     events_disabled,
+    seen_before,
 )
 from natlens.proto import natlens_pb2 as pb
 
@@ -63,13 +64,8 @@ class AgentConfig:
 class SeenIds:
     """Recently seen connections (bounded), to tell recovered decisions from known ones.
 
-    A conntrack id alone does not name one connection: when a client reuses a source
-    port, a SYN on the old TIME_WAIT entry kills it and the kernel creates a new entry
-    that often lands in the same slab slot with the same tuple, hence the same id. So
-    each id keeps a time: when its NEW event was read, or the entry's own start time
-    if it was first met in a table dump. A dumped entry whose kernel start time is
-    later than that is a different connection. Without conntrack timestamps
-    (``--no-accounting``) start times are 0 and a recycled id cannot be told apart.
+    Each id keeps a time: when its NEW event was read, or the entry's own start time if
+    it was first met in a table dump (see ``seen_before`` for why an id is not enough).
     """
 
     def __init__(self, limit: int = 1 << 20) -> None:
@@ -84,8 +80,7 @@ class SeenIds:
 
     def known(self, zone: int, ct_id: int, start_ns: int) -> bool:
         """Whether a dumped entry (kernel start time ``start_ns``, 0 if none) was seen."""
-        at = self._ids.get((zone, ct_id))
-        return at is not None and not (start_ns and start_ns > at)
+        return seen_before(self._ids.get((zone, ct_id)), start_ns)
 
 
 class Agent:
@@ -100,6 +95,7 @@ class Agent:
         self.stats = {"new": 0, "destroy": 0, "snapshot": 0, "recovered": 0, "lost": 0,
                       "non_dnat": 0}
         self.health = Health()
+        self.health.reason = "the node's rules have not been read"
         self.filter: EbpfFilter | None = None
         self.source_pb = pb.SOURCE_NETLINK
         self._shipped: dict[CounterKey, CounterValue] = {}
@@ -236,32 +232,29 @@ class Agent:
             log.info("conntrack: subscribed in %s; %d DNAT entries already in the table "
                      "(stored as snapshot, not counted)", self.cfg.netns or "this namespace",
                      self.stats["snapshot"])
-        self.health.ready = rules_ok
-        self.health.reason = "the node's rules could not be read"
         watcher = threading.Thread(target=self._watch_rules, name="rules", daemon=True)
         watcher.start()
         next_counters = time.monotonic()
-        ring = self.filter is not None and self.cfg.decisions
-        if ring:
-            assert self.filter is not None
-            self.filter.open_decisions(self._on_kernel_decision)
+        filt = self.filter
+        ring = filt if filt is not None and self.cfg.decisions else None
+        if ring is not None:
+            ring.open_decisions(self._on_kernel_decision)
         try:
             while not self._stop.is_set():
                 self.health.beat()
-                if ring:
-                    assert self.filter is not None
+                if ring is not None:
                     self._boot_offset = boot_offset_ns()
-                    self.filter.poll(0.2)
+                    ring.poll(0.2)
                     self._read(src, 0.0)
                 else:
                     self._read(src, 0.2)
-                if self.filter is not None and time.monotonic() >= next_counters:
+                if filt is not None and time.monotonic() >= next_counters:
                     self._ship_counters()
                     next_counters = time.monotonic() + self.cfg.counters_interval
                 self.batcher.tick()
             self._read(src, 0.0)  # what the kernel queued before we were told to stop
-            if self.filter is not None:
-                self.filter.poll(0.0)
+            if filt is not None:
+                filt.poll(0.0)
                 self._ship_counters()
         finally:
             src.close()
@@ -277,20 +270,12 @@ class Agent:
         log.info("stopped: %s", ", ".join(f"{k}={v}" for k, v in self.stats.items()))
         return 0 if ok else 1
 
-    def _on_kernel_decision(self, k: KernelDecision) -> None:
+    def _on_kernel_decision(self, boot_ns: int, ev: CtEvent) -> None:
         """A record from the filter's ring buffer (eBPF decision mode)."""
-        destroy = k.kind == "destroy"
-        self.stats[k.kind] += 1
-        self.batcher.add_decision(pb.Decision(
-            time_ns=k.start_ns or k.boot_ns + self._boot_offset, protocol=k.protocol,
-            client_ip=k.client_ip, client_port=k.client_port, vip=k.vip, vip_port=k.vip_port,
-            endpoint_ip=k.endpoint_ip, endpoint_port=k.endpoint_port, ct_id=k.ct_id,
-            zone=k.zone, source=pb.SOURCE_EBPF,
-            event=pb.EVENT_DESTROY if destroy else pb.EVENT_NEW,
-            orig_packets=k.orig_packets, orig_bytes=k.orig_bytes,
-            reply_packets=k.reply_packets, reply_bytes=k.reply_bytes,
-            duration_ns=k.stop_ns - k.start_ns if destroy and k.stop_ns > k.start_ns > 0
-            else 0))
+        self.stats[ev.kind] += 1
+        event = pb.EVENT_DESTROY if ev.kind == "destroy" else pb.EVENT_NEW
+        self.batcher.add_decision(
+            to_decision(ev, event, pb.SOURCE_EBPF, boot_ns + self._boot_offset))
 
     def _read(self, src: ConntrackSource, timeout: float) -> None:
         overflowed = 0
@@ -300,8 +285,9 @@ class Agent:
                 if ev.reason == "enobufs" and self.filter is None:
                     overflowed += ev.lost
                 else:
-                    # eBPF: the kernel counted these before the socket dropped them, so
-                    # only the per-connection records are lost, not the counts.
+                    # Malformed messages, or (not expected: the eBPF filter hands the
+                    # socket nothing) an overflow under the filter, whose events the
+                    # kernel counters already hold: a recovery dump would count twice.
                     self.stats["lost"] += ev.lost
                     log.error("conntrack: %d events lost (%s)", ev.lost, ev.reason)
                     self.batcher.add_lost(pb.LostEvents(time_ns=now, source=self.source_pb,

@@ -16,19 +16,32 @@ class RulesUnavailable(RuntimeError):
     """The node's rules could not be read (tool missing, permission, bad dump)."""
 
 
+def _nft(ns: str | None, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(netns.command(ns, ["nft", *args]), capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RulesUnavailable(f"nft {' '.join(args)} took longer than {timeout:.0f}s") from None
+
+
 def read_nftables(ns: str | None = None, timeout: float = 60.0) -> DeclaredModel | None:
-    """kube-proxy's ``ip``/``ip6 kube-proxy`` tables, or None when neither exists."""
+    """kube-proxy's ``ip``/``ip6 kube-proxy`` tables, or None when neither exists.
+
+    One ``nft list tables`` decides (this runs every rules interval, and on iptables
+    nodes there is nothing more to read); only the tables present are listed."""
+    try:
+        tables = _nft(ns, ["list", "tables"], timeout)
+    except FileNotFoundError:
+        return None  # no nft binary: not an nftables-mode node as far as we can tell
+    present = [f for f in ("ip", "ip6") if f"table {f} kube-proxy" in tables.stdout.splitlines()]
     texts = []
-    for family in ("ip", "ip6"):
-        argv = netns.command(ns, ["nft", "list", "table", family, "kube-proxy"])
-        try:
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-        except FileNotFoundError:
-            return None  # no nft binary: not an nftables-mode node as far as we can tell
-        except subprocess.TimeoutExpired:
-            raise RulesUnavailable(f"nft list took longer than {timeout:.0f}s") from None
-        if r.returncode == 0:
-            texts.append(r.stdout)
+    for family in present:
+        r = _nft(ns, ["list", "table", family, "kube-proxy"], timeout)
+        if r.returncode != 0:
+            msg = r.stderr.strip().splitlines()
+            raise RulesUnavailable(f"nft list table {family} kube-proxy failed: "
+                                   f"{msg[-1] if msg else r.returncode}")
+        texts.append(r.stdout)
     if not texts:
         return None
     try:

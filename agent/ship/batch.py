@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from natlens.proto import natlens_pb2 as pb
 
@@ -34,29 +35,23 @@ class Batcher:
                         sample_rate=self.sample_rate)
 
     def add_decision(self, d: pb.Decision) -> None:
-        with self._lock:
-            self._batch.decisions.append(d)
-            self._bump()
+        self._add("decisions", d)
 
     def add_rules(self, r: pb.RuleSnapshot) -> None:
-        with self._lock:
-            self._batch.rules.append(r)
-            self._bump()
+        self._add("rules", r)
 
     def add_counter(self, c: pb.CounterDelta) -> None:
-        with self._lock:
-            self._batch.counters.append(c)
-            self._bump()
+        self._add("counters", c)
 
     def add_lost(self, lost: pb.LostEvents) -> None:
-        with self._lock:
-            self._batch.lost.append(lost)
-            self._bump()
+        self._add("lost", lost)
 
-    def _bump(self) -> None:
-        self._n += 1
-        if self._n >= self.max_records:
-            self._flush_locked()
+    def _add(self, field: str, record: Any) -> None:
+        with self._lock:
+            getattr(self._batch, field).append(record)
+            self._n += 1
+            if self._n >= self.max_records:
+                self._flush_locked()
 
     def tick(self) -> None:
         """Flush if the open batch is older than ``max_age``."""

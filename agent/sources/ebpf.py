@@ -30,6 +30,9 @@ from typing import Any
 
 import numpy
 
+from natlens.agent.decode.ctnetlink import PROTOCOLS, CtEvent, Tuple
+from natlens.agent.sources.netlink import seen_before
+
 PROGRAM = Path(__file__).with_name("ebpf_filter.c")
 # Names of the stats array's slots, in the order of the enum in ebpf_filter.c.
 STATS = ("events", "new", "destroy", "non_dnat", "map_full", "sampled_out", "passed",
@@ -41,7 +44,6 @@ DEFAULT_PIN_ROOT = "/sys/fs/bpf/natlens"
 DEFAULT_HEADERS = "/var/lib/natlens/kernel-headers"
 DEFAULT_MAX_KEYS = 1 << 18
 DEFAULT_MAX_SEEN = 1 << 20
-PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 CLOCK_SLACK_NS = 1_000_000
 
 
@@ -57,42 +59,20 @@ RECORD = struct.Struct("=QBB6x" + _TUPLE + _TUPLE + "4x6QIH2x")
 RING_PAGES = 4096  # 16 MiB: about 110,000 records before the ring is full
 
 
-@dataclass(frozen=True, slots=True)
-class KernelDecision:
-    """One DNAT event as the filter parsed it (decision mode)."""
-
-    kind: str
-    protocol: str
-    client_ip: str
-    client_port: int
-    vip: str
-    vip_port: int
-    endpoint_ip: str
-    endpoint_port: int
-    ct_id: int
-    zone: int
-    boot_ns: int
-    orig_packets: int
-    orig_bytes: int
-    reply_packets: int
-    reply_bytes: int
-    start_ns: int
-    stop_ns: int
-
-
-def decode_record(data: bytes) -> KernelDecision:
-    """A ring-buffer record (struct decision_rec) as a KernelDecision."""
-    (boot, kind, family, osrc, odst, osport, odport, proto, rsrc, _rdst, rsport, _rdport,
-     _rproto, opk, oby, rpk, rby, start, stop, ct_id, zone) = RECORD.unpack_from(data)
+def decode_record(data: bytes) -> tuple[int, CtEvent]:
+    """A ring-buffer record (struct decision_rec): the boot-clock time it passed the
+    filter, and the event, as the netlink decoder would have built it."""
+    (boot, kind, family, osrc, odst, osport, odport, oproto, rsrc, rdst, rsport, rdport,
+     rproto, opk, oby, rpk, rby, start, stop, ct_id, zone) = RECORD.unpack_from(data)
     fam, n = (socket.AF_INET6, 16) if family == socket.AF_INET6 else (socket.AF_INET, 4)
 
     def ntop(b: bytes) -> str:
         return socket.inet_ntop(fam, b[:n])
 
-    return KernelDecision(
-        "destroy" if kind else "new", PROTOCOLS.get(proto, str(proto)), ntop(osrc),
-        socket.ntohs(osport), ntop(odst), socket.ntohs(odport), ntop(rsrc),
-        socket.ntohs(rsport), ct_id, zone, boot, opk, oby, rpk, rby, start, stop)
+    orig = Tuple(ntop(osrc), ntop(odst), oproto, socket.ntohs(osport), socket.ntohs(odport))
+    reply = Tuple(ntop(rsrc), ntop(rdst), rproto, socket.ntohs(rsport), socket.ntohs(rdport))
+    return boot, CtEvent("destroy" if kind else "new", orig, reply, ct_id, zone, opk, oby,
+                         rpk, rby, start, stop)
 
 
 def read_batched(fd: int, key_size: int, words: int,
@@ -304,11 +284,11 @@ class EbpfFilter:
         cfg[ctypes.c_uint32(0)] = leaf
         self.sample = sample
 
-    def open_decisions(self, handle: Callable[[KernelDecision], None]) -> None:
-        """Decision mode: ``handle`` gets each record that ``poll`` consumes."""
+    def open_decisions(self, handle: Callable[[int, CtEvent], None]) -> None:
+        """Decision mode: ``handle(boot_ns, event)`` for each record ``poll`` consumes."""
 
         def on_record(_ctx: Any, data: int, size: int) -> int:
-            handle(decode_record(ctypes.string_at(data, size)))
+            handle(*decode_record(ctypes.string_at(data, size)))
             return 0
 
         self.bpf[b"decisions"].open_ring_buffer(on_record)
@@ -344,20 +324,18 @@ class EbpfFilter:
                 for i, name in enumerate(STATS)}
 
     def seen_checker(self) -> Callable[[int, int, int], bool]:
-        """known(zone, ct_id, start_ns) against the pinned seen map; see SeenIds."""
+        """known(zone, ct_id, start_ns) against the pinned seen map (``seen_before``)."""
         offset = boot_offset_ns()
         seen = self.seen
 
         def known(zone: int, ct_id: int, start_ns: int) -> bool:
-            k = seen.Key(ct_id=ct_id, zone=zone)
             try:
-                at = seen[k].value
+                at = seen[seen.Key(ct_id=ct_id, zone=zone)].value
             except KeyError:
                 return False
             # The boot clock is converted to wall-clock time here and when marking;
             # a millisecond of slack absorbs the conversion's jitter.
-            at_real = at + offset + CLOCK_SLACK_NS if at else 0
-            return not (start_ns and start_ns > at_real)
+            return seen_before(at + offset + CLOCK_SLACK_NS if at else 0, start_ns)
 
         return known
 
@@ -368,7 +346,3 @@ class EbpfFilter:
 
     def close(self) -> None:
         self.bpf.cleanup()
-
-
-def describe(f: EbpfFilter) -> dict[str, Any]:
-    return {"pin": f.pin, "epoch": f.epoch, "fresh": f.fresh, "sample": f.sample}

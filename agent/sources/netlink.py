@@ -74,6 +74,19 @@ def enable_accounting(ns: str | None) -> list[str]:
     return changed
 
 
+def seen_before(seen_at_ns: int | None, start_ns: int) -> bool:
+    """Whether a dumped entry is the connection recorded ``seen_at_ns`` (wall-clock ns;
+    0: met in a dump before timestamps were on; None: never seen).
+
+    A conntrack id alone does not name one connection: when a client reuses a source
+    port, a SYN on the old TIME_WAIT entry kills it and the kernel creates a new entry,
+    often in the same slab slot with the same tuple, hence the same id. An entry whose
+    kernel start time is later than when its id was seen is that new connection.
+    Without conntrack timestamps start times are 0 and a recycled id cannot be told.
+    """
+    return seen_at_ns is not None and not (start_ns and start_ns > seen_at_ns)
+
+
 def events_disabled(ns: str | None) -> bool:
     """True when ``nf_conntrack_events`` is 0 in ``ns``: the kernel then sends no
     conntrack events at all, to natlens or to ``conntrack -E``."""
@@ -105,8 +118,7 @@ class ConntrackSource:
             self.sock.bind((0, groups))
         self.inode = os.fstat(self.sock.fileno()).st_ino
         # One buffer for every read: recv(1 MiB) allocates and shrinks a 1 MiB object
-        # per call, which cost 28 µs per event against 3.5 µs for recv_into
-        # (BENCHMARKS.md, "Decision path").
+        # per call (bench/recv_buffer.py: 20.5 µs against 2.8 µs per datagram).
         self._buf = bytearray(RECV_SIZE)
         self._view = memoryview(self._buf)
         self._drops_seen = self._drops()
