@@ -105,11 +105,9 @@ def _port(sc: Scenario, svc: Service, port: Port, t: str, chains: list[str],
             chains.append(f"add set {t} {aff} {{ type ipv4_addr ; flags dynamic,timeout ; "
                           f"timeout {svc.affinity_timeout}s ; }}")
             rules.append(f"add rule {t} {sc_name} ip saddr @{aff} goto {ep}")
-    if len(eps) == 1:
-        rules.append(f"add rule {t} {sc_name} goto {eps[0][1]}")
-    else:
-        vmap = " , ".join(f"{i} : goto {ep}" for i, (_, ep) in enumerate(eps))
-        rules.append(f"add rule {t} {sc_name} numgen random mod {len(eps)} vmap {{ {vmap} }}")
+    # kube-proxy writes the vmap even for one endpoint ("numgen random mod 1").
+    vmap = " , ".join(f"{i} : goto {ep}" for i, (_, ep) in enumerate(eps))
+    rules.append(f"add rule {t} {sc_name} numgen random mod {len(eps)} vmap {{ {vmap} }}")
     for ip, ep in eps:
         chains.append(f"add chain {t} {ep}")
         rules.append(f"add rule {t} {ep} ip saddr {ip} jump mark-for-masquerade")

@@ -40,6 +40,8 @@ _BLOCK = re.compile(r"^(chain|map|set)\s+(\S+)\s*\{$")
 _NUMGEN = re.compile(r"numgen random mod (\d+) vmap \{ (.*) \}")
 _VMAP_ITEM = re.compile(r"^(\d+)(?:-(\d+))?\s*:\s*(?:goto|jump)\s+(\S+)$")
 _GOTO = re.compile(r"(?:^|\s)goto (\S+)$")
+_UNCONDITIONAL_GOTO = re.compile(r"^goto (\S+)$")
+_COMMENT = re.compile(r'\s*comment "(?:[^"\\]|\\.)*"$')
 _DNAT = re.compile(r"dnat (?:ip6? )?to (\[[0-9a-fA-F:.]+\]|[0-9.]+):(\d+)")
 _SERVICE_ELEMENT = re.compile(
     r'^(\S+) \. (\w+) \. (\d+)(?: comment "[^"]*")? : (?:goto|jump) (\S+)$')
@@ -171,15 +173,25 @@ def _endpoints(t: _Table, chain: str) -> tuple[tuple[DeclaredEndpoint, ...], str
     return tuple(sorted(eps, key=lambda e: e.endpoint)), affinity
 
 
-def _resolve(t: _Table, chain: str) -> tuple[str, str]:
-    """An ``external-…`` chain's service chain and traffic policy."""
+def _resolve(t: _Table, chain: str) -> tuple[str | None, str]:
+    """An ``external-…`` chain's selection chain and traffic policy.
+
+    Cluster policy ends in an unconditional ``goto service-…``; Local policy in
+    ``goto local-…`` (the local endpoints only), or in nothing when the node has no
+    local endpoint: then only pod and node-local traffic, short-circuited by
+    conditional gotos, reaches an endpoint, and outside traffic is dropped (None)."""
     if chain.startswith("service-"):
         return chain, "Cluster"
-    for r in reversed(t.chains.get(chain, [])):
-        g = _GOTO.search(r)
+    rules = t.chains.get(chain)
+    if rules is None:
+        raise NftParseError(f"chain {chain!r} is referenced but not listed")
+    for r in reversed(rules):
+        g = _UNCONDITIONAL_GOTO.match(_COMMENT.sub("", r))
         if g:
             target = g.group(1)
-            return (target, "Cluster") if target.startswith("service-") else (target, "Local")
+            return target, "Cluster" if target.startswith("service-") else "Local"
+    if any(_GOTO.search(_COMMENT.sub("", r)) for r in rules):
+        return None, "Local"
     raise NftParseError(f"chain {chain!r} leads to no service chain")
 
 
@@ -187,7 +199,12 @@ def _verdict(v: Any) -> str:
     for kind in ("goto", "jump"):
         if isinstance(v, dict) and kind in v:
             return f"{kind} {v[kind]['target']}"
+    if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in _SIMPLE_VERDICTS:
+        return next(iter(v))  # drop/reject/accept in the no-endpoint maps
     raise NftParseError(f"verdict {v!r} not understood")
+
+
+_SIMPLE_VERDICTS = ("drop", "accept", "reject", "return", "continue")
 
 
 def _rule_text(expr: list[Any], family: str) -> str:
@@ -196,6 +213,8 @@ def _rule_text(expr: list[Any], family: str) -> str:
     for e in expr:
         if "@affinity-" in json.dumps(e):
             parts.append("@affinity-")
+        elif "match" in e:
+            parts.append("match")  # a condition: a goto after it is not unconditional
         if "vmap" in e and "numgen" in e["vmap"].get("key", {}):
             ng = e["vmap"]["key"]["numgen"]
             items = []
@@ -269,11 +288,11 @@ def parse_nft(text: str) -> DeclaredModel:
             vip, proto, port, target = m.groups()
             chain, policy = _resolve(t, target)
             name, _ = _service_name(target)
-            eps, affinity = _endpoints(t, chain)
+            eps, affinity = _endpoints(t, chain) if chain else ((), "None")
             kind = "clusterIP" if vip in cluster_ips and target.startswith("service-") \
                 else "externalIP"
             services.append(ServicePort(name, kind, vip, int(port), proto, affinity, policy,
-                                        eps, chain))
+                                        eps, chain or ""))
         for el in t.elements.get("service-nodeports", []):
             m = _NODEPORT_ELEMENT.match(el)
             if not m:
@@ -281,9 +300,9 @@ def parse_nft(text: str) -> DeclaredModel:
             proto, port, target = m.groups()
             chain, policy = _resolve(t, target)
             name, _ = _service_name(target)
-            eps, affinity = _endpoints(t, chain)
+            eps, affinity = _endpoints(t, chain) if chain else ((), "None")
             services.append(ServicePort(name, "nodePort", "::" if t.family == "ip6"
                                         else "0.0.0.0", int(port), proto, affinity, policy,
-                                        eps, chain))
+                                        eps, chain or ""))
     services.sort(key=lambda s: (s.service, s.kind, s.vip, s.port, s.protocol))
     return DeclaredModel("nftables", tuple(services))

@@ -45,6 +45,35 @@ def test_node_port_affinity_udp_and_unnamed_port() -> None:
     assert (sticky.protocol, sticky.affinity, sticky.port) == ("udp", "ClientIP", 53)
 
 
+@pytest.mark.parametrize("fixture", ["kube-proxy-local.nft", "kube-proxy-local.json"])
+def test_local_policy_picks_local_endpoints_or_none(fixture: str) -> None:
+    """Local external policy as kube-proxy writes it: pod and node-local traffic is
+    short-circuited (conditional gotos) to the service chain; outside traffic goes to
+    the ``local-…`` chain, or nowhere when the node has no local endpoint."""
+    m = parse_nft((FIX / fixture).read_text())
+    third = 1 / 3
+    assert shares(m, "web/frontend:http") == {
+        "10.244.1.20:8080": third, "10.244.1.21:8080": third, "10.244.2.30:8080": third}
+    local = {"10.244.1.20:8080": 0.5, "10.244.1.21:8080": 0.5}
+    front = [s for s in m.services if s.service == "web/frontend:http" and s.kind != "clusterIP"]
+    assert {(s.kind, s.vip, s.port) for s in front} == {
+        ("nodePort", "0.0.0.0", 31080), ("externalIP", "192.168.99.20", 80),
+        ("externalIP", "203.0.113.10", 80)}
+    for s in front:
+        assert s.policy == "Local"
+        assert {e.endpoint: e.probability for e in s.endpoints} == local
+        assert s.chain == "local-PLVUX2VM-web/frontend/tcp/http"
+    batch = {s.kind: s for s in m.services if s.service == "web/batch:http"}
+    assert shares(m, "web/batch:http") == {"10.244.2.31:8080": 1.0}
+    for kind in ("nodePort", "externalIP"):
+        assert (batch[kind].policy, batch[kind].endpoints, batch[kind].chain) == ("Local", (), "")
+
+
+def test_local_policy_text_and_json_agree() -> None:
+    text = parse_nft((FIX / "kube-proxy-local.nft").read_text())
+    assert parse_nft((FIX / "kube-proxy-local.json").read_text()).hash == text.hash
+
+
 SLOTS_TEMPLATE = """table ip kube-proxy {{
 	set cluster-ips {{
 		type ipv4_addr
