@@ -200,7 +200,7 @@ def _verdict(v: Any) -> str:
         if isinstance(v, dict) and kind in v:
             return f"{kind} {v[kind]['target']}"
     if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in _SIMPLE_VERDICTS:
-        return next(iter(v))  # drop/reject/accept in the no-endpoint maps
+        return str(next(iter(v)))  # drop/reject/accept in the no-endpoint maps
     raise NftParseError(f"verdict {v!r} not understood")
 
 
