@@ -204,16 +204,18 @@ def rules() -> None:
 @rules.command(name="parse")
 @click.argument("file", required=False,
                 type=click.Path(exists=True, allow_dash=True, dir_okay=False))
-@click.option("--mode", type=click.Choice(["auto", "iptables", "nftables"]), default="auto",
-              show_default=True, help="What FILE is: iptables-save output, an nftables "
-              "listing (nft list table ip kube-proxy / nft list ruleset), or auto: detected "
-              "from the text. Live, auto uses kube-proxy's nftables table if it exists.")
+@click.option("--mode", type=click.Choice(["auto", "iptables", "nftables", "ipvs"]),
+              default="auto", show_default=True,
+              help="What FILE is: iptables-save (or ip6tables-save) output, an nftables "
+              "listing (nft list table ip kube-proxy / nft list ruleset, text or -j), IPVS "
+              "(ipvsadm -Ln / ipvsadm-save -n), or auto: detected from the text. Live, auto "
+              "uses kube-proxy's nftables table if it exists, else iptables, else IPVS.")
 @click.option("--netns", metavar="NAME", help="Read the live rules of this network namespace.")
 def rules_parse(file: str | None, mode: str, netns: str | None) -> None:
-    """Print the declared model of FILE (iptables-save output or an nftables listing),
-    - for stdin, or of the live node."""
+    """Print the declared model of FILE (- for stdin), or of the live node."""
     from natlens.agent.rules.iptables import parse_iptables_save
-    from natlens.agent.rules.live import read_iptables, read_nftables, read_rules
+    from natlens.agent.rules.ipvs import parse_ipvs
+    from natlens.agent.rules.live import read_iptables, read_ipvs, read_nftables, read_rules
     from natlens.agent.rules.nftables import parse_nft
 
     if file is None:
@@ -223,14 +225,25 @@ def rules_parse(file: str | None, mode: str, netns: str | None) -> None:
                 raise CliError("no kube-proxy nftables table (nft list table ip kube-proxy)")
             model = live
         else:
-            model = read_iptables(netns) if mode == "iptables" else read_rules(netns)
+            model = {"iptables": read_iptables, "ipvs": read_ipvs}.get(mode, read_rules)(netns)
     else:
         with click.open_file(file) as f:
             text = f.read()
         if mode == "auto":
-            mode = "nftables" if text.lstrip().startswith(("table ", "{")) else "iptables"
-        model = parse_nft(text) if mode == "nftables" else parse_iptables_save(text)
+            mode = _detect_mode(text)
+        parse = {"nftables": parse_nft, "ipvs": parse_ipvs}.get(mode, parse_iptables_save)
+        model = parse(text)
     _print_json(model.to_json())
+
+
+def _detect_mode(text: str) -> str:
+    head = text.lstrip()
+    if head.startswith(("table ", "{")):
+        return "nftables"
+    if head.startswith(("IP Virtual Server", "Prot LocalAddress", "-A ", "TCP  ", "UDP  ",
+                        "SCTP ")):
+        return "ipvs"
+    return "iptables"
 
 
 # ---------------------------------------------------------------- lab
@@ -359,6 +372,7 @@ def demo(output: str) -> None:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     from natlens.agent.rules.iptables import RulesParseError
+    from natlens.agent.rules.ipvs import IpvsParseError
     from natlens.agent.rules.live import RulesUnavailable
     from natlens.agent.rules.nftables import NftParseError
     from natlens.collector.server import ListenError
@@ -367,8 +381,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     from natlens.lab.scenario import ScenarioError
     from natlens.lab.topology import LabError
 
-    known = (CliError, RulesParseError, NftParseError, RulesUnavailable, ListenError,
-             SchemaError, RunError, ScenarioError, LabError)
+    known = (CliError, RulesParseError, IpvsParseError, NftParseError, RulesUnavailable,
+             ListenError, SchemaError, RunError, ScenarioError, LabError)
     try:
         rv = cli.main(args=argv, prog_name="natlens", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -120,7 +120,7 @@ class DeclaredEndpoint(_message.Message):
     def __init__(self, endpoint: _Optional[str] = ..., probability: _Optional[float] = ..., chain: _Optional[str] = ...) -> None: ...
 
 class ServicePort(_message.Message):
-    __slots__ = ("service", "kind", "vip", "port", "protocol", "affinity", "policy", "endpoints", "chain")
+    __slots__ = ("service", "kind", "vip", "port", "protocol", "affinity", "policy", "endpoints", "chain", "scheduler")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     VIP_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class ServicePort(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     service: str
     kind: str
     vip: str
@@ -139,7 +140,8 @@ class ServicePort(_message.Message):
     policy: str
     endpoints: _containers.RepeatedCompositeFieldContainer[DeclaredEndpoint]
     chain: str
-    def __init__(self, service: _Optional[str] = ..., kind: _Optional[str] = ..., vip: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[str] = ..., affinity: _Optional[str] = ..., policy: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[DeclaredEndpoint, _Mapping]]] = ..., chain: _Optional[str] = ...) -> None: ...
+    scheduler: str
+    def __init__(self, service: _Optional[str] = ..., kind: _Optional[str] = ..., vip: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[str] = ..., affinity: _Optional[str] = ..., policy: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[DeclaredEndpoint, _Mapping]]] = ..., chain: _Optional[str] = ..., scheduler: _Optional[str] = ...) -> None: ...
 
 class RuleSnapshot(_message.Message):
     __slots__ = ("time_ns", "mode", "hash", "services")

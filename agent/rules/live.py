@@ -7,6 +7,7 @@ import time
 
 from natlens import netns
 from natlens.agent.rules.iptables import parse_iptables_save
+from natlens.agent.rules.ipvs import parse_ipvs
 from natlens.agent.rules.model import DeclaredModel
 from natlens.agent.rules.nftables import parse_nft
 from natlens.proto import natlens_pb2 as pb
@@ -52,25 +53,52 @@ def read_nftables(ns: str | None = None, timeout: float = 60.0) -> DeclaredModel
 
 def read_rules(ns: str | None = None) -> DeclaredModel:
     """The node's declared model; the proxy mode is detected: kube-proxy's nftables
-    table when it exists, iptables otherwise."""
-    return read_nftables(ns) or read_iptables(ns)
+    table when it exists, else its iptables chains, else (when the iptables dump is
+    IPVS mode's, matching the KUBE-CLUSTER-IP ipset) the IPVS table."""
+    nft = read_nftables(ns)
+    if nft is not None:
+        return nft
+    text = _save(ns, "iptables-save")
+    model = _parse_iptables(text)
+    if not model.services and IPVS_MARKER in text:
+        return read_ipvs(ns)
+    return model
 
 
-def read_iptables(ns: str | None = None, timeout: float = 60.0) -> DeclaredModel:
-    argv = netns.command(ns, ["iptables-save"])
+IPVS_MARKER = "KUBE-CLUSTER-IP"  # the ipset kube-proxy's IPVS proxier matches ClusterIPs with
+
+
+def _save(ns: str | None, tool: str, timeout: float = 60.0) -> str:
+    argv = netns.command(ns, [tool] if tool != "ipvsadm-save" else [tool, "-n"])
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
-        raise RulesUnavailable(f"{argv[0]} not found: install iptables") from None
+        pkg = "ipvsadm" if tool == "ipvsadm-save" else "iptables"
+        raise RulesUnavailable(f"{tool} not found: install {pkg}") from None
     except subprocess.TimeoutExpired:
-        raise RulesUnavailable(f"iptables-save took longer than {timeout:.0f}s") from None
+        raise RulesUnavailable(f"{tool} took longer than {timeout:.0f}s") from None
     if r.returncode != 0:
         msg = r.stderr.strip().splitlines()
-        raise RulesUnavailable(f"iptables-save failed: {msg[-1] if msg else r.returncode}")
+        raise RulesUnavailable(f"{tool} failed: {msg[-1] if msg else r.returncode}")
+    return r.stdout
+
+
+def _parse_iptables(text: str) -> DeclaredModel:
     try:
-        return parse_iptables_save(r.stdout)
+        return parse_iptables_save(text)
     except ValueError as e:
         raise RulesUnavailable(f"iptables-save output not understood: {e}") from None
+
+
+def read_iptables(ns: str | None = None) -> DeclaredModel:
+    return _parse_iptables(_save(ns, "iptables-save"))
+
+
+def read_ipvs(ns: str | None = None) -> DeclaredModel:
+    try:
+        return parse_ipvs(_save(ns, "ipvsadm-save"))
+    except ValueError as e:
+        raise RulesUnavailable(f"ipvsadm-save output not understood: {e}") from None
 
 
 def to_snapshot(model: DeclaredModel, time_ns: int | None = None) -> pb.RuleSnapshot:
@@ -80,6 +108,7 @@ def to_snapshot(model: DeclaredModel, time_ns: int | None = None) -> pb.RuleSnap
         services=[pb.ServicePort(
             service=s.service, kind=s.kind, vip=s.vip, port=s.port, protocol=s.protocol,
             affinity=s.affinity, policy=s.policy, chain=s.chain,
+            scheduler=s.scheduler,
             endpoints=[pb.DeclaredEndpoint(endpoint=e.endpoint, probability=e.probability,
                                            chain=e.chain) for e in s.endpoints])
             for s in model.services])

@@ -32,6 +32,7 @@ class ServicePort:
     policy: str = "Cluster"
     endpoints: tuple[DeclaredEndpoint, ...] = field(default_factory=tuple)
     chain: str = ""  # the chain that picks the endpoint (KUBE-SVC-…/KUBE-SVL-…)
+    scheduler: str = "random"  # iptables/nftables pick at random; IPVS names its scheduler
 
 
 @dataclass(frozen=True)

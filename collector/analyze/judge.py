@@ -10,6 +10,9 @@ from typing import Any
 
 from natlens.collector.analyze.gof import TestResult, goodness_of_fit, min_achievable_p
 from natlens.collector.analyze.intervals import wilson
+from natlens.collector.analyze.rotation import RotationCheck, check_rotation
+
+ROTATION = ("rr", "wrr")
 
 
 @dataclass
@@ -20,10 +23,14 @@ class Judgement:
     test: TestResult | None
     reasons: list[str] = field(default_factory=list)
     impossible: bool = False    # traffic where the rules give probability 0
+    rotation: RotationCheck | None = None   # IPVS rr/wrr: tested as a rotation
+    untestable: bool = False    # a scheduler that picks by load or hash
 
 
-def judge(declared: list[tuple[str, float]], observed: dict[str, int]) -> Judgement:
-    """``declared``: (endpoint, share) in rule order; ``observed``: endpoint → count."""
+def judge(declared: list[tuple[str, float]], observed: dict[str, int],
+          scheduler: str = "random") -> Judgement:
+    """``declared``: (endpoint, share) in rule order; ``observed``: endpoint → count;
+    ``scheduler``: ``random`` (iptables, nftables) or the IPVS scheduler."""
     total = sum(observed.values())
     names = {e for e, _ in declared}
     eps: list[dict[str, Any]] = []
@@ -44,6 +51,15 @@ def judge(declared: list[tuple[str, float]], observed: dict[str, int]) -> Judgem
     if zero:
         j.impossible = True
         j.reasons.append("connections went to endpoints the rules make unreachable")
+    if scheduler in ROTATION:
+        if total:
+            j.rotation = check_rotation([e["observed"] for e in eps], [s for _, s in declared])
+        return j
+    if scheduler != "random":
+        j.untestable = True
+        j.reasons.append(f"scheduler {scheduler} picks by load or by hash, not at random: "
+                         f"shares are its weights and are shown, not tested")
+        return j
     live = [(e["observed"], share) for e, (_, share) in zip(eps, declared, strict=True)
             if share > 0]
     if total and len(live) >= 2:
@@ -58,6 +74,10 @@ def verdict(j: Judgement, p_adjusted: float | None, alpha: float) -> str:
         return "insufficient-data"
     if j.impossible:
         return "skewed"
+    if j.rotation is not None:
+        return "consistent" if j.rotation.consistent else "skewed"
+    if j.untestable:
+        return "insufficient-data"
     if j.test is None:
         return "consistent"  # one reachable endpoint and everything went there
     probs = [e["declared"] for e in j.endpoints if e["declared"] > 0]

@@ -120,7 +120,9 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
             continue
         if sp["affinity"] == "ClientIP":
             observed = _first_connections(db, where, args, node, h, proto, vip, port)
-        j = judge([(e["endpoint"], e["probability"]) for e in sp["endpoints"]], observed)
+        scheduler = sp.get("scheduler", "random")
+        j = judge([(e["endpoint"], e["probability"]) for e in sp["endpoints"]], observed,
+                  scheduler)
         chains = {e["endpoint"]: e["chain"] for e in sp["endpoints"]}
         for e in j.endpoints:
             e["pod"] = pods.get(e["endpoint"].rsplit(":", 1)[0].strip("[]"))
@@ -130,7 +132,8 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "service": sp["service"], "kind": sp["kind"], "vip": vip, "port": port,
             "protocol": proto, "node": node, "rules_version": h, "affinity": sp["affinity"],
-            "policy": sp["policy"], "chain": sp.get("chain", ""), "total": j.total,
+            "policy": sp["policy"], "chain": sp.get("chain", ""), "scheduler": scheduler,
+            "total": j.total,
             "endpoints": j.endpoints, "undeclared": j.undeclared, "test": None, "verdict": "",
             "reasons": j.reasons}
         if sp["affinity"] == "ClientIP":
@@ -147,6 +150,10 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
             entry["test"] = {"method": j.test.method, "statistic": round(j.test.statistic, 6),
                              "dof": j.test.dof, "p_value": j.test.p_value,
                              "p_value_holm": adj_by[i]}
+        elif j.rotation is not None:
+            entry["test"] = {"method": "rotation", "statistic": round(j.rotation.statistic, 6),
+                             "dof": None, "p_value": None, "p_value_holm": None,
+                             "bounds": list(j.rotation.bounds)}
         entry["verdict"] = verdict(j, adj_by.get(i), q.alpha)
     lost = [{"node": n, "source": s, "reason": r, "count": c, "recovered": rc}
             for n, s, r, c, rc in db.execute(

@@ -21,6 +21,8 @@ def render(report: dict[str, Any], ground_truth: dict[str, Any] | None = None) -
             title += f"\n  services → service-ips → {s['chain']} → endpoint-… → dnat"
         elif s.get("chain"):
             title += f"\n  KUBE-SERVICES → {s['chain']} → KUBE-SEP-… → DNAT"
+        elif s.get("scheduler", "random") != "random":
+            title += f"\n  IPVS virtual service, scheduler {s['scheduler']}"
         t = Table(title=title, title_justify="left", expand=False)
         t.add_column("endpoint")
         t.add_column("pod")
@@ -48,7 +50,10 @@ def render(report: dict[str, Any], ground_truth: dict[str, Any] | None = None) -
         parts.append(t)
         test = s["test"]
         line = Text(f"  total {s['total']}  ")
-        if test:
+        if test and test["p_value"] is None:  # IPVS rr/wrr: a bound, not a p-value
+            line.append(f"{s['scheduler']} rotation: worst deviation {test['statistic']:.2f} "
+                        f"of its bound (≤ 1 is that rotation)  ")
+        elif test:
             line.append(f"{test['method']} stat {test['statistic']:.3f} dof {test['dof']} "
                         f"p {test['p_value']:.3g} (Holm {test['p_value_holm']:.3g})  ")
         line.append(s["verdict"], style=STYLE.get(s["verdict"], ""))

@@ -213,6 +213,7 @@ def _model_json(r: pb.RuleSnapshot) -> dict[str, Any]:
         services.append({
             "service": s.service, "kind": s.kind, "vip": s.vip, "port": s.port,
             "protocol": s.protocol, "affinity": s.affinity, "policy": s.policy, "chain": s.chain,
+            "scheduler": s.scheduler or "random",
             "endpoints": [{"endpoint": e.endpoint, "probability": e.probability,
                            "chain": e.chain} for e in s.endpoints]})
     return {"mode": r.mode, "hash": r.hash, "services": services}

@@ -33,6 +33,13 @@ def test_rules_parse_file_and_stdin() -> None:
     assert a.stdout == b.stdout and '"KUBE-SVC-PK4BNTKC2JYVE7B2"' in a.stdout
 
 
+def test_rules_parse_detects_each_mode_from_the_text() -> None:
+    for name, mode in (("seed-node2.iptables-save", "iptables"), ("seed-node2.nft", "nftables"),
+                       ("ipvs-node.ipvsadm", "ipvs"), ("ipvs-node.ipvsadm-save", "ipvs")):
+        r = run("rules", "parse", str(FIX / name))
+        assert r.returncode == 0 and f'"mode": "{mode}"' in r.stdout, (name, r.stderr)
+
+
 @pytest.mark.parametrize("args,stdin,code,needle", [
     (["report", "--bogus"], None, 2, "No such option"),
     (["report"], None, 2, "--db"),
@@ -41,6 +48,8 @@ def test_rules_parse_file_and_stdin() -> None:
     (["rules", "parse", "-"], "*nat\n:KUBE-SERVICES - [0:0]\n", 1, "truncated"),
     (["rules", "parse", "-"], "hello\n", 1, "line 1"),
     (["rules", "parse", "/nonexistent"], None, 2, "does not exist"),
+    (["rules", "parse", "-"], "TCP  svc.example:http rr\n", 1, "a name, not an address"),
+    (["rules", "parse", "--mode", "ipvs", "-"], "hello\n", 1, "line 1"),
     (["agent", "--collector", "nocolon"], None, 2, "HOST:PORT"),
     (["agent", "--collector", "127.0.0.1:1", "--source", "pcap"], None, 1, "not available"),
     (["agent", "--collector", "127.0.0.1:1", "--source", "netlink", "--sample", "2"], None, 2,

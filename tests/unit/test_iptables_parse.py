@@ -31,7 +31,7 @@ def test_seed_dump_from_a_real_node() -> None:
     assert m.to_json()["services"] == [{
         "service": "istio-demo/bill-service:http", "kind": "clusterIP",
         "vip": "10.1.122.241", "port": 9999, "protocol": "tcp", "affinity": "None",
-        "policy": "Cluster", "chain": "KUBE-SVC-PK4BNTKC2JYVE7B2",
+        "policy": "Cluster", "chain": "KUBE-SVC-PK4BNTKC2JYVE7B2", "scheduler": "random",
         "endpoints": [
             {"endpoint": "10.244.1.168:80", "probability": 0.5,
              "chain": "KUBE-SEP-OIO7GYZLNGRLZLYD"},
