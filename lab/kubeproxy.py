@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
+from natlens.agent.rules.model import endpoint_key
 from natlens.agent.rules.probability import kube_proxy_probability
 from natlens.lab.scenario import Port, Scenario, Service
 
@@ -35,24 +36,30 @@ def _q(comment: str) -> str:
     return f'"{comment}"' if " " in comment else comment
 
 
-def _service_rules(sc: Scenario, svc: Service, port: Port,
+def _service_rules(sc: Scenario, svc: Service, port: Port, fam: int,
                    nat: list[str], chains: list[str], filt: list[str]) -> None:
+    vip = svc.ip_of(fam)
+    if vip is None:
+        return
+    host = "/128" if fam == 6 else "/32"
     name = svc.port_name(port)
     proto = port.protocol.lower()
-    pods = sc.endpoints(svc, port)
+    pods = sc.endpoints(svc, port, fam)
     match = f"-m {proto} -p {proto}"
     if not pods:
+        icmp = "icmp6-port-unreachable" if fam == 6 else "icmp-port-unreachable"
         filt.append(f"-A KUBE-SERVICES -m comment --comment {_q(name + ' has no endpoints')} "
-                    f"{match} -d {svc.cluster_ip}/32 --dport {port.port} "
-                    f"-j REJECT --reject-with icmp-port-unreachable")
+                    f"{match} -d {vip}{host} --dport {port.port} "
+                    f"-j REJECT --reject-with {icmp}")
         return
     svc_c = svc_chain(name, proto)
     chains.append(svc_c)
     nat.append(f"-A KUBE-SERVICES -m comment --comment {_q(name + ' cluster IP')} {match} "
-               f"-d {svc.cluster_ip}/32 --dport {port.port} -j {svc_c}")
-    nat.append(f"-A {svc_c} -m comment --comment {_q(name + ' cluster IP')} {match} "
-               f"-d {svc.cluster_ip}/32 --dport {port.port} ! -s {sc.cluster_cidr} "
-               f"-j KUBE-MARK-MASQ")
+               f"-d {vip}{host} --dport {port.port} -j {svc_c}")
+    if fam in sc.cluster_cidrs:
+        nat.append(f"-A {svc_c} -m comment --comment {_q(name + ' cluster IP')} {match} "
+                   f"-d {vip}{host} --dport {port.port} ! -s {sc.cluster_cidrs[fam]} "
+                   f"-j KUBE-MARK-MASQ")
     if port.node_port is not None:
         ext = ext_chain(name, proto)
         chains.append(ext)
@@ -63,14 +70,15 @@ def _service_rules(sc: Scenario, svc: Service, port: Port,
                    f"-j KUBE-MARK-MASQ")
         nat.append(f"-A {ext} -j {svc_c}")
     n = len(pods)
-    seps = [(p, f"{p.ip}:{port.target_port}") for p in pods]
-    seps_named = [(p, ep, sep_chain(name, proto, ep)) for p, ep in seps]
+    seps = [(ip, endpoint_key(ip, port.target_port)) for p in pods
+            if (ip := p.ip_of(fam)) is not None]
+    seps_named = [(ip, ep, sep_chain(name, proto, ep)) for ip, ep in seps]
     if svc.affinity == "ClientIP":
         for _, ep, sep in seps_named:
             nat.append(f"-A {svc_c} -m comment --comment {_q(name + ' -> ' + ep)} "
                        f"-m recent --name {sep} --rcheck --seconds {svc.affinity_timeout} "
                        f"--reap -j {sep}")
-    for i, (pod, ep, sep) in enumerate(seps_named):
+    for i, (ip, ep, sep) in enumerate(seps_named):
         chains.append(sep)
         rule = f"-A {svc_c} -m comment --comment {_q(name + ' -> ' + ep)}"
         if i < n - 1:
@@ -78,20 +86,20 @@ def _service_rules(sc: Scenario, svc: Service, port: Port,
                     else kube_proxy_probability(n, i))
             rule += f" -m statistic --mode random --probability {prob}"
         nat.append(f"{rule} -j {sep}")
-        nat.append(f"-A {sep} -m comment --comment {_q(name)} -s {pod.ip}/32 -j KUBE-MARK-MASQ")
+        nat.append(f"-A {sep} -m comment --comment {_q(name)} -s {ip}{host} -j KUBE-MARK-MASQ")
         recent = f"-m recent --name {sep} --set " if svc.affinity == "ClientIP" else ""
         nat.append(f"-A {sep} -m comment --comment {_q(name)} {recent}{match} "
                    f"-j DNAT --to-destination {ep}")
 
 
-def render(sc: Scenario) -> str:
-    """The nat and filter tables for one node (the same on every node in the lab)."""
+def render(sc: Scenario, fam: int = 4) -> str:
+    """One family's nat and filter tables for a node (the same on every lab node)."""
     nat: list[str] = []
     filt: list[str] = []
     chains: list[str] = []
     for svc in sc.services:
         for port in svc.ports:
-            _service_rules(sc, svc, port, nat, chains, filt)
+            _service_rules(sc, svc, port, fam, nat, chains, filt)
     out = ["*filter"]
     out += [f":{c} - [0:0]" for c in ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES",
                                       "KUBE-NODEPORTS", "KUBE-FORWARD")]

@@ -4,7 +4,8 @@ Names follow its proxier: ``service-HASH-NS/NAME/PROTO/PORT`` and
 ``endpoint-HASH-NS/NAME/PROTO/PORT__IP/PORT`` with HASH the first 8 characters of
 base32(sha256(name)); ClusterIPs are looked up in the ``service-ips`` verdict map,
 node ports in ``service-nodeports``, and an endpoint is picked with ``numgen random
-mod N vmap``. The output is ``nft -f`` input for one node's ``ip kube-proxy`` table.
+mod N vmap``. The output is ``nft -f`` input for one node's ``ip kube-proxy`` table, or
+its ``ip6 kube-proxy`` table for the IPv6 half of a dual-stack lab.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
+from natlens.agent.rules.model import endpoint_key
 from natlens.lab.scenario import Port, Scenario, ScenarioError, Service
 
 
@@ -33,18 +35,25 @@ def external_chain(svc: Service, port: Port) -> str:
     return f"external-{_hash(base)}-{base}"
 
 
+def _ep_base(svc: Service, port: Port, ip: str, target: int) -> str:
+    """kube-proxy writes an IPv6 endpoint with dots for colons (not allowed in names)."""
+    return f"{port_base(svc, port)}__{ip.replace(':', '.')}/{target}"
+
+
 def endpoint_chain(svc: Service, port: Port, ip: str, target: int) -> str:
-    base = f"{port_base(svc, port)}__{ip}/{target}"
+    base = _ep_base(svc, port, ip, target)
     return f"endpoint-{_hash(base)}-{base}"
 
 
 def affinity_set(svc: Service, port: Port, ip: str, target: int) -> str:
-    base = f"{port_base(svc, port)}__{ip}/{target}"
+    base = _ep_base(svc, port, ip, target)
     return f"affinity-{_hash(base)}-{base}"
 
 
-def render(sc: Scenario) -> str:
-    t = "ip kube-proxy"
+def render(sc: Scenario, fam: int = 4) -> str:
+    ipf = "ip6" if fam == 6 else "ip"
+    addr_type = "ipv6_addr" if fam == 6 else "ipv4_addr"
+    t = f"{ipf} kube-proxy"
     head = [f'add table {t} {{ comment "rules for kube-proxy" ; }}']
     chains: list[str] = []
     rules: list[str] = []
@@ -60,8 +69,8 @@ def render(sc: Scenario) -> str:
     chain("masquerading")
     chain("services")
     head += [
-        f'add set {t} cluster-ips {{ type ipv4_addr ; comment "Active ClusterIPs" ; }}',
-        f"add map {t} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; "
+        f'add set {t} cluster-ips {{ type {addr_type} ; comment "Active ClusterIPs" ; }}',
+        f"add map {t} service-ips {{ type {addr_type} . inet_proto . inet_service : verdict ; "
         f'comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }}',
         f"add map {t} service-nodeports {{ type inet_proto . inet_service : verdict ; "
         f'comment "NodePort traffic" ; }}',
@@ -74,48 +83,56 @@ def render(sc: Scenario) -> str:
         f"add rule {t} masquerading mark and 0x4000 == 0 return",
         f"add rule {t} masquerading mark set mark xor 0x4000",
         f"add rule {t} masquerading masquerade fully-random",
-        f"add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips",
-        f"add rule {t} services fib daddr type local ip daddr != 127.0.0.0/8 "
-        f"meta l4proto . th dport vmap @service-nodeports",
+        f"add rule {t} services {ipf} daddr . meta l4proto . th dport vmap @service-ips",
+        f"add rule {t} services fib daddr type local {ipf} daddr != "
+        f"{'::1' if fam == 6 else '127.0.0.0/8'} meta l4proto . th dport vmap @service-nodeports",
     ]
     for svc in sc.services:
         if svc.probabilities is not None:
             raise ScenarioError(f"service {svc.namespace}/{svc.name}: probabilities can only "
                                 f"be set in iptables mode (nftables picks with numgen)")
-        elements.append(f"add element {t} cluster-ips {{ {svc.cluster_ip} }}")
+        vip = svc.ip_of(fam)
+        if vip is None:
+            continue
+        elements.append(f"add element {t} cluster-ips {{ {vip} }}")
         for port in svc.ports:
-            _port(sc, svc, port, t, chains, rules, elements)
+            _port(sc, svc, port, fam, t, chains, rules, elements)
     return "\n".join([*head, *chains, *rules, *elements]) + "\n"
 
 
-def _port(sc: Scenario, svc: Service, port: Port, t: str, chains: list[str],
+def _port(sc: Scenario, svc: Service, port: Port, fam: int, t: str, chains: list[str],
           rules: list[str], elements: list[str]) -> None:
+    ipf = "ip6" if fam == 6 else "ip"
+    vip = svc.ip_of(fam)
     proto = port.protocol.lower()
-    pods = sc.endpoints(svc, port)
-    if not pods:
+    pods = sc.endpoints(svc, port, fam)
+    if not pods or vip is None:
         return
     sc_name = service_chain(svc, port)
     chains.append(f"add chain {t} {sc_name}")
-    rules.append(f"add rule {t} {sc_name} ip daddr {svc.cluster_ip} {proto} dport {port.port} "
-                 f"ip saddr != {sc.cluster_cidr} jump mark-for-masquerade")
-    eps = [(p.ip, endpoint_chain(svc, port, p.ip, port.target_port)) for p in pods]
+    if fam in sc.cluster_cidrs:
+        rules.append(f"add rule {t} {sc_name} {ipf} daddr {vip} {proto} dport {port.port} "
+                     f"{ipf} saddr != {sc.cluster_cidrs[fam]} jump mark-for-masquerade")
+    eps = [(ip, endpoint_chain(svc, port, ip, port.target_port)) for p in pods
+           if (ip := p.ip_of(fam)) is not None]
     if svc.affinity == "ClientIP":
         for ip, ep in eps:
             aff = affinity_set(svc, port, ip, port.target_port)
-            chains.append(f"add set {t} {aff} {{ type ipv4_addr ; flags dynamic,timeout ; "
+            chains.append(f"add set {t} {aff} {{ type ipv{fam}_addr ; flags dynamic,timeout ; "
                           f"timeout {svc.affinity_timeout}s ; }}")
-            rules.append(f"add rule {t} {sc_name} ip saddr @{aff} goto {ep}")
+            rules.append(f"add rule {t} {sc_name} {ipf} saddr @{aff} goto {ep}")
     # kube-proxy writes the vmap even for one endpoint ("numgen random mod 1").
     vmap = " , ".join(f"{i} : goto {ep}" for i, (_, ep) in enumerate(eps))
     rules.append(f"add rule {t} {sc_name} numgen random mod {len(eps)} vmap {{ {vmap} }}")
     for ip, ep in eps:
         chains.append(f"add chain {t} {ep}")
-        rules.append(f"add rule {t} {ep} ip saddr {ip} jump mark-for-masquerade")
+        rules.append(f"add rule {t} {ep} {ipf} saddr {ip} jump mark-for-masquerade")
         if svc.affinity == "ClientIP":
             aff = affinity_set(svc, port, ip, port.target_port)
-            rules.append(f"add rule {t} {ep} update @{aff} {{ ip saddr }}")
-        rules.append(f"add rule {t} {ep} meta l4proto {proto} dnat to {ip}:{port.target_port}")
-    elements.append(f"add element {t} service-ips {{ {svc.cluster_ip} . {proto} . {port.port} "
+            rules.append(f"add rule {t} {ep} update @{aff} {{ {ipf} saddr }}")
+        rules.append(f"add rule {t} {ep} meta l4proto {proto} dnat to "
+                     f"{endpoint_key(ip, port.target_port)}")
+    elements.append(f"add element {t} service-ips {{ {vip} . {proto} . {port.port} "
                     f": goto {sc_name} }}")
     if port.node_port is not None:
         ext = external_chain(svc, port)

@@ -77,7 +77,8 @@ def run_lab(sc: Scenario, scenario_path: str, source: str = "auto",
     mounted: Path | None = None
     try:
         store = Store(str(db_path))
-        store.record_pods(PodRecord(p.ip, p.namespace, p.name, p.node) for p in sc.pods)
+        store.record_pods(PodRecord(ip, p.namespace, p.name, p.node)
+                          for p in sc.pods for ip in p.ips)
         store.close()
         port = _free_port()
         clog = work / "collector.log"
@@ -118,7 +119,7 @@ def run_lab(sc: Scenario, scenario_path: str, source: str = "auto",
         _wait_for_snapshots(db_path, [n.name for n in sc.nodes], agents, logs, 30)
         truth: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
         for t in sc.traffic:
-            tally = run_traffic(sc, st, t.source, t.service, t.connections)
+            tally = run_traffic(sc, st, t.source, t.service, t.connections, fam=t.family)
             at = truth[sc.pod(t.source).node][tally.service]
             for ep, n in tally.by_endpoint.items():
                 at[ep] = at.get(ep, 0) + n

@@ -24,17 +24,19 @@ def open_listeners(state_path: str) -> list[tuple[socket.socket, bytes, str]]:
     for pod in sc.pods:
         if pod.serve is None:
             continue
-        with netns.entered(st["pods"][f"{pod.namespace}/{pod.name}"]):
-            if pod.serve.protocol == "UDP":
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            else:
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((pod.ip, pod.serve.port))
-            if pod.serve.protocol == "TCP":
-                s.listen(4096)
-        s.setblocking(False)
-        out.append((s, pod.serve.body.encode(), pod.serve.protocol))
+        for ip in pod.ips:  # a dual-stack pod listens on each of its addresses
+            fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+            with netns.entered(st["pods"][f"{pod.namespace}/{pod.name}"]):
+                if pod.serve.protocol == "UDP":
+                    s = socket.socket(fam, socket.SOCK_DGRAM)
+                else:
+                    s = socket.socket(fam, socket.SOCK_STREAM)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((ip, pod.serve.port))
+                if pod.serve.protocol == "TCP":
+                    s.listen(4096)
+            s.setblocking(False)
+            out.append((s, pod.serve.body.encode(), pod.serve.protocol))
     return out
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from natlens import netns
 from natlens.agent.sources.ebpf import DEFAULT_PIN_ROOT, remove_pins
 from natlens.lab import kubeproxy, kubeproxy_nft
-from natlens.lab.scenario import Scenario
+from natlens.lab.scenario import Scenario, family
 from natlens.lab.state import LabState, kill, new_prefix
 
 UNDERLAY = ipaddress.IPv4Network("172.31.255.0/24")
+UNDERLAY6 = ipaddress.IPv6Network("fd00:172:31:255::/64")
 
 
 class LabError(RuntimeError):
@@ -66,30 +67,44 @@ def _add_ns(st: LabState, name: str) -> str:
     return name
 
 
+def _addr(ns: str, cidr: str, dev: str) -> None:
+    # nodad: a lab address is unique by construction, and DAD would hold it back ~2 s.
+    extra = ["nodad"] if ":" in cidr else []
+    _ip(ns, "addr", "add", cidr, "dev", dev, *extra)
+
+
 def _build(sc: Scenario, st: LabState) -> None:
     ul = _add_ns(st, f"{st.prefix}-underlay")
     _ip(ul, "link", "add", "ul0", "type", "bridge")
     _ip(ul, "link", "set", "ul0", "up")
-    node_ip = {n.name: str(UNDERLAY[i + 1]) for i, n in enumerate(sc.nodes)}
-    nft = sc.proxy_mode == "nftables"
-    rules = kubeproxy_nft.render(sc) if nft else kubeproxy.render(sc)
+    fams = sc.families
+    node_ip = {(n.name, 4): str(UNDERLAY[i + 1]) for i, n in enumerate(sc.nodes)}
+    node_ip |= {(n.name, 6): str(UNDERLAY6[i + 1]) for i, n in enumerate(sc.nodes)}
+    writer = kubeproxy_nft if sc.proxy_mode == "nftables" else kubeproxy
+    rules = {fam: writer.render(sc, fam) for fam in fams}
     for i, node in enumerate(sc.nodes):
         ns = _add_ns(st, _nsname(st.prefix, "node", node.name))
         st.nodes[node.name] = ns
         st.save()
-        for key, val in (("net.ipv4.ip_forward", "1"),
-                         ("net.bridge.bridge-nf-call-iptables", "1"),
-                         ("net.netfilter.nf_conntrack_acct", "1"),
-                         ("net.netfilter.nf_conntrack_timestamp", "1")):
+        settings = [("net.ipv4.ip_forward", "1"),
+                    ("net.bridge.bridge-nf-call-iptables", "1"),
+                    ("net.netfilter.nf_conntrack_acct", "1"),
+                    ("net.netfilter.nf_conntrack_timestamp", "1")]
+        if 6 in fams:
+            settings += [("net.ipv6.conf.all.forwarding", "1"),
+                         ("net.bridge.bridge-nf-call-ip6tables", "1")]
+        for key, val in settings:
             _sysctl(ns, key, val)
-        cidr = ipaddress.IPv4Network(node.pod_cidr)
-        gw = f"{cidr[1]}/{cidr.prefixlen}"
         _ip(ns, "link", "add", "cni0", "type", "bridge")
-        _ip(ns, "addr", "add", gw, "dev", "cni0")
+        for c in node.pod_cidrs:
+            net = ipaddress.ip_network(c)
+            _addr(ns, f"{net[1]}/{net.prefixlen}", "cni0")
         _ip(ns, "link", "set", "cni0", "up")
         _ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"u{i}", "netns", ul)
         _ip(ul, "link", "set", f"u{i}", "master", "ul0", "up")
-        _ip(ns, "addr", "add", f"{node_ip[node.name]}/{UNDERLAY.prefixlen}", "dev", "eth0")
+        _addr(ns, f"{node_ip[(node.name, 4)]}/{UNDERLAY.prefixlen}", "eth0")
+        if 6 in fams:
+            _addr(ns, f"{node_ip[(node.name, 6)]}/{UNDERLAY6.prefixlen}", "eth0")
         _ip(ns, "link", "set", "eth0", "up")
         for j, pod in enumerate(node.pods):
             pns = _add_ns(st, _nsname(st.prefix, "pod", pod.name))
@@ -100,21 +115,46 @@ def _build(sc: Scenario, st: LabState) -> None:
             _ip(ns, "link", "set", f"veth{j}", "master", "cni0")
             _ip(ns, "link", "set", f"veth{j}", "type", "bridge_slave", "hairpin", "on")
             _ip(ns, "link", "set", f"veth{j}", "up")
-            _ip(pns, "addr", "add", f"{pod.ip}/{cidr.prefixlen}", "dev", "eth0")
+            for ip in pod.ips:
+                net = ipaddress.ip_network(node.cidr_of(family(ip)) or "")
+                _addr(pns, f"{ip}/{net.prefixlen}", "eth0")
             _ip(pns, "link", "set", "eth0", "up")
-            _ip(pns, "route", "add", "default", "via", str(cidr[1]))
-        if nft:
-            _run(netns.command(ns, ["nft", "-f", "-"]), stdin=rules)
-        else:
-            _run(netns.command(ns, ["iptables-restore", "-w", "--noflush"]), stdin=rules)
+            for ip in pod.ips:
+                net = ipaddress.ip_network(node.cidr_of(family(ip)) or "")
+                _ip(pns, *(["-6"] if family(ip) == 6 else []), "route", "add", "default",
+                    "via", str(net[1]))
+        for fam in fams:
+            if sc.proxy_mode == "nftables":
+                _run(netns.command(ns, ["nft", "-f", "-"]), stdin=rules[fam])
+            else:
+                tool = "ip6tables-restore" if fam == 6 else "iptables-restore"
+                _run(netns.command(ns, [tool, "-w", "--noflush"]), stdin=rules[fam])
         for rule in sc.extra_rules.get(node.name, ()):
-            _run(netns.command(ns, ["iptables", "-w", *shlex.split(rule)]))
+            tool = "ip6tables" if _mentions_ipv6(rule) else "iptables"
+            _run(netns.command(ns, [tool, "-w", *shlex.split(rule)]))
     for node in sc.nodes:
         for other in sc.nodes:
-            if other.name != node.name:
-                _ip(st.nodes[node.name], "route", "add", other.pod_cidr, "via",
-                    node_ip[other.name])
+            if other.name == node.name:
+                continue
+            for c in other.pod_cidrs:
+                fam = family(c)
+                _ip(st.nodes[node.name], *(["-6"] if fam == 6 else []), "route", "add", c,
+                    "via", node_ip[(other.name, fam)])
     _start_servers(st)
+
+
+def _mentions_ipv6(rule: str) -> bool:
+    """An extraRules line with an IPv6 address in it is an ip6tables command."""
+    for tok in shlex.split(rule):
+        host = tok.split("/", 1)[0]
+        if host.startswith("["):
+            host = host[1:].split("]", 1)[0]
+        try:
+            if ipaddress.ip_address(host).version == 6:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _start_servers(st: LabState) -> None:

@@ -29,9 +29,10 @@ class Tally:
 
 def _one(vip: str, port: int, proto: str, timeout: float, sport: int) -> bytes:
     if proto == "UDP":
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        v6 = ":" in vip
+        with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("", sport))
+            s.bind(("::" if v6 else "", sport))
             s.settimeout(timeout)
             s.connect((vip, port))
             s.send(b"?")
@@ -46,7 +47,7 @@ def _one(vip: str, port: int, proto: str, timeout: float, sport: int) -> bytes:
 
 
 def run_traffic(sc: Scenario, st: LabState, source: str, service: str, connections: int,
-                timeout: float = 3.0) -> Tally:
+                timeout: float = 3.0, fam: int | None = None) -> Tally:
     """Open ``connections`` connections one after another from pod ``source``.
 
     A UDP "connection" is a conntrack flow, and a datagram from a source port whose
@@ -56,8 +57,14 @@ def run_traffic(sc: Scenario, st: LabState, source: str, service: str, connectio
     """
     pod = sc.pod(source)
     svc, port = sc.service_port(service)
-    bodies = {p.serve.body.encode(): endpoint_key(p.ip, p.serve.port)
-              for p in sc.pods if p.serve is not None}
+    f = fam or svc.families[0]
+    vip = svc.ip_of(f)
+    if vip is None:
+        raise ValueError(f"service {service} has no IPv{f} cluster IP")
+    # A dual-stack pod answers both families with one body; the VIP's family says which
+    # of its addresses the connection went to.
+    bodies = {p.serve.body.encode(): endpoint_key(ip, p.serve.port)
+              for p in sc.pods if p.serve is not None and (ip := p.ip_of(f)) is not None}
     counts: Counter[str] = Counter()
     failed = 0
     error: list[BaseException] = []
@@ -76,7 +83,7 @@ def run_traffic(sc: Scenario, st: LabState, source: str, service: str, connectio
                 for i in range(connections):
                     sport = lo + (first + i - lo) % (hi - lo)
                     try:
-                        body = _one(svc.cluster_ip, port.port, port.protocol, timeout, sport)
+                        body = _one(vip, port.port, port.protocol, timeout, sport)
                     except OSError:
                         failed += 1
                         continue

@@ -301,15 +301,23 @@ def lab_down(scenario: str, prefix: str | None) -> None:
 @click.option("--service", required=True, metavar="NS/NAME:PORT")
 @click.option("--connections", type=click.IntRange(1, 1_000_000), default=100,
               show_default=True)
+@click.option("--family", type=click.Choice(["IPv4", "IPv6"]),
+              help="Which cluster IP of a dual-stack service to connect to (default: its "
+              "first).")
 @click.option("--prefix", help="Which lab, when several of SCENARIO are up.")
 def lab_traffic(scenario: str, source: str, service: str, connections: int,
-                prefix: str | None) -> None:
+                family: str | None, prefix: str | None) -> None:
     """Open N real connections from POD to the service; print the ground-truth tally."""
     from natlens.lab.traffic import run_traffic
 
     sc = _load(scenario)
     st = _one_lab(sc.name, prefix)
-    _print_json(run_traffic(sc, st, source, service, connections).to_json())
+    fam = int(family[-1]) if family else None
+    try:
+        tally = run_traffic(sc, st, source, service, connections, fam=fam)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    _print_json(tally.to_json())
 
 
 @lab.command(name="exec", context_settings={"ignore_unknown_options": True})

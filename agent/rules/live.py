@@ -59,7 +59,7 @@ def read_rules(ns: str | None = None) -> DeclaredModel:
     if nft is not None:
         return nft
     text = _save(ns, "iptables-save")
-    model = _parse_iptables(text)
+    model = _both_families(text, ns)
     if not model.services and IPVS_MARKER in text:
         return read_ipvs(ns)
     return model
@@ -91,7 +91,27 @@ def _parse_iptables(text: str) -> DeclaredModel:
 
 
 def read_iptables(ns: str | None = None) -> DeclaredModel:
-    return _parse_iptables(_save(ns, "iptables-save"))
+    return _both_families(_save(ns, "iptables-save"), ns)
+
+
+def _both_families(v4_text: str, ns: str | None) -> DeclaredModel:
+    """kube-proxy runs an ip6tables proxier beside the iptables one on dual-stack nodes,
+    and an IPv6-only node has only the second; a family without tables is skipped."""
+    v6_text = _ip6tables_save(ns)
+    texts = [t for t in (v4_text, v6_text) if t and "\n*" in "\n" + t]
+    models = [_parse_iptables(t) for t in texts] or [_parse_iptables(v4_text)]
+    services = sorted((s for m in models for s in m.services),
+                      key=lambda s: (s.service, s.kind, s.vip, s.port, s.protocol))
+    return DeclaredModel(models[0].mode, tuple(services))
+
+
+def _ip6tables_save(ns: str | None) -> str | None:
+    try:
+        return _save(ns, "ip6tables-save")
+    except RulesUnavailable as e:
+        if "not found" in str(e):
+            return None  # no ip6tables binary: an IPv4-only node
+        raise
 
 
 def read_ipvs(ns: str | None = None) -> DeclaredModel:

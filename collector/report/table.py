@@ -8,6 +8,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from natlens.agent.rules.model import endpoint_key
+
 STYLE = {"consistent": "green", "skewed": "bold red", "insufficient-data": "yellow"}
 
 
@@ -15,7 +17,8 @@ def render(report: dict[str, Any], ground_truth: dict[str, Any] | None = None) -
     parts: list[Any] = [Text(f"window {report['window']['from']} → {report['window']['to']}"
                              f"   alpha {report['alpha']}", style="dim")]
     for s in report["services"]:
-        title = (f"{s['service']}  {s['vip']}:{s['port']}/{s['protocol']}  on {s['node']}  "
+        title = (f"{s['service']}  {endpoint_key(s['vip'], s['port'])}/{s['protocol']}  "
+                 f"on {s['node']}  "
                  f"rules {s['rules_version'][7:19]}")
         if s.get("chain", "").startswith("service-"):  # kube-proxy's nftables mode
             title += f"\n  services → service-ips → {s['chain']} → endpoint-… → dnat"
@@ -68,7 +71,8 @@ def render(report: dict[str, Any], ground_truth: dict[str, Any] | None = None) -
     if not report["services"]:
         parts.append(Text("no decisions in the window", style="yellow"))
     for u in report.get("unmatched", []):
-        parts.append(Text(f"unmatched: {u['vip']}:{u['port']}/{u['protocol']} on {u['node']} "
+        parts.append(Text(f"unmatched: {endpoint_key(u['vip'], u['port'])}/{u['protocol']} "
+                          f"on {u['node']} "
                           f"matches no declared service port: {u['observed']}", style="red"))
     for lo in report.get("lost", []):
         parts.append(Text(f"lost: {lo['count']} {lo['source']} events on {lo['node']} "

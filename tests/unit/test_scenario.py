@@ -46,3 +46,59 @@ def test_broken_yaml_and_missing_file(tmp_path: Path) -> None:
         load_scenario(tmp_path / "x.yaml")
     with pytest.raises(ScenarioError, match="No such file"):
         load_scenario(tmp_path / "missing.yaml")
+
+
+DUAL = ROOT / "examples" / "dual-stack-web.yaml"
+
+
+def dual() -> dict:
+    return yaml.safe_load(DUAL.read_text())
+
+
+def test_dual_stack_scenario_has_both_families() -> None:
+    sc = load_scenario(DUAL)
+    svc, port = sc.service_port("web/web:http")
+    assert sc.families == (4, 6) and svc.families == (4, 6)
+    assert sc.cluster_cidrs == {4: "10.244.0.0/22", 6: "fd00:10:244::/62"}
+    assert [p.ip_of(6) for p in sc.endpoints(svc, port, 6)] == [
+        "fd00:10:244:1::14", "fd00:10:244:2::14", "fd00:10:244:2::15"]
+    assert sc.traffic[1].family == 6
+
+
+def test_lab_rules_for_ipv6_parse_back_to_the_declared_shares() -> None:
+    from natlens.agent.rules.iptables import parse_iptables_save
+    from natlens.lab import kubeproxy
+
+    sc = load_scenario(DUAL)
+    v6 = parse_iptables_save(kubeproxy.render(sc, 6))
+    (s,) = v6.services
+    assert (s.vip, s.port) == ("fd00:10:96::50", 80)
+    assert {e.endpoint: e.probability for e in s.endpoints} == pytest.approx({
+        "[fd00:10:244:1::14]:8080": 1 / 3, "[fd00:10:244:2::14]:8080": 1 / 3,
+        "[fd00:10:244:2::15]:8080": 1 / 3}, abs=1e-9)
+    assert parse_iptables_save(kubeproxy.render(sc, 4)).services[0].vip == "10.96.0.80"
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda d: d["nodes"][0].update(podCIDR="10.9.0.0/24"), "either 'podCIDR' or 'podCIDRs'"),
+    (lambda d: d["nodes"][0].update(podCIDRs=["10.1.0.0/24", "10.2.0.0/24"]),
+     "one network per family"),
+    (lambda d: d["nodes"][0]["pods"][0].update(ip="10.244.1.10"), "either 'ip' or 'ips'"),
+    (lambda d: d["nodes"][0]["pods"][0].update(ips=["fd00:10:244:9::1"]), "not a pod address"),
+    (lambda d: d["services"][0].update(clusterIPs=["10.96.0.1", "10.96.0.2"]),
+     "one address per family"),
+    (lambda d: d["traffic"][0].update(family="IPv5"), "IPv4 or IPv6"),
+    (lambda d: d["services"][0].update(clusterIPs=["10.96.0.80"]), "no IPv6 cluster IP"),
+])
+def test_bad_dual_stack_scenarios_say_where(mutate, needle: str) -> None:  # type: ignore[no-untyped-def]
+    d = dual()
+    mutate(d)
+    with pytest.raises(ScenarioError, match=needle):
+        parse_scenario(d, "dual.yaml")
+
+
+def test_ipv6_pod_on_an_ipv4_only_node_is_refused() -> None:
+    d = seed()
+    d["nodes"][0]["pods"][0]["ip"] = "fd00::5"
+    with pytest.raises(ScenarioError, match="has no IPv6 podCIDR"):
+        parse_scenario(d, "seed.yaml")
