@@ -37,6 +37,7 @@ from natlens.agent.sources.netlink import (
     seen_before,
 )
 from natlens.proto import natlens_pb2 as pb
+from natlens.security import TlsFiles, channel_credentials
 
 log = logging.getLogger("natlens.agent")
 
@@ -59,6 +60,9 @@ class AgentConfig:
     pin_root: str = DEFAULT_PIN_ROOT
     counters_interval: float = 5.0
     health_listen: str | None = None  # HOST:PORT for /healthz and /readyz
+    tls: TlsFiles | None = None       # None: plaintext, only with --insecure
+    token: str | None = None          # bearer token sent with the stream
+    tls_server_name: str | None = None
 
 
 class SeenIds:
@@ -86,7 +90,9 @@ class SeenIds:
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        self.shipper = Shipper(cfg.collector)
+        self.shipper = Shipper(cfg.collector,
+                               credentials=channel_credentials(cfg.tls) if cfg.tls else None,
+                               token=cfg.token, server_name=cfg.tls_server_name)
         self.batcher = Batcher(cfg.agent_id or cfg.node, cfg.node, self.shipper.submit,
                                cfg.batch_size, cfg.batch_age, sample_rate=cfg.sample)
         self._stop = threading.Event()

@@ -119,10 +119,12 @@ def run_agent(pod: str, node: str, tmp: Path, name: str,
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     nat = [sys.executable, "-m", "natlens"]
-    col = subprocess.Popen([*nat, "collector", "--db", str(db), "--listen", f"127.0.0.1:{port}"],
+    col = subprocess.Popen([*nat, "collector", "--insecure",
+                            "--db", str(db), "--listen", f"127.0.0.1:{port}"],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert col.stdout and col.stdout.readline().startswith("listening")
-    ag = subprocess.Popen([*nat, "agent", "--collector", f"127.0.0.1:{port}", "--node", "n",
+    ag = subprocess.Popen([*nat, "agent", "--insecure",
+                           "--collector", f"127.0.0.1:{port}", "--node", "n",
                            "--netns", node, "--pin-root", str(bpffs),
                            "--counters-interval", "1", *args],
                           stderr=subprocess.DEVNULL)

@@ -83,7 +83,8 @@ def run_lab(sc: Scenario, scenario_path: str, source: str = "auto",
         port = _free_port()
         clog = work / "collector.log"
         collector = subprocess.Popen(
-            [*NATLENS, "collector", "--db", str(db_path), "--listen", f"127.0.0.1:{port}"],
+            [*NATLENS, "collector", "--insecure",
+             "--db", str(db_path), "--listen", f"127.0.0.1:{port}"],
             stdout=subprocess.PIPE, stderr=clog.open("w"), text=True, start_new_session=True)
         procs.append(collector)
         st.pids.append(collector.pid)
@@ -107,7 +108,8 @@ def run_lab(sc: Scenario, scenario_path: str, source: str = "auto",
         for node in sc.nodes:
             logs[node.name] = work / f"agent-{node.name}.log"
             p = subprocess.Popen(
-                [*NATLENS, "agent", "--collector", f"127.0.0.1:{port}", "--node", node.name,
+                [*NATLENS, "agent", "--insecure",
+                 "--collector", f"127.0.0.1:{port}", "--node", node.name,
                  "--netns", st.nodes[node.name], "--source", source, "--rules-interval", "1",
                  *bpf_args, *(extra_agent_args or [])],
                 stdout=subprocess.DEVNULL, stderr=logs[node.name].open("w"), text=True,

@@ -15,11 +15,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from natlens import __version__
+
+if TYPE_CHECKING:
+    from natlens.security import TlsFiles
 
 SEED_SCENARIO = Path(__file__).resolve().parent.parent / "examples" / "seed-bill-service.yaml"
 
@@ -83,6 +86,16 @@ def cli() -> None:
 @click.option("--print-bpf", is_flag=True, help="Print the eBPF C program and exit.")
 @click.option("--health-listen", metavar="HOST:PORT", help="Serve /healthz (the source "
               "loop turns) and /readyz (subscribed, rules read) for kubelet probes.")
+@click.option("--tls-ca", metavar="PEM", help="CA that signed the collector's certificate; "
+              "turns on TLS.")
+@click.option("--tls-cert", metavar="PEM", help="This agent's client certificate (mutual TLS).")
+@click.option("--tls-key", metavar="PEM", help="Its private key.")
+@click.option("--tls-server-name", metavar="NAME", help="Name to check in the collector's "
+              "certificate (default: the host in --collector).")
+@click.option("--token-file", metavar="PATH", help="Send the bearer token in PATH with the "
+              "stream.")
+@click.option("--insecure", is_flag=True, help="Allow plaintext gRPC (no --tls-ca), e.g. to "
+              "a collector on loopback.")
 @click.option("--agent-id", default="", help="Stable id of this agent (default: the node).")
 @click.option("--rules-interval", type=click.FloatRange(0.1, 3600), default=2.0,
               show_default=True, help="Seconds between reads of the node's rules.")
@@ -100,13 +113,16 @@ def cli() -> None:
               default="info", show_default=True)
 def agent(collector: str | None, node: str, netns: str | None, source: str,
           decisions: bool, sample: int, pin_root: str, counters_interval: float,
-          print_bpf: bool, health_listen: str | None, agent_id: str, rules_interval: float,
+          print_bpf: bool, health_listen: str | None, tls_ca: str | None,
+          tls_cert: str | None, tls_key: str | None, tls_server_name: str | None,
+          token_file: str | None, insecure: bool, agent_id: str, rules_interval: float,
           batch_size: int, batch_age: float, drain_timeout: float, rcvbuf: int,
           no_ct_accounting: bool, log_level: str) -> None:
     """Run the node agent: stream DNAT decisions, counters and rule snapshots to the
     collector."""
     from natlens.agent.pipeline import Agent, AgentConfig
     from natlens.agent.sources.ebpf import BpfUnavailable, pin_dir, program_text
+    from natlens.security import TlsFiles, channel_credentials, read_token
 
     if print_bpf:
         click.echo(program_text(pin_dir(pin_root, node, netns)), nl=False)
@@ -123,10 +139,15 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
         raise click.BadParameter("--decisions and --sample apply to the ebpf source; the "
                                  "netlink source always ships every decision",
                                  param_hint="--source")
+    tls = _tls(TlsFiles(tls_cert, tls_key, tls_ca), insecure, side="agent")
+    token = read_token(token_file)
+    if tls is not None:
+        channel_credentials(tls)  # file problems now, in one line, not at the handshake
     _setup_logging(log_level, f"natlens-agent[{node}]")
     ag = Agent(AgentConfig(collector, node, netns, agent_id, rules_interval, batch_size,
                            batch_age, drain_timeout, not no_ct_accounting, rcvbuf, source,
-                           decisions, sample, pin_root, counters_interval, health_listen))
+                           decisions, sample, pin_root, counters_interval, health_listen,
+                           tls=tls, token=token, tls_server_name=tls_server_name))
     signal.signal(signal.SIGTERM, lambda *_: ag.stop())
     signal.signal(signal.SIGINT, lambda *_: ag.stop())
     try:
@@ -136,6 +157,18 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     except OSError as e:
         raise CliError(f"agent: {e}") from None
     sys.exit(rc)
+
+
+def _tls(files: TlsFiles, insecure: bool, side: str) -> TlsFiles | None:
+    """The TLS settings, or None for plaintext, which needs --insecure."""
+    given = any((files.cert, files.key, files.ca))
+    if given and insecure:
+        raise click.UsageError("--insecure and --tls-* contradict each other")
+    if not given and not insecure:
+        need = ("--tls-ca (and --tls-cert/--tls-key for mutual TLS)" if side == "agent"
+                else "--tls-cert and --tls-key (and --tls-ca to require client certificates)")
+        raise click.UsageError(f"refusing plaintext gRPC: give {need}, or --insecure")
+    return files if given else None
 
 
 def _check_hostport(value: str, flag: str) -> None:
@@ -148,15 +181,31 @@ def _check_hostport(value: str, flag: str) -> None:
 @click.option("--db", required=True, type=click.Path(dir_okay=False), help="SQLite file.")
 @click.option("--listen", default="127.0.0.1:7070", show_default=True, metavar="HOST:PORT",
               help="gRPC address for agents.")
+@click.option("--tls-cert", metavar="PEM", help="The collector's certificate; turns on TLS.")
+@click.option("--tls-key", metavar="PEM", help="Its private key.")
+@click.option("--tls-ca", metavar="PEM", help="Require client certificates signed by this "
+              "CA (mutual TLS).")
+@click.option("--token-file", metavar="PATH", help="Require the bearer token in PATH on "
+              "every stream.")
+@click.option("--insecure", is_flag=True, help="Allow plaintext gRPC (said in the log).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
-def collector_cmd(db: str, listen: str, log_level: str) -> None:
-    """Run the collector: receive agents' streams and store them in SQLite."""
-    from natlens.collector.server import serve
+def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | None,
+                  tls_ca: str | None, token_file: str | None, insecure: bool,
+                  log_level: str) -> None:
+    """Run the collector: receive agents' streams and store them in SQLite.
 
-    _setup_logging(log_level, "natlens-collector")
+    It refuses plaintext unless --insecure: agents ship every connection of their node."""
+    from natlens.collector.server import serve
+    from natlens.security import TlsFiles, read_token, server_credentials
+
     _check_hostport(listen, "--listen")
-    sys.exit(serve(db, listen))
+    tls = _tls(TlsFiles(tls_cert, tls_key, tls_ca), insecure, side="collector")
+    token = read_token(token_file)
+    if tls is not None:
+        server_credentials(tls)
+    _setup_logging(log_level, "natlens-collector")
+    sys.exit(serve(db, listen, tls, token))
 
 
 # ---------------------------------------------------------------- report
@@ -379,6 +428,9 @@ def demo(output: str) -> None:
 # ---------------------------------------------------------------- entry point
 
 def main(argv: list[str] | None = None) -> NoReturn:
+    # gRPC's core logs every failed TLS handshake to stderr at INFO, once per retry;
+    # the agent says why it cannot deliver in its own log. GRPC_VERBOSITY overrides.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from natlens.agent.rules.iptables import RulesParseError
     from natlens.agent.rules.ipvs import IpvsParseError
     from natlens.agent.rules.live import RulesUnavailable
@@ -388,9 +440,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     from natlens.lab.run import RunError
     from natlens.lab.scenario import ScenarioError
     from natlens.lab.topology import LabError
+    from natlens.security import SecurityError
 
     known = (CliError, RulesParseError, IpvsParseError, NftParseError, RulesUnavailable,
-             ListenError, SchemaError, RunError, ScenarioError, LabError)
+             ListenError, SchemaError, RunError, ScenarioError, LabError, SecurityError)
     try:
         rv = cli.main(args=argv, prog_name="natlens", standalone_mode=False)
     except click.exceptions.Exit as e:

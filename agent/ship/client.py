@@ -20,14 +20,39 @@ import grpc
 
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto import natlens_pb2_grpc as pb_grpc
+from natlens.security import token_metadata
 
 log = logging.getLogger("natlens.agent.ship")
 
 
+def explain(detail: str, tls: bool) -> str:
+    """A hint for the failures whose gRPC text does not say what to check."""
+    if "Socket closed" in detail or "Connection reset" in detail:
+        if tls:
+            return (" — the collector ended the TLS handshake: does its --tls-ca trust this "
+                    "agent's --tls-cert?")
+        return " — the collector closed the connection: does it expect TLS (--tls-ca)?"
+    if "CERTIFICATE_VERIFY_FAILED" in detail:
+        return " — the collector's certificate is not trusted by --tls-ca, or has expired"
+    if "WRONG_VERSION_NUMBER" in detail:
+        return " — the collector does not speak TLS (started with --insecure?)"
+    return ""
+
+
 class Shipper:
     def __init__(self, target: str, max_pending: int = 10_000,
-                 backoff: tuple[float, float] = (0.2, 30.0)) -> None:
+                 backoff: tuple[float, float] = (0.2, 30.0),
+                 credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None, server_name: str | None = None) -> None:
+        """``credentials`` None is plaintext (``--insecure``); ``server_name`` checks the
+        collector's certificate for that name instead of the target's host."""
         self.target = target
+        self.credentials = credentials
+        self.metadata = token_metadata(token)
+        self.options: list[tuple[str, Any]] = [("grpc.max_send_message_length", 64 << 20),
+                                               ("grpc.keepalive_time_ms", 30_000)]
+        if server_name:
+            self.options.append(("grpc.ssl_target_name_override", server_name))
         self.max_pending = max_pending
         self.backoff = backoff
         self._unacked: OrderedDict[int, pb.Batch] = OrderedDict()
@@ -92,16 +117,21 @@ class Shipper:
     def _run(self) -> None:
         delay = self.backoff[0]
         down_since: float | None = None
+        said_plain = False
         while not self._stop.is_set():
             ended = threading.Event()
-            channel = grpc.insecure_channel(self.target, options=[
-                ("grpc.max_send_message_length", 64 << 20),
-                ("grpc.keepalive_time_ms", 30_000)])
+            channel = (grpc.insecure_channel(self.target, options=self.options)
+                       if self.credentials is None else
+                       grpc.secure_channel(self.target, self.credentials, options=self.options))
             try:
                 stub = pb_grpc.CollectorStub(channel)
-                call = stub.Upload(self._requests(ended), wait_for_ready=False)
+                call = stub.Upload(self._requests(ended), wait_for_ready=False,
+                                   metadata=self.metadata)
                 self._call = call
                 for ack in call:
+                    if not self.acked and self.credentials is None and not said_plain:
+                        said_plain = True
+                        log.warning("--insecure: shipping to %s in plaintext", self.target)
                     if down_since is not None:
                         log.warning("collector %s reachable again after %.1fs; resending "
                                     "unacknowledged batches", self.target,
@@ -120,9 +150,11 @@ class Shipper:
                     down_since = time.monotonic()
                     code = e.code() if hasattr(e, "code") else None
                     detail = e.details() if hasattr(e, "details") else str(e)
-                    log.error("collector %s unreachable (%s: %s); keeping %d batches and "
+                    log.error("collector %s unreachable (%s: %s)%s; keeping %d batches and "
                               "retrying with backoff", self.target,
-                              code.name if code else "error", detail, self.pending)
+                              code.name if code else "error", detail,
+                              explain(detail or "", self.credentials is not None),
+                              self.pending)
             finally:
                 ended.set()
                 self._call = None

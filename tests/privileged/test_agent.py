@@ -27,11 +27,11 @@ def test_snapshot_is_kept_out_and_an_overflow_is_counted_and_recovered(
         lab: dict[str, Any], tmp_path: Path) -> None:
     db = tmp_path / "natlens.db"
     port = free_port()
-    collector = start(["collector", "--db", str(db), "--listen", f"127.0.0.1:{port}"],
+    collector = start(["collector", "--insecure", "--db", str(db), "--listen", f"127.0.0.1:{port}"],
                       tmp_path / "collector.log")
     assert collector.stdout and collector.stdout.readline().startswith("listening")
     before = traffic(lab, 100)  # made before the agent starts: snapshot, not counted
-    agent = start(["agent", "--collector", f"127.0.0.1:{port}", "--node", "k8s-node2",
+    agent = start(["agent", "--insecure", "--collector", f"127.0.0.1:{port}", "--node", "k8s-node2",
                    "--netns", lab["nodes"]["k8s-node2"], "--rcvbuf", "4096", "--source", "netlink"],
                   tmp_path / "agent.log")
     try:
@@ -66,7 +66,8 @@ def test_snapshot_is_kept_out_and_an_overflow_is_counted_and_recovered(
 def test_unreachable_collector_keeps_running_then_fails_on_stop(
         lab: dict[str, Any], tmp_path: Path) -> None:
     health = free_port()
-    agent = start(["agent", "--collector", f"127.0.0.1:{free_port()}", "--node", "k8s-node2",
+    agent = start(["agent", "--insecure",
+                   "--collector", f"127.0.0.1:{free_port()}", "--node", "k8s-node2",
                    "--netns", lab["nodes"]["k8s-node2"], "--drain-timeout", "1",
                    "--source", "netlink", "--health-listen", f"127.0.0.1:{health}"],
                   tmp_path / "agent.log")
@@ -103,7 +104,8 @@ def test_disabled_conntrack_events_are_said_not_silent(lab: dict[str, Any],
     subprocess.run(["ip", "netns", "exec", node, "sysctl", "-qw",
                     "net.netfilter.nf_conntrack_events=0"], check=True)
     log = tmp_path / "agent.log"
-    agent = start(["agent", "--collector", f"127.0.0.1:{free_port()}", "--node", "k8s-node2",
+    agent = start(["agent", "--insecure",
+                   "--collector", f"127.0.0.1:{free_port()}", "--node", "k8s-node2",
                    "--netns", node, "--source", "netlink", "--drain-timeout", "0"], log)
     try:
         wait_for(lambda: "subscribed" in log.read_text(), 60)

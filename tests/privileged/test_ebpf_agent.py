@@ -69,7 +69,7 @@ class Run:
         self.lab, self.tmp, self.bpffs = lab, tmp, bpffs
         self.db = tmp / "natlens.db"
         self.port = free_port()
-        self.collector = start(["collector", "--db", str(self.db), "--listen",
+        self.collector = start(["collector", "--insecure", "--db", str(self.db), "--listen",
                                 f"127.0.0.1:{self.port}"], tmp / "collector.log")
         assert self.collector.stdout and self.collector.stdout.readline().startswith("listen")
         self.agent: subprocess.Popen[str] | None = None
@@ -78,7 +78,8 @@ class Run:
     def start_agent(self, *args: str) -> None:
         self.starts += 1
         log = self.tmp / f"agent{self.starts}.log"
-        self.agent = start(["agent", "--collector", f"127.0.0.1:{self.port}", "--node", NODE,
+        self.agent = start(["agent", "--insecure",
+                            "--collector", f"127.0.0.1:{self.port}", "--node", NODE,
                             "--netns", self.lab["nodes"][NODE], "--source", "ebpf",
                             "--pin-root", str(self.bpffs), "--counters-interval", "0.2",
                             *args], log)
@@ -185,7 +186,7 @@ def test_auto_falls_back_to_netlink_and_ebpf_fails_with_the_reason(
     empty.mkdir()
     env = {**os.environ, "BCC_KERNEL_SOURCE": str(empty)}
     port = free_port()
-    base = [*NATLENS, "agent",
+    base = [*NATLENS, "agent", "--insecure",
             "--collector", f"127.0.0.1:{port}", "--node", NODE, "--netns", lab["nodes"][NODE],
             "--pin-root", str(bpffs)]
     r = subprocess.run([*base, "--source", "ebpf"], env=env, capture_output=True, text=True,

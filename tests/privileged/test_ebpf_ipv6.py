@@ -104,10 +104,11 @@ def clients(ns: str, n: int) -> dict[str, Counter[str]]:
 def test_ipv6_tcp_and_udp_are_counted_exactly(v6ns: str, tmp_path: Path, bpffs: Path) -> None:
     socks = serve(v6ns)
     db, port = tmp_path / "natlens.db", free_port()
-    collector = start(["collector", "--db", str(db), "--listen", f"127.0.0.1:{port}"],
+    collector = start(["collector", "--insecure", "--db", str(db), "--listen", f"127.0.0.1:{port}"],
                       tmp_path / "collector.log")
     log = tmp_path / "agent.log"
-    agent = start(["agent", "--collector", f"127.0.0.1:{port}", "--node", "v6", "--netns",
+    agent = start(["agent", "--insecure",
+                   "--collector", f"127.0.0.1:{port}", "--node", "v6", "--netns",
                    v6ns, "--source", "ebpf", "--decisions", "--pin-root", str(bpffs)], log)
     try:
         wait_for(lambda: "subscribed" in log.read_text(), 60)

@@ -68,10 +68,10 @@ def test_a_foreign_nftables_rule_is_caught_as_skewed(
                          "  ip daddr 10.1.122.241 tcp dport 9999 numgen random mod 5 == 0 "
                          "dnat to 10.244.1.168:80\n }\n}\n")
     db, port = tmp_path / "natlens.db", free_port()
-    collector = start(["collector", "--db", str(db), "--listen", f"127.0.0.1:{port}"],
+    collector = start(["collector", "--insecure", "--db", str(db), "--listen", f"127.0.0.1:{port}"],
                       tmp_path / "collector.log")
     log = tmp_path / "agent.log"
-    agent = start(["agent", "--collector", f"127.0.0.1:{port}", "--node", "k8s-node2",
+    agent = start(["agent", "--insecure", "--collector", f"127.0.0.1:{port}", "--node", "k8s-node2",
                    "--netns", node, "--source", "ebpf", "--pin-root", str(bpffs)], log)
     try:
         wait_for(lambda: "subscribed" in log.read_text(), 60)
