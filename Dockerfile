@@ -11,6 +11,10 @@ RUN apt-get update \
  && bash scripts/install.sh \
  && rm -rf /var/lib/apt/lists/*
 ENV PATH=/opt/natlens/.venv/bin:$PATH
+# The collector runs as this user; the agent's DaemonSet sets uid 0 with only the
+# capabilities it needs (Kubernetes gives added capabilities to root only).
+RUN useradd --system --uid 10001 --home-dir /var/lib/natlens --create-home natlens
+USER 10001
 
 HEALTHCHECK --interval=30s --timeout=5s CMD ["natlens", "--version"]
 ENTRYPOINT ["natlens"]
