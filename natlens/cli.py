@@ -6,20 +6,18 @@ and exits non-zero (2 for usage errors, 1 for everything else). No tracebacks.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from natlens import __version__
+from natlens.cliutil import CliError, open_store, print_json, window, window_options
 
 if TYPE_CHECKING:
     from natlens.security import TlsFiles
@@ -27,26 +25,9 @@ if TYPE_CHECKING:
 SEED_SCENARIO = Path(__file__).resolve().parent.parent / "examples" / "seed-bill-service.yaml"
 
 
-class CliError(Exception):
-    """A failure to report as one line."""
-
-
-def parse_duration(text: str) -> int:
-    """``90s``, ``15m``, ``2h``, ``7d``, ``1h30m`` → nanoseconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise click.BadParameter(f"{text!r} is not a duration like 30m, 2h or 7d")
-    return int(sum(float(n) * units[u] for n, u in parts) * 1e9)
-
-
 def _setup_logging(level: str, name: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format=f"%(asctime)s {name} %(levelname)s %(message)s")
-
-
-def _print_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -214,31 +195,39 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
 @click.option("--db", required=True, type=click.Path(dir_okay=False), help="SQLite file.")
 @click.option("--service", metavar="NS/NAME[:PORT]", help="Only this service (port).")
 @click.option("--node", help="Only decisions made on this node.")
-@click.option("--since", metavar="DUR", help="Only the last DUR (30m, 2h, 7d).")
+@window_options
+@click.option("--by", type=click.Choice(["hour"]), help="One judgement per hour of the "
+              "window (was the balancing off that hour?).")
+@click.option("--weight", type=click.Choice(["connections", "bytes"]), default="connections",
+              show_default=True, help="bytes: also show each endpoint's share of the bytes "
+              "and its distance from the declared shares (the test stays on connections).")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=0.001, show_default=True, help="Family-wise significance level (Holm).")
+@click.option("--plot", metavar="FILE.png", type=click.Path(dir_okay=False),
+              help="Also draw declared against observed shares, and the share over time.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
-def report(db: str, service: str | None, node: str | None, since: str | None, alpha: float,
-           output: str) -> None:
-    """Declared against observed, per node, service port and rules version."""
-    import sqlite_utils
-
-    from natlens.collector.report.build import ReportQuery, build_report
+def report(db: str, service: str | None, node: str | None, since: str | None,
+           start: str | None, end: str | None, by: str | None, weight: str, alpha: float,
+           plot: str | None, output: str) -> None:
+    """Declared against observed, per node, service port and rules version, with the
+    same service compared across nodes."""
+    from natlens.collector.query.names import ServiceNames
+    from natlens.collector.report.build import ReportQuery, build_report, build_report_by_hour
     from natlens.collector.report.table import print_report
-    from natlens.collector.store.schema import migrate
 
-    since_ns = time.time_ns() - parse_duration(since) if since else None
-    if not Path(db).is_file():
-        raise CliError(f"{db}: no such database")
-    database = sqlite_utils.Database(db)
-    try:
-        migrate(database)
-        rep = build_report(database, ReportQuery(service, node, since_ns, None, alpha))
-    finally:
-        database.close()
+    since_ns, until_ns = window(since, start, end)
+    with open_store(db) as database:
+        if service and not ServiceNames(database).ports_of(service):
+            raise CliError(f"no service {service!r} in the stored rules")
+        q = ReportQuery(service, node, since_ns, until_ns, alpha, weight)
+        rep = build_report_by_hour(database, q) if by == "hour" else build_report(database, q)
+        if plot:
+            from natlens.collector.report.plot import plot_report
+
+            plot_report(database, rep, q, plot)
     if output == "json":
-        _print_json(rep)
+        print_json(rep)
     else:
         print_report(rep)
 
@@ -282,7 +271,7 @@ def rules_parse(file: str | None, mode: str, netns: str | None) -> None:
             mode = _detect_mode(text)
         parse = {"nftables": parse_nft, "ipvs": parse_ipvs}.get(mode, parse_iptables_save)
         model = parse(text)
-    _print_json(model.to_json())
+    print_json(model.to_json())
 
 
 def _detect_mode(text: str) -> str:
@@ -327,7 +316,7 @@ def lab_up(scenario: str) -> None:
     from natlens.lab.topology import up
 
     st = up(_load(scenario), scenario)
-    _print_json({"name": st.name, "prefix": st.prefix, "nodes": st.nodes, "pods": st.pods})
+    print_json({"name": st.name, "prefix": st.prefix, "nodes": st.nodes, "pods": st.pods})
 
 
 @lab.command(name="down")
@@ -366,7 +355,7 @@ def lab_traffic(scenario: str, source: str, service: str, connections: int,
         tally = run_traffic(sc, st, source, service, connections, fam=fam)
     except ValueError as e:
         raise CliError(str(e)) from None
-    _print_json(tally.to_json())
+    print_json(tally.to_json())
 
 
 @lab.command(name="exec", context_settings={"ignore_unknown_options": True})
@@ -391,14 +380,14 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _run_and_print(scenario: str, source: str, output: str) -> None:
+def _run_and_print(scenario: str, source: str, output: str, db: str | None = None) -> None:
     from natlens.collector.report.table import print_report
     from natlens.lab.run import run_lab
 
     _interrupt_on_sigterm()
-    result = run_lab(_load(scenario), scenario, source)
+    result = run_lab(_load(scenario), scenario, source, keep_db=db)
     if output == "json":
-        _print_json(result)
+        print_json(result)
     else:
         print_report(result["report"], result["ground_truth"])
 
@@ -407,11 +396,13 @@ def _run_and_print(scenario: str, source: str, output: str) -> None:
 @click.argument("scenario", type=click.Path(exists=True, dir_okay=False))
 @click.option("--source", type=click.Choice(["auto", "ebpf", "netlink", "pcap"]),
               default="auto", show_default=True)
+@click.option("--db", type=click.Path(dir_okay=False), help="Keep the collector's database "
+              "here (for natlens query and report afterwards); by default it is removed.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
-def lab_run(scenario: str, source: str, output: str) -> None:
+def lab_run(scenario: str, source: str, db: str | None, output: str) -> None:
     """up → collector → one agent per node → traffic → report → down, in one go."""
-    _run_and_print(scenario, source, output)
+    _run_and_print(scenario, source, output, db)
 
 
 @cli.command()
@@ -423,6 +414,16 @@ def demo(output: str) -> None:
         click.echo("Scenario: examples/seed-bill-service.yaml — front-tomcat → "
                    "bill-service:9999 (10.1.122.241), v1 on k8s-node2, v2 on k8s-node1\n")
     _run_and_print(str(SEED_SCENARIO), "auto", output)
+
+
+def _register() -> None:
+    from natlens.cli_query import db_group, query
+
+    cli.add_command(query)
+    cli.add_command(db_group)
+
+
+_register()
 
 
 # ---------------------------------------------------------------- entry point

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import sqlite_utils
+from scipy import stats
 
 from natlens.collector.analyze.judge import judge, verdict
 from natlens.collector.analyze.multiple import holm
 from natlens.collector.store.db import COUNTED_EVENTS
+from natlens.collector.store.retention import pruned_before
 
 DEFAULT_ALPHA = 0.001
 
@@ -37,6 +40,7 @@ class ReportQuery:
     since_ns: int | None = None
     until_ns: int | None = None
     alpha: float = DEFAULT_ALPHA
+    weight: str = "connections"     # or "bytes": shares and distance by bytes too
 
 
 def _matches(service: str, wanted: str | None) -> bool:
@@ -98,11 +102,12 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
             f"SUM(sample_rate), MIN(time_ns), MAX(time_ns) FROM decisions WHERE {where} "
             f"AND NOT (source = 'ebpf' AND event = 'new') "
             f"GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint", args),
-            *_counter_sums(db, q)]:
+            *_counter_sums(db, q), *_rollup_sums(db, q)]:
         counts[(node, h, proto, vip, port)][ep] += int(n)
         tmin = t0 if tmin is None else min(tmin, t0)
         tmax = t1 if tmax is None else max(tmax, t1)
     sampled = _sampled(db, where, args)
+    volume = _bytes(db, q)
     # An open-ended window (--since) ends now; otherwise at the last decision seen.
     window_to = q.until_ns or (now if q.since_ns is not None else (tmax or now))
     pods = _pod_names(db, tmax or window_to)
@@ -140,6 +145,8 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
             entry["counted"] = "first connection per client"
         if (node, h, proto, vip, port) in sampled:
             entry["sampled"] = sampled[(node, h, proto, vip, port)]
+        entry["tvd"] = tvd(j.endpoints, j.undeclared, j.total)
+        _add_bytes(entry, volume.get((node, h, proto, vip, port), {}), q.weight)
         entries.append(entry)
         judgements.append(j)
     tested = [i for i, j in enumerate(judgements) if j.test is not None]
@@ -164,9 +171,109 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
         "window": {"from": rfc3339(q.since_ns or tmin or now), "to": rfc3339(window_to)},
         "alpha": q.alpha,
         "services": entries,
+        "comparisons": compare_nodes(entries, q.alpha),
         "unmatched": unmatched,
         "lost": lost,
     }
+
+
+def tvd(endpoints: list[dict[str, Any]], undeclared: list[dict[str, Any]],
+        total: int) -> float | None:
+    """Total variation distance between observed and declared shares: the fraction of
+    connections that would have to go elsewhere to match the rules exactly."""
+    if not total:
+        return None
+    d = sum(abs(e["observed"] / total - e["declared"]) for e in endpoints)
+    d += sum(u["observed"] / total for u in undeclared)
+    return round(float(d) / 2, 6)
+
+
+def _add_bytes(entry: dict[str, Any], by_ep: dict[str, int], weight: str) -> None:
+    total = sum(by_ep.values())
+    entry["bytes"] = total
+    for e in entry["endpoints"]:
+        e["bytes"] = by_ep.get(e["endpoint"], 0)
+        e["byte_share"] = round(e["bytes"] / total, 6) if total else 0.0
+    if weight == "bytes":
+        entry["tvd_bytes"] = (round(sum(abs(e["byte_share"] - e["declared"])
+                                        for e in entry["endpoints"]) / 2, 6)
+                              if total else None)
+
+
+def _bytes(db: sqlite_utils.Database, q: ReportQuery) -> dict[tuple[Any, ...], dict[str, int]]:
+    """Bytes both ways per endpoint: closed connections of user-space sources (their
+    DESTROY events) and the eBPF source's kernel counters."""
+    out: dict[tuple[Any, ...], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    dclauses, dargs = ["event = 'destroy'", "source != 'ebpf'"], []
+    cclauses, cargs = ["1"], []
+    for col_d, col_c, op, value in (("node", "node", "=", q.node),
+                                    ("time_ns", "window_end_ns", ">=", q.since_ns),
+                                    ("time_ns", "window_end_ns", "<=", q.until_ns)):
+        if value is not None:
+            dclauses.append(f"{col_d} {op} ?")
+            dargs.append(value)
+            cclauses.append(f"{col_c} {op} ?")
+            cargs.append(value)
+    group = "node, rules_hash, protocol, vip, vip_port, endpoint"
+    for node, h, proto, vip, port, ep, n in [
+            *db.execute(f"SELECT {group}, SUM((orig_bytes + reply_bytes) * sample_rate) "
+                        f"FROM decisions WHERE {' AND '.join(dclauses)} GROUP BY {group}",
+                        dargs),
+            *db.execute(f"SELECT {group}, SUM(orig_bytes + reply_bytes) FROM counters "
+                        f"WHERE {' AND '.join(cclauses)} GROUP BY {group}", cargs)]:
+        out[(node, h, proto, vip, port)][ep] += int(n or 0)
+    return out
+
+
+def compare_nodes(entries: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
+    """The same service port seen from several nodes: is the split the same on each?
+    (chi-square test of homogeneity over nodes × endpoints)."""
+    groups: dict[tuple[Any, ...], dict[str, dict[str, int]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(int)))
+    for e in entries:
+        key = (e["service"], e["vip"], e["port"], e["protocol"])
+        for ep in e["endpoints"] + e["undeclared"]:
+            groups[key][e["node"]][ep["endpoint"]] += ep["observed"]
+    out = []
+    for (service, vip, port, proto), by_node in sorted(groups.items()):
+        if len(by_node) < 2:
+            continue
+        nodes = sorted(by_node)
+        eps = sorted({ep for n in nodes for ep, k in by_node[n].items() if k})
+        table = np.array([[by_node[n].get(ep, 0) for ep in eps] for n in nodes])
+        cmp: dict[str, Any] = {"service": service, "vip": vip, "port": port,
+                               "protocol": proto, "nodes": {
+                                   n: dict(sorted(by_node[n].items())) for n in nodes}}
+        if len(eps) < 2 or (table.sum(axis=1) == 0).any():
+            cmp |= {"test": None, "verdict": "insufficient-data"}
+        else:
+            res = stats.chi2_contingency(table, correction=False)
+            small = float(res.expected_freq.min()) < 5
+            cmp |= {"test": {"method": "chi-square homogeneity",
+                             "statistic": round(float(res.statistic), 6), "dof": int(res.dof),
+                             "p_value": float(res.pvalue)},
+                    "verdict": ("insufficient-data" if small else
+                                "different" if res.pvalue < alpha else "same")}
+        out.append(cmp)
+    return out
+
+
+def _rollup_sums(db: sqlite_utils.Database, q: ReportQuery) -> list[tuple[Any, ...]]:
+    """Per-minute rollups for the part of the window whose rows were pruned."""
+    cut = pruned_before(db)
+    if not cut or (q.since_ns is not None and q.since_ns >= cut):
+        return []
+    clauses = ["granularity = 'minute'", "bucket_ns < ?", "connections > 0"]
+    args: list[Any] = [cut]
+    for cond, value in (("node = ?", q.node), ("bucket_ns >= ?", q.since_ns),
+                        ("bucket_ns <= ?", q.until_ns)):
+        if value is not None:
+            clauses.append(cond)
+            args.append(value)
+    return list(db.execute(
+        "SELECT node, rules_hash, protocol, vip, vip_port, endpoint, SUM(connections), "
+        f"MIN(bucket_ns), MAX(bucket_ns) FROM rollups WHERE {' AND '.join(clauses)} "
+        "GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint", args))
 
 
 def _counter_sums(db: sqlite_utils.Database, q: ReportQuery) -> list[tuple[Any, ...]]:
@@ -216,3 +323,44 @@ def _first_connections(db: sqlite_utils.Database, where: str, args: list[Any], n
             [*args, node, h, proto, vip, port]):
         out[ep] += 1
     return dict(out)
+
+
+MAX_HOURS = 24 * 31
+HOUR_NS = 3600 * 10**9
+
+
+def _data_span(db: sqlite_utils.Database) -> tuple[int | None, int | None]:
+    row = db.execute("SELECT MIN(a), MAX(b) FROM (SELECT MIN(time_ns) AS a, MAX(time_ns) AS b "
+                     "FROM decisions UNION ALL SELECT MIN(window_end_ns), MAX(window_end_ns) "
+                     "FROM counters UNION ALL SELECT MIN(bucket_ns), MAX(bucket_ns) "
+                     "FROM rollups WHERE granularity = 'minute')").fetchone()
+    return row[0], row[1]
+
+
+def build_report_by_hour(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
+    """One judgement per service port and clock hour; Holm over all of them."""
+    lo, hi = _data_span(db)
+    start = q.since_ns if q.since_ns is not None else lo
+    end = q.until_ns if q.until_ns is not None else (time.time_ns() if q.since_ns else hi)
+    if start is None or end is None:
+        return build_report(db, q) | {"by": "hour"}
+    first = start - start % HOUR_NS
+    hours = range(first, end + 1, HOUR_NS)
+    if len(hours) > MAX_HOURS:
+        raise ValueError(f"--by hour over {len(hours)} hours; narrow the window to at most "
+                         f"{MAX_HOURS} (--since/--from/--to)")
+    services: list[dict[str, Any]] = []
+    for h in hours:
+        part = build_report(db, ReportQuery(q.service, q.node, max(h, start),
+                                            min(h + HOUR_NS - 1, end), q.alpha, q.weight))
+        for e in part["services"]:
+            e["hour"] = rfc3339(h)
+        services += part["services"]
+    # Holm again, over every hour's tests: more hours, more chances of a false alarm.
+    tested = [e for e in services if e["test"] and e["test"]["p_value"] is not None]
+    for e, p_adj in zip(tested, holm([e["test"]["p_value"] for e in tested]), strict=True):
+        e["test"]["p_value_holm"] = p_adj
+        if e["verdict"] in ("consistent", "skewed") and not e["reasons"]:
+            e["verdict"] = "skewed" if p_adj < q.alpha else "consistent"
+    whole = build_report(db, q)
+    return whole | {"by": "hour", "services": services}

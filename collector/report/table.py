@@ -81,5 +81,12 @@ def render(report: dict[str, Any], ground_truth: dict[str, Any] | None = None) -
     return Group(*parts)
 
 
+def console() -> Console:
+    """The terminal's width on a terminal; wide enough not to cut columns in a pipe."""
+    import sys
+
+    return Console() if sys.stdout.isatty() else Console(width=220)
+
+
 def print_report(report: dict[str, Any], ground_truth: dict[str, Any] | None = None) -> None:
-    Console().print(render(report, ground_truth))
+    console().print(render(report, ground_truth))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class SchemaError(RuntimeError):
@@ -57,7 +57,31 @@ def _v2(db: sqlite_utils.Database) -> None:
                                     "total": int}, pk=("node", "epoch", "source", "reason"))
 
 
-MIGRATIONS = {1: _v1, 2: _v2}
+ROLLUP_KEY = ("granularity", "bucket_ns", "node", "protocol", "vip", "vip_port", "rules_hash",
+              "endpoint")
+ROLLUP_COLUMNS = ("connections", "closed", "orig_bytes", "reply_bytes", "orig_packets",
+                  "reply_packets")
+
+
+def _v3(db: sqlite_utils.Database) -> None:
+    """Per-minute and per-hour rollups that outlive pruned decisions; the retention
+    watermarks; who held a ClusterIP when (from the Kubernetes watch)."""
+    db.table("rollups").create({
+        "granularity": str, "bucket_ns": int, "node": str, "protocol": str, "vip": str,
+        "vip_port": int, "rules_hash": str, "endpoint": str,
+        **dict.fromkeys(ROLLUP_COLUMNS, int)}, pk=ROLLUP_KEY)
+    db.table("rollups").create_index(["granularity", "vip", "vip_port", "bucket_ns"])
+    db.table("retention").create({"name": str, "value_ns": int}, pk="name")
+    db.table("services").create({"vip": str, "namespace": str, "name": str, "from_ns": int,
+                                 "to_ns": int})
+    db.table("services").create_index(["vip", "from_ns"])
+    db.table("endpoint_epochs").create({"namespace": str, "name": str, "time_ns": int,
+                                        "endpoints": str})
+    db.table("endpoint_epochs").create_index(["namespace", "name", "time_ns"])
+    db.table("pods").create_index(["namespace", "name"])
+
+
+MIGRATIONS = {1: _v1, 2: _v2, 3: _v3}
 
 
 def migrate(db: sqlite_utils.Database) -> int:

@@ -1,0 +1,1 @@
+"""Post-incident queries over the store: decisions, the rules in force, undeclared traffic."""

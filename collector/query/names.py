@@ -1,0 +1,76 @@
+"""Names at the time: which service a VIP:port was, which pod held an IP, at a moment.
+
+A pod's IP is reused after it is deleted, so a name is looked up in the intervals the
+Kubernetes watch (or the lab) recorded, at the decision's own time, never "now".
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections import defaultdict
+
+import sqlite_utils
+
+
+class PodNames:
+    """IP → the ``ns/name`` of the pod that had it at a given time."""
+
+    def __init__(self, db: sqlite_utils.Database, ips: set[str] | None = None) -> None:
+        self._by_ip: dict[str, tuple[list[int], list[tuple[int | None, str]]]] = {}
+        rows = db.execute("SELECT ip, namespace, name, from_ns, to_ns FROM pods "
+                          "ORDER BY ip, from_ns")
+        for ip, ns, name, t0, t1 in rows:
+            if ips is not None and ip not in ips:
+                continue
+            starts, spans = self._by_ip.setdefault(ip, ([], []))
+            starts.append(int(t0 or 0))
+            spans.append((t1, f"{ns}/{name}"))
+
+    def at(self, ip: str, t: int) -> str | None:
+        starts, spans = self._by_ip.get(ip, ([], []))
+        i = bisect.bisect_right(starts, t) - 1
+        while i >= 0:  # the latest interval that started by t and had not ended
+            end, name = spans[i]
+            if end is None or end >= t:
+                return name
+            i -= 1
+        return None
+
+
+class ServiceNames:
+    """(node, rules version, VIP, port, protocol) → the service port the rules name."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self._names: dict[tuple[str, str], dict[tuple[str, int, str], str]] = defaultdict(dict)
+        for node, h, model in db.execute("SELECT node, hash, model FROM rule_snapshots"):
+            for s in json.loads(model)["services"]:
+                self._names[(node, h)][(s["vip"], s["port"], s["protocol"])] = s["service"]
+                if s["kind"] == "nodePort":
+                    self._names[(node, h)].setdefault(("*", s["port"], s["protocol"]),
+                                                      s["service"])
+        self._k8s: dict[str, list[tuple[int, int | None, str]]] = defaultdict(list)
+        for vip, ns, name, t0, t1 in db.execute(
+                "SELECT vip, namespace, name, from_ns, to_ns FROM services ORDER BY from_ns"):
+            self._k8s[vip].append((int(t0 or 0), t1, f"{ns}/{name}"))
+
+    def name(self, node: str, h: str, vip: str, port: int, proto: str, t: int) -> str | None:
+        names = self._names.get((node, h), {})
+        found = names.get((vip, port, proto)) or names.get(("*", port, proto))
+        if found:
+            return found
+        for t0, t1, name in reversed(self._k8s.get(vip, [])):
+            if t0 <= t and (t1 is None or t1 >= t):
+                return name
+        return None
+
+    def ports_of(self, wanted: str) -> set[tuple[str, int, str]]:
+        """The (VIP, port, protocol)s any stored rules give ``NS/NAME[:PORT]``."""
+        out = set()
+        for names in self._names.values():
+            for key, svc in names.items():
+                if key[0] != "*" and (svc == wanted or (":" not in wanted
+                                                         and svc.split(":", 1)[0] == wanted)):
+                    out.add(key)
+        return out
+

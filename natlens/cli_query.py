@@ -1,0 +1,159 @@
+"""``natlens query …`` and ``natlens db …``: post-incident questions to a collector's store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from natlens.cliutil import (
+    CliError,
+    open_store,
+    parse_time,
+    print_json,
+    window,
+    window_options,
+)
+
+_db = click.option("--db", required=True, type=click.Path(dir_okay=False),
+                   help="The collector's SQLite file.")
+_out = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+                    show_default=True)
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> None:
+    from rich.table import Table
+
+    from natlens.collector.report.table import console
+
+    if not rows:
+        click.echo(empty)
+        return
+    t = Table()
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("" if r.get(c) is None else str(r[c]) for c in columns))
+    console().print(t)
+
+
+@click.group()
+def query() -> None:
+    """Ask the store: which pod a client reached, the rules in force, undeclared traffic."""
+
+
+@query.command(name="decisions")
+@_db
+@click.option("--client", metavar="IP", help="Only connections from this client address.")
+@click.option("--service", metavar="NS/NAME[:PORT]", help="Only this service (port).")
+@click.option("--endpoint", metavar="IP[:PORT]", help="Only connections DNATed to this.")
+@click.option("--node", help="Only decisions made on this node.")
+@window_options
+@click.option("--limit", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True,
+              help="At most this many (oldest first); a line on stderr says when cut.")
+@_out
+def query_decisions_cmd(db: str, client: str | None, service: str | None,
+                        endpoint: str | None, node: str | None, since: str | None,
+                        start: str | None, end: str | None, limit: int, output: str) -> None:
+    """One row per decision: when, where, from which client, to which endpoint, and the
+    pod that had the endpoint's IP at that moment."""
+    from natlens.collector.query.decisions import DecisionQuery, QueryError, query_decisions
+
+    lo, hi = window(since, start, end)
+    with open_store(db) as database:
+        try:
+            rows, cut = query_decisions(database, DecisionQuery(
+                client, service, endpoint, node, lo, hi, limit))
+        except QueryError as e:
+            raise CliError(str(e)) from None
+    if output == "json":
+        print_json(rows)
+    else:
+        _table(rows, ["time", "node", "client", "service", "vip", "endpoint", "pod",
+                      "source", "event"], "no decisions match")
+    if cut:
+        click.echo(f"natlens: showing the first {limit} decisions; raise --limit or narrow "
+                   f"the window for more", err=True)
+
+
+@query.command(name="rules")
+@_db
+@click.option("--node", required=True, help="The node whose rules to show.")
+@click.option("--at", "at", default="now", show_default=True, metavar="TIME",
+              help="RFC 3339 time (2026-11-24T03:12:00Z).")
+@_out
+def query_rules_cmd(db: str, node: str, at: str, output: str) -> None:
+    """The declared model in force on NODE at TIME: per service port, each endpoint's
+    probability."""
+    from natlens.collector.query.decisions import QueryError
+    from natlens.collector.query.rules import rules_at
+
+    at_ns = parse_time(at, "--at")
+    with open_store(db) as database:
+        try:
+            model = rules_at(database, node, at_ns)
+        except QueryError as e:
+            raise CliError(str(e)) from None
+    if output == "json":
+        print_json(model)
+        return
+    click.echo(f"{node}: {model['mode']} rules {model['hash'][7:19]}, in force from "
+               f"{model['in_force_from']}" + (f" until {model['replaced_at']}"
+                                                if model["replaced_at"] else ""))
+    rows = [{"service": s["service"], "kind": s["kind"], "vip": f"{s['vip']}:{s['port']}",
+             "protocol": s["protocol"], "endpoint": e["endpoint"],
+             "probability": f"{e['probability']:.4f}", "chain": e["chain"]}
+            for s in model["services"] for e in (s["endpoints"] or [{"endpoint": "(none)",
+                                                                     "probability": 0.0,
+                                                                     "chain": ""}])]
+    _table(rows, ["service", "kind", "vip", "protocol", "endpoint", "probability", "chain"],
+           "no service ports")
+
+
+@query.command(name="undeclared")
+@_db
+@click.option("--node", help="Only this node.")
+@window_options
+@_out
+def query_undeclared_cmd(db: str, node: str | None, since: str | None, start: str | None,
+                         end: str | None, output: str) -> None:
+    """Traffic to endpoints no rule declared: stale endpoints, foreign NAT rules, VIPs
+    another proxy handles."""
+    from natlens.collector.query.undeclared import undeclared
+    from natlens.collector.report.build import ReportQuery
+
+    lo, hi = window(since, start, end)
+    with open_store(db) as database:
+        rows = undeclared(database, ReportQuery(node=node, since_ns=lo, until_ns=hi))
+    if output == "json":
+        print_json(rows)
+    else:
+        _table(rows, ["kind", "node", "service", "vip", "port", "protocol", "endpoint", "pod",
+                      "connections"], "no undeclared traffic")
+
+
+@click.group(name="db")
+def db_group() -> None:
+    """The collector's SQLite file."""
+
+
+@db_group.command(name="stats")
+@_db
+@_out
+def db_stats_cmd(db: str, output: str) -> None:
+    """Rows, oldest and newest per table, and the file's size."""
+    from natlens.collector.report.build import rfc3339
+    from natlens.collector.store.stats import db_stats
+
+    with open_store(db) as database:
+        st = db_stats(database, db)
+    if output == "json":
+        print_json(st)
+        return
+    per = st["bytes_per_decision"]
+    click.echo(f"{db}: {st['bytes'] / 1e6:.1f} MB, schema {st['schema_version']}"
+               + (f", {per} bytes per decision" if per else ""))
+    _table([{"table": t["table"], "rows": t["rows"],
+             "oldest": rfc3339(t["oldest_ns"]) if t.get("oldest_ns") else "",
+             "newest": rfc3339(t["newest_ns"]) if t.get("newest_ns") else ""}
+            for t in st["tables"]], ["table", "rows", "oldest", "newest"], "no tables")

@@ -1,0 +1,105 @@
+"""What every command shares: one-line errors, durations and times, JSON, opening a store."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+class CliError(Exception):
+    """A failure to report as one line."""
+
+
+def parse_duration(text: str) -> int:
+    """``90s``, ``15m``, ``2h``, ``7d``, ``1h30m`` → nanoseconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise click.BadParameter(f"{text!r} is not a duration like 30m, 2h or 7d")
+    return int(sum(float(n) * units[u] for n, u in parts) * 1e9)
+
+
+def parse_time(text: str, flag: str) -> int:
+    """RFC 3339 (``2026-11-24T03:12:00Z``, offsets allowed) or ``now`` → ns since epoch."""
+    if text == "now":
+        return time.time_ns()
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an RFC 3339 time like "
+                                 f"2026-11-24T03:12:00Z", param_hint=flag) from None
+    if t.tzinfo is None:
+        raise click.BadParameter(f"{text!r} has no time zone (add Z or +01:00)",
+                                 param_hint=flag)
+    return int(t.timestamp() * 1e9)
+
+
+def window(since: str | None, start: str | None, end: str | None) -> tuple[int | None,
+                                                                         int | None]:
+    """``--since DUR`` or ``--from/--to`` → (since_ns, until_ns)."""
+    if since and start:
+        raise click.UsageError("--since and --from are two ways to say the same; give one")
+    lo = time.time_ns() - parse_duration(since) if since else (
+        parse_time(start, "--from") if start else None)
+    hi = parse_time(end, "--to") if end else None
+    if lo is not None and hi is not None and hi < lo:
+        raise click.BadParameter("--to is before the start of the window", param_hint="--to")
+    return lo, hi
+
+
+def window_options(f: Any) -> Any:
+    """--since DUR, or --from/--to RFC 3339: the time window of a report or query."""
+    for opt in reversed([
+            click.option("--since", metavar="DUR", help="Only the last DUR (30m, 2h, 7d)."),
+            click.option("--from", "start", metavar="TIME", help="Window start, RFC 3339 "
+                         "(2026-11-24T03:00:00Z)."),
+            click.option("--to", "end", metavar="TIME", help="Window end, RFC 3339.")]):
+        f = opt(f)
+    return f
+
+
+def print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+@contextmanager
+def open_store(path: str) -> Iterator[Any]:
+    """A natlens database for reading (an older schema is upgraded first), with the
+    errors users meet said in one line: missing, not natlens's, not SQLite, locked."""
+    import sqlite_utils
+
+    from natlens.collector.store.schema import migrate
+
+    if not Path(path).is_file():
+        raise CliError(f"{path}: no such database")
+    db = sqlite_utils.Database(sqlite3.connect(path, timeout=5))
+    try:
+        try:
+            migrate(db)
+        except sqlite3.DatabaseError as e:
+            raise _db_error(path, e) from None
+        try:
+            yield db
+        except sqlite3.DatabaseError as e:
+            raise _db_error(path, e) from None
+    finally:
+        db.close()
+
+
+def _db_error(path: str, e: sqlite3.DatabaseError) -> CliError:
+    msg = str(e)
+    if "locked" in msg or "busy" in msg:
+        return CliError(f"{path}: database is locked by another process (a collector "
+                        f"migrating it?); retry")
+    if "not a database" in msg:
+        return CliError(f"{path}: not an SQLite database")
+    return CliError(f"{path}: {msg}")
