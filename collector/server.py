@@ -5,13 +5,19 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from natlens.collector.ingest.servicer import CollectorServicer
 from natlens.collector.store.db import Store
+from natlens.collector.store.retention import Maintenance, Policy
+from natlens.collector.web.metrics import IngestMetrics
+from natlens.collector.web.server import Probes, serve_http
+from natlens.proto import natlens_pb2 as pb
 from natlens.proto import natlens_pb2_grpc as pb_grpc
 from natlens.security import TlsFiles, TokenInterceptor, server_credentials
 
@@ -24,7 +30,8 @@ class ListenError(RuntimeError):
 
 def start(store: Store, listen: str, max_streams: int = 64,
           credentials: grpc.ServerCredentials | None = None,
-          token: str | None = None) -> tuple[grpc.Server, int]:
+          token: str | None = None,
+          observe: Callable[[pb.Batch, str], None] | None = None) -> tuple[grpc.Server, int]:
     """``credentials`` None listens in plaintext (``--insecure``); ``token`` makes every
     stream present ``authorization: Bearer TOKEN``."""
     interceptors: list[grpc.ServerInterceptor[Any, Any]] = (
@@ -32,7 +39,7 @@ def start(store: Store, listen: str, max_streams: int = 64,
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_streams),
                          interceptors=interceptors,
                          options=[("grpc.max_receive_message_length", 64 << 20)])
-    servicer = CollectorServicer(store)
+    servicer = CollectorServicer(store, observe)
     pb_grpc.add_CollectorServicer_to_server(servicer, server)
     try:
         port = (server.add_insecure_port(listen) if credentials is None
@@ -45,27 +52,60 @@ def start(store: Store, listen: str, max_streams: int = 64,
     return server, port
 
 
-def serve(db_path: str, listen: str, tls: TlsFiles | None = None,
-          token: str | None = None) -> int:
-    """``tls`` None is plaintext, which the CLI allows only with ``--insecure``."""
-    credentials = server_credentials(tls) if tls is not None else None
-    store = Store(db_path)
-    server, port = start(store, listen, credentials=credentials, token=token)
-    host = listen.rsplit(":", 1)[0]
-    if tls is None:
+@dataclass(frozen=True)
+class CollectorConfig:
+    db: str
+    listen: str
+    tls: TlsFiles | None = None          # None: plaintext (--insecure)
+    token: str | None = None
+    http: tuple[str, int] | None = None  # --http HOST:PORT
+    http_token: str | None = None
+    policy: Policy = field(default_factory=Policy)
+    maintenance_interval: float = 60.0
+    metrics_max_series: int = 10_000
+
+
+def serve(cfg: CollectorConfig) -> int:
+    credentials = server_credentials(cfg.tls) if cfg.tls is not None else None
+    store = Store(cfg.db)
+    metrics = IngestMetrics(cfg.db, cfg.metrics_max_series)
+    server, port = start(store, cfg.listen, credentials=credentials, token=cfg.token,
+                         observe=metrics.observe)
+    host = cfg.listen.rsplit(":", 1)[0]
+    if cfg.tls is None:
         log.warning("--insecure: gRPC on %s:%d is plaintext%s; anyone who reaches it can "
-                    "read and write", host, port, "" if token else " without a token")
+                    "read and write", host, port, "" if cfg.token else " without a token")
     else:
         log.info("TLS on %s:%d%s%s", host, port,
-                 ", client certificates required (mTLS)" if tls.ca else "",
-                 ", bearer token required" if token else "")
-    log.info("collector listening on %s:%d, storing into %s", host, port, db_path)
+                 ", client certificates required (mTLS)" if cfg.tls.ca else "",
+                 ", bearer token required" if cfg.token else "")
+    maintenance = Maintenance(store, cfg.policy, cfg.maintenance_interval)
+    maintenance.start()
+    probes = Probes()
+    probes.problem = lambda: (f"retention: {maintenance.last_error}"
+                              if maintenance.last_error else None)
+    web = None
+    if cfg.http is not None:
+        web = serve_http(cfg.db, cfg.http[0], cfg.http[1], metrics, probes, cfg.http_token)
+        log.info("dashboard, /metrics and probes on http://%s:%d/", *web.server_address[:2])
+    probes.ready = True
+    log.info("collector listening on %s:%d, storing into %s (decisions kept %s, rollups %s)",
+             host, port, cfg.db, _days(cfg.policy.decisions_ns), _days(cfg.policy.rollups_ns))
     print(f"listening {host}:{port}", flush=True)
+    if web is not None:
+        print(f"http {web.server_address[0]!s}:{web.server_address[1]}", flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     done.wait()
     server.stop(grace=5).wait()
+    maintenance.stop()
+    if web is not None:
+        web.shutdown()
     store.close()
     log.info("collector stopped")
     return 0
+
+
+def _days(ns: int) -> str:
+    return f"{ns / 86400e9:g}d"

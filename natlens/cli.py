@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from natlens import __version__
-from natlens.cliutil import CliError, open_store, print_json, window, window_options
+from natlens.cliutil import (
+    CliError,
+    open_store,
+    parse_duration,
+    print_json,
+    window,
+    window_options,
+)
 
 if TYPE_CHECKING:
     from natlens.security import TlsFiles
@@ -169,24 +176,51 @@ def _check_hostport(value: str, flag: str) -> None:
 @click.option("--token-file", metavar="PATH", help="Require the bearer token in PATH on "
               "every stream.")
 @click.option("--insecure", is_flag=True, help="Allow plaintext gRPC (said in the log).")
+@click.option("--http", "http", metavar="HOST:PORT", help="Serve the dashboard, its JSON API, "
+              "/metrics, /healthz and /readyz (read-only).")
+@click.option("--http-token-file", metavar="PATH", help="Require this token on the HTTP side "
+              "(Authorization: Bearer, or ?token= for a browser); probes stay open.")
+@click.option("--retain-decisions", default="7d", show_default=True, metavar="DUR",
+              help="Keep per-connection decisions (and kernel counter windows) this long.")
+@click.option("--retain-rollups", default="90d", show_default=True, metavar="DUR",
+              help="Keep the per-minute and per-hour rollups this long.")
+@click.option("--maintenance-interval", type=click.FloatRange(1, 86400), default=60.0,
+              show_default=True, help="Seconds between rollup-and-prune passes.")
+@click.option("--metrics-max-series", type=click.IntRange(1, 10_000_000), default=10_000,
+              show_default=True, help="At most this many (service, endpoint) label sets in "
+              "/metrics; more are counted under 'other'.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | None,
                   tls_ca: str | None, token_file: str | None, insecure: bool,
+                  http: str | None, http_token_file: str | None, retain_decisions: str,
+                  retain_rollups: str, maintenance_interval: float, metrics_max_series: int,
                   log_level: str) -> None:
     """Run the collector: receive agents' streams and store them in SQLite.
 
     It refuses plaintext unless --insecure: agents ship every connection of their node."""
-    from natlens.collector.server import serve
+    from natlens.collector.server import CollectorConfig, serve
+    from natlens.collector.store.retention import Policy
     from natlens.security import TlsFiles, read_token, server_credentials
 
     _check_hostport(listen, "--listen")
+    http_addr = None
+    if http is not None:
+        _check_hostport(http, "--http")
+        h, _, p = http.rpartition(":")
+        http_addr = (h, int(p))
+    keep_d, keep_r = parse_duration(retain_decisions), parse_duration(retain_rollups)
+    if keep_r < keep_d:
+        raise click.BadParameter("rollups must be kept at least as long as decisions",
+                                 param_hint="--retain-rollups")
     tls = _tls(TlsFiles(tls_cert, tls_key, tls_ca), insecure, side="collector")
     token = read_token(token_file)
     if tls is not None:
         server_credentials(tls)
     _setup_logging(log_level, "natlens-collector")
-    sys.exit(serve(db, listen, tls, token))
+    sys.exit(serve(CollectorConfig(
+        db, listen, tls, token, http_addr, read_token(http_token_file),
+        Policy(keep_d, keep_r), maintenance_interval, metrics_max_series)))
 
 
 # ---------------------------------------------------------------- report

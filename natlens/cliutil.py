@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
+
+from natlens.timeparse import duration_ns, time_ns
 
 
 class CliError(Exception):
@@ -21,11 +21,10 @@ class CliError(Exception):
 
 def parse_duration(text: str) -> int:
     """``90s``, ``15m``, ``2h``, ``7d``, ``1h30m`` → nanoseconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise click.BadParameter(f"{text!r} is not a duration like 30m, 2h or 7d")
-    return int(sum(float(n) * units[u] for n, u in parts) * 1e9)
+    try:
+        return duration_ns(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def parse_time(text: str, flag: str) -> int:
@@ -33,14 +32,9 @@ def parse_time(text: str, flag: str) -> int:
     if text == "now":
         return time.time_ns()
     try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not an RFC 3339 time like "
-                                 f"2026-11-24T03:12:00Z", param_hint=flag) from None
-    if t.tzinfo is None:
-        raise click.BadParameter(f"{text!r} has no time zone (add Z or +01:00)",
-                                 param_hint=flag)
-    return int(t.timestamp() * 1e9)
+        return time_ns(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=flag) from None
 
 
 def window(since: str | None, start: str | None, end: str | None) -> tuple[int | None,

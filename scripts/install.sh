@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 ARCH=$(dpkg --print-architecture)
 APT_PACKAGES=(iptables nftables conntrack hping3 tcpdump iproute2 util-linux procps
-              python3 python3-venv python3-dev python3-bpfcc bpfcc-tools
+              python3 python3-venv python3-dev python3-bpfcc bpfcc-tools chromium
               "linux-headers-$ARCH")
 VENV=${VENV:-.venv}
 

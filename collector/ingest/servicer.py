@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -15,8 +15,12 @@ log = logging.getLogger("natlens.collector.ingest")
 
 
 class CollectorServicer(pb_grpc.CollectorServicer):  # type: ignore[misc]
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store,
+                 observe: Callable[[pb.Batch, str], None] | None = None) -> None:
+        """``observe(batch, result)`` sees every batch after the store's answer
+        (``stored``, ``duplicate``, ``rejected``): the metrics."""
         self.store = store
+        self.observe = observe or (lambda _b, _r: None)
         self.batches = self.duplicates = self.rejected = 0
 
     def Upload(self, request_iterator: Iterator[pb.Batch],
@@ -27,10 +31,12 @@ class CollectorServicer(pb_grpc.CollectorServicer):  # type: ignore[misc]
                 stored = self.store.ingest(batch)
             except BatchRejected as e:
                 self.rejected += 1
+                self.observe(batch, "rejected")
                 log.warning("rejected batch %d from %s (%s): %s", batch.seq,
                             batch.agent_id or "?", peer, e)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {batch.seq}: {e}")
             self.batches += 1
             if not stored:
                 self.duplicates += 1
+            self.observe(batch, "stored" if stored else "duplicate")
             yield pb.Ack(boot_id=batch.boot_id, seq=batch.seq, duplicate=not stored)

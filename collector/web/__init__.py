@@ -1,0 +1,1 @@
+"""The collector's read-only HTTP side: dashboard, JSON API, /metrics, health."""

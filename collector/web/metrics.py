@@ -1,0 +1,98 @@
+"""``/metrics``: what the collector has ingested, in Prometheus' format (prometheus-client).
+
+Counted as batches are stored (not re-queried from the database at each scrape, which
+would cost a full scan on a months-old store). Label sets are bounded: past
+``max_series`` distinct (service, endpoint) pairs, new ones are counted under
+``other``, so one churning service cannot blow up the scraper's memory.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from natlens.agent.rules.model import endpoint_key
+from natlens.proto import natlens_pb2 as pb
+
+SOURCES = {pb.SOURCE_NETLINK: "netlink", pb.SOURCE_EBPF: "ebpf", pb.SOURCE_PCAP: "pcap"}
+OTHER = "other"
+
+
+class IngestMetrics:
+    def __init__(self, db_path: str, max_series: int = 10_000) -> None:
+        self.registry = CollectorRegistry()
+        self.max_series = max_series
+        self._series: set[tuple[str, str]] = set()
+        self._names: dict[str, dict[tuple[str, int, str], str]] = {}  # node → VIP key → name
+        self._lock = threading.Lock()
+        self._lost_totals: dict[tuple[str, str, str, str], int] = {}
+        r = self.registry
+        self.decisions = Counter("natlens_decisions", "DNAT decisions stored (connections; "
+                                 "sampled ones scaled back)", ["service", "endpoint"],
+                                 registry=r)
+        self.bytes = Counter("natlens_bytes", "Bytes both ways of closed connections",
+                             ["service", "endpoint"], registry=r)
+        self.lost = Counter("natlens_lost_events", "Events an agent knows it did not see",
+                            ["node", "source", "reason"], registry=r)
+        self.batches = Counter("natlens_batches", "Batches received", ["result"], registry=r)
+        self.lag = Gauge("natlens_ingest_lag_seconds", "Receive time minus the newest "
+                         "decision time in the node's last batch", ["node"], registry=r)
+        self.series_dropped = Counter("natlens_metrics_series_overflow",
+                                      "Samples counted under 'other' because of "
+                                      "--metrics-max-series", registry=r)
+        size = Gauge("natlens_database_bytes", "Size of the SQLite file and its WAL",
+                     registry=r)
+        size.set_function(lambda: float(sum(p.stat().st_size for p in (
+            Path(db_path), Path(db_path + "-wal")) if p.exists())))
+
+    def _labels(self, service: str, endpoint: str) -> tuple[str, str]:
+        key = (service, endpoint)
+        if key in self._series:
+            return key
+        if len(self._series) < self.max_series:
+            self._series.add(key)
+            return key
+        self.series_dropped.inc()
+        return OTHER, OTHER
+
+    def _service(self, node: str, vip: str, port: int, proto: str) -> str:
+        return self._names.get(node, {}).get((vip, port, proto), endpoint_key(vip, port))
+
+    def observe(self, batch: pb.Batch, result: str) -> None:
+        """After the store's answer: ``stored``, ``duplicate`` or ``rejected``."""
+        self.batches.labels(result).inc()
+        if result != "stored":
+            return
+        with self._lock:
+            for r in batch.rules:
+                self._names[batch.node] = {(s.vip, s.port, s.protocol): s.service
+                                           for s in r.services}
+            rate = max(batch.sample_rate, 1)
+            newest = 0
+            for d in batch.decisions:
+                newest = max(newest, d.time_ns)
+                svc = self._service(batch.node, d.vip, d.vip_port, d.protocol)
+                labels = self._labels(svc, endpoint_key(d.endpoint_ip, d.endpoint_port))
+                if d.event == pb.EVENT_RECOVERED or (
+                        d.event == pb.EVENT_NEW and d.source != pb.SOURCE_EBPF):
+                    self.decisions.labels(*labels).inc(rate if d.event == pb.EVENT_NEW else 1)
+                elif d.event == pb.EVENT_DESTROY and d.source != pb.SOURCE_EBPF:
+                    self.bytes.labels(*labels).inc(d.orig_bytes + d.reply_bytes)
+            for c in batch.counters:
+                svc = self._service(batch.node, c.vip, c.vip_port, c.protocol)
+                labels = self._labels(svc, endpoint_key(c.endpoint_ip, c.endpoint_port))
+                self.decisions.labels(*labels).inc(c.connections)
+                self.bytes.labels(*labels).inc(c.bytes)
+            for lo in batch.lost:
+                source = SOURCES.get(lo.source, "unknown")
+                n = lo.count
+                if lo.epoch:  # a running total within the epoch, as the store counts it
+                    key = (batch.node, lo.epoch, source, lo.reason)
+                    n = max(lo.total - self._lost_totals.get(key, 0), 0)
+                    self._lost_totals[key] = max(lo.total, self._lost_totals.get(key, 0))
+                self.lost.labels(batch.node, source, lo.reason).inc(n)
+            if newest:
+                self.lag.labels(batch.node).set(max(time.time_ns() - newest, 0) / 1e9)
