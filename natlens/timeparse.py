@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -23,4 +24,5 @@ def time_ns(text: str) -> int:
                          ) from None
     if t.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone (add Z or +01:00)")
-    return int(t.timestamp() * 1e9)
+    # integer arithmetic: a float timestamp would round nanoseconds a microsecond astray
+    return (t - EPOCH) // timedelta(microseconds=1) * 1000

@@ -1,0 +1,92 @@
+"""/metrics from a real collector process, parsed by prometheus-client's own parser."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from natlens.agent.rules.live import to_snapshot
+from natlens.agent.ship.client import Shipper
+from natlens.proto import natlens_pb2 as pb
+
+from .test_retention import MODEL, T0, VIP, decision
+from .test_grpc import free_port
+
+
+@pytest.fixture
+def collector(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, str]]:
+    http = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "natlens", "collector", "--insecure", "--db",
+                          str(tmp_path / "db"), "--listen", "127.0.0.1:0", "--http",
+                          f"127.0.0.1:{http}", *getattr(request, "param", [])],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    grpc_port = int(p.stdout.readline().split(":")[-1])
+    p.stdout.readline()
+    try:
+        yield grpc_port, f"http://127.0.0.1:{http}"
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+
+
+def send(port: int, batches: list[pb.Batch]) -> None:
+    s = Shipper(f"127.0.0.1:{port}")
+    s.start()
+    for b in batches:
+        s.submit(b)
+    assert s.drain(20)
+    s.stop()
+
+
+def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"{url}/metrics").read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def batches() -> list[pb.Batch]:
+    eps = ["10.244.1.5", "10.244.2.6"]
+    ds = [decision(T0 + i, eps[i % 3 == 0]) for i in range(90)]
+    closes = [decision(T0 + 100 + i, eps[0], event=pb.EVENT_DESTROY, nbytes=50)
+              for i in range(4)]
+    lost = [pb.LostEvents(time_ns=T0, source=pb.SOURCE_NETLINK, reason="enobufs", count=7)]
+    return [pb.Batch(agent_id="a", boot_id="b", seq=1, node="n1", decisions=ds[:40],
+                     rules=[to_snapshot(MODEL, T0 - 1)]),
+            pb.Batch(agent_id="a", boot_id="b", seq=2, node="n1", decisions=ds[40:] + closes,
+                     lost=lost)]
+
+
+def test_metrics_count_what_was_stored(collector: tuple[int, str]) -> None:
+    port, url = collector
+    send(port, batches())
+    send(port, batches()[1:])  # a resend after a restart: stored once, counted once
+    m = samples(url)
+    svc = (("endpoint", "10.244.1.5:8080"), ("service", "web/front:http"))
+    other = (("endpoint", "10.244.2.6:8080"), ("service", "web/front:http"))
+    assert m[("natlens_decisions_total", svc)] == 60
+    assert m[("natlens_decisions_total", other)] == 30
+    assert m[("natlens_bytes_total", svc)] == 4 * 100
+    assert m[("natlens_lost_events_total", (("node", "n1"), ("reason", "enobufs"),
+                                            ("source", "netlink")))] == 7
+    assert m[("natlens_batches_total", (("result", "stored"),))] == 2
+    assert m[("natlens_batches_total", (("result", "duplicate"),))] == 1
+    assert m[("natlens_database_bytes", ())] > 0
+    assert ("natlens_ingest_lag_seconds", (("node", "n1"),)) in m
+    assert VIP  # the decisions went to the model's VIP, so the service is named
+
+
+@pytest.mark.parametrize("collector", [["--metrics-max-series", "1"]], indirect=True)
+def test_label_sets_are_bounded(collector: tuple[int, str]) -> None:
+    port, url = collector
+    send(port, batches())
+    m = samples(url)
+    decisions = {k[1]: v for k, v in m.items() if k[0] == "natlens_decisions_total"}
+    assert len(decisions) == 2 and decisions[(("endpoint", "other"), ("service", "other"))] > 0
+    assert m[("natlens_metrics_series_overflow_total", ())] > 0

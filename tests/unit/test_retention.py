@@ -1,0 +1,235 @@
+"""Rollups and pruning with an injected clock; migration from the first released schema;
+names at the time when an IP is reused; the report's distance, comparison and hours."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+from hypothesis import given
+from hypothesis import strategies as st
+
+from natlens.agent.rules.live import to_snapshot
+from natlens.agent.rules.model import DeclaredEndpoint, DeclaredModel, ServicePort
+from natlens.collector.query.decisions import DecisionQuery, query_decisions
+from natlens.collector.report.build import (
+    ReportQuery,
+    build_report,
+    build_report_by_hour,
+    compare_nodes,
+    tvd,
+)
+from natlens.collector.store.db import PodRecord, Store
+from natlens.collector.store.retention import (
+    DAY,
+    HOUR,
+    LATE_NS,
+    MINUTE,
+    Maintenance,
+    Policy,
+    prune,
+    pruned_before,
+    rollup,
+)
+from natlens.collector.store.schema import MIGRATIONS, SCHEMA_VERSION
+from natlens.collector.store.stats import db_stats
+from natlens.proto import natlens_pb2 as pb
+
+T0 = 1_800_000_000 * 10**9 - (1_800_000_000 * 10**9) % HOUR  # an hour boundary
+VIP, EPS = "10.96.0.10", ("10.244.1.5", "10.244.2.6")
+MODEL = DeclaredModel("iptables", (ServicePort(
+    "web/front:http", "clusterIP", VIP, 80, "tcp", endpoints=tuple(
+        DeclaredEndpoint(f"{ip}:8080", 0.5, f"KUBE-SEP-{i}") for i, ip in enumerate(EPS))),))
+
+
+def decision(t: int, ep: str, client: str = "10.244.9.9", event: int = pb.EVENT_NEW,
+             nbytes: int = 0) -> pb.Decision:
+    return pb.Decision(time_ns=t, protocol="tcp", client_ip=client, client_port=30000 + t % 999,
+                       vip=VIP, vip_port=80, endpoint_ip=ep, endpoint_port=8080,
+                       ct_id=t % 2**31,
+                       source=pb.SOURCE_NETLINK, event=event, orig_bytes=nbytes,
+                       reply_bytes=nbytes)
+
+
+class Feed:
+    def __init__(self, store: Store, node: str = "n1") -> None:
+        self.store, self.node, self.seq = store, node, 0
+
+    def send(self, decisions: list[pb.Decision], rules: bool = False) -> None:
+        self.seq += 1
+        self.store.ingest(pb.Batch(agent_id=self.node, boot_id="b", seq=self.seq,
+                                   node=self.node, decisions=decisions,
+                                   rules=[to_snapshot(MODEL, T0 - HOUR)] if rules else []))
+
+
+def total(store: Store, q: ReportQuery = ReportQuery()) -> dict[str, int]:
+    rep = build_report(store.db, q)
+    return {e["endpoint"]: e["observed"] for s in rep["services"] for e in s["endpoints"]}
+
+
+def test_rollups_keep_the_counts_after_decisions_are_pruned(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "db"))
+    feed = Feed(store)
+    # 3 hours of traffic, one connection a minute alternating endpoints, bytes on close
+    sent = [decision(T0 + m * MINUTE + 5, EPS[m % 2]) for m in range(180)]
+    closes = [decision(T0 + m * MINUTE + 7, EPS[m % 2], event=pb.EVENT_DESTROY, nbytes=100)
+              for m in range(180)]
+    feed.send(sent[:60] + closes[:60], rules=True)
+    feed.send(sent[60:] + closes[60:])
+    before = total(store)
+    assert before == {f"{EPS[0]}:8080": 90, f"{EPS[1]}:8080": 90}
+    policy = Policy(decisions_ns=HOUR, rollups_ns=30 * DAY, chunk=17)
+    now = T0 + 3 * HOUR + 30 * MINUTE
+    Maintenance(store, policy, clock=lambda: now).run_once()
+    cut = pruned_before(store.db)
+    assert cut == now - HOUR  # older than the retention, and rolled up long ago
+    left = store.db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
+    assert left == 2 * sum(1 for d in sent if d.time_ns >= cut)  # new + destroy rows
+    # the report over everything still counts every connection: rollups before the cut
+    assert total(store) == before
+    minute = store.db.execute("SELECT SUM(connections), SUM(closed), SUM(orig_bytes) FROM "
+                              "rollups WHERE granularity = 'minute'").fetchone()
+    hour = store.db.execute("SELECT SUM(connections), SUM(closed), SUM(orig_bytes), COUNT(*) "
+                            "FROM rollups WHERE granularity = 'hour'").fetchone()
+    assert minute == (180, 180, 18000) and hour[:3] == minute and hour[3] == 3 * 2
+    # a second pass changes nothing; rollups past their own retention go
+    Maintenance(store, policy, clock=lambda: now).run_once()
+    assert total(store) == before
+    prune(store, now + 31 * DAY, policy)
+    assert store.db.execute("SELECT COUNT(*) FROM rollups").fetchone()[0] == 0
+    store.close()
+
+
+def test_a_late_batch_lands_in_its_rollup(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "db"))
+    feed = Feed(store)
+    feed.send([decision(T0 + 10 * MINUTE, EPS[0])], rules=True)
+    rollup(store, T0 + 20 * MINUTE)
+    # an agent cut off for a few minutes delivers a decision from minute 12
+    feed.send([decision(T0 + 12 * MINUTE, EPS[1])])
+    rollup(store, T0 + 20 * MINUTE + LATE_NS // 2)
+    rows = store.db.execute("SELECT bucket_ns, endpoint, connections FROM rollups WHERE "
+                            "granularity = 'minute' ORDER BY bucket_ns").fetchall()
+    assert rows == [(T0 + 10 * MINUTE, f"{EPS[0]}:8080", 1), (T0 + 12 * MINUTE,
+                                                              f"{EPS[1]}:8080", 1)]
+    store.close()
+
+
+def test_the_first_released_schema_is_upgraded_with_its_rows(tmp_path: Path) -> None:
+    db = sqlite_utils.Database(tmp_path / "v1.db")
+    db["schema_version"].insert({"version": 0})
+    MIGRATIONS[1](db)
+    db.execute("UPDATE schema_version SET version = 1")
+    db["rule_snapshots"].insert({"node": "n1", "time_ns": T0, "hash": MODEL.hash,
+                                 "mode": "iptables", "model": __import__("json").dumps(
+                                     MODEL.to_json())})
+    db["decisions"].insert_all({
+        "time_ns": T0 + i, "node": "n1", "protocol": "tcp", "client_ip": "10.244.9.9",
+        "client_port": 1000 + i, "vip": VIP, "vip_port": 80, "endpoint": f"{EPS[i % 2]}:8080",
+        "ct_id": i, "zone": 0, "source": "netlink", "event": "new", "orig_packets": 0,
+        "orig_bytes": 0, "reply_packets": 0, "reply_bytes": 0, "duration_ns": 0,
+        "rules_hash": MODEL.hash, "sample_rate": 1} for i in range(10))
+    db.close()
+    store = Store(str(tmp_path / "v1.db"))
+    assert store.db.execute("SELECT version FROM schema_version").fetchone()[0] == \
+        SCHEMA_VERSION
+    assert total(store) == {f"{EPS[0]}:8080": 5, f"{EPS[1]}:8080": 5}
+    stats = db_stats(store.db, str(tmp_path / "v1.db"))
+    rows = {t["table"]: t["rows"] for t in stats["tables"]}
+    assert rows["decisions"] == 10 and rows["rollups"] == 0
+    store.close()
+
+
+def test_a_reused_ip_is_named_by_the_pod_that_had_it_then(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "db"))
+    store.record_pods([PodRecord(EPS[0], "web", "front-old", "n1", T0, T0 + HOUR),
+                       PodRecord(EPS[0], "web", "front-new", "n2", T0 + HOUR + 1, None)])
+    Feed(store).send([decision(T0 + 10, EPS[0]), decision(T0 + 2 * HOUR, EPS[0])], rules=True)
+    rows, cut = query_decisions(store.db, DecisionQuery(endpoint=EPS[0]))
+    assert not cut and [r["pod"] for r in rows] == ["web/front-old", "web/front-new"]
+    assert rows[0]["service"] == "web/front:http" and rows[0]["vip"] == f"{VIP}:80"
+    store.close()
+
+
+def test_report_by_hour_tests_each_hour_and_finds_the_bad_one(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "db"))
+    feed = Feed(store)
+    good = [decision(T0 + i * 10**9 * 10, EPS[i % 2]) for i in range(300)]        # hour 0
+    bad = [decision(T0 + HOUR + i * 10**9 * 10, EPS[0]) for i in range(300)]     # hour 1
+    feed.send(good + bad, rules=True)
+    rep = build_report_by_hour(store.db, ReportQuery())
+    verdicts = {e["hour"]: e["verdict"] for e in rep["services"]}
+    assert len(verdicts) == 2 and list(verdicts.values()) == ["consistent", "skewed"]
+    assert rep["by"] == "hour"
+    store.close()
+
+
+def test_nodes_are_compared_for_the_same_service(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "db"))
+    Feed(store, "n1").send([decision(T0 + i, EPS[i % 2]) for i in range(400)], rules=True)
+    Feed(store, "n2").send([decision(T0 + i, EPS[0]) for i in range(400)], rules=True)
+    (cmp,) = build_report(store.db, ReportQuery())["comparisons"]
+    assert cmp["verdict"] == "different" and set(cmp["nodes"]) == {"n1", "n2"}
+    assert cmp["test"]["method"] == "chi-square homogeneity"
+    store.close()
+
+
+def test_same_split_on_two_nodes_is_the_same() -> None:
+    entries = [{"service": "s", "vip": "v", "port": 1, "protocol": "tcp", "node": n,
+                "endpoints": [{"endpoint": "a", "observed": 100 + d},
+                              {"endpoint": "b", "observed": 100 - d}], "undeclared": []}
+               for n, d in (("n1", 3), ("n2", -4))]
+    (cmp,) = compare_nodes(entries, 0.001)
+    assert cmp["verdict"] == "same"
+
+
+@given(st.lists(st.integers(0, 1000), min_size=2, max_size=6), st.data())
+def test_tvd_is_a_distance_in_0_1(counts: list[int], data: st.DataObject) -> None:
+    total_n = sum(counts)
+    weights = data.draw(st.lists(st.integers(1, 10), min_size=len(counts),
+                                 max_size=len(counts)))
+    shares = [w / sum(weights) for w in weights]
+    eps = [{"observed": c, "declared": s} for c, s in zip(counts, shares, strict=True)]
+    d = tvd(eps, [], total_n)
+    if total_n == 0:
+        assert d is None
+    else:
+        assert d is not None and 0 <= d <= 1
+        exact = [{"observed": s * 1000, "declared": s} for s in shares]
+        assert tvd(exact, [], 1000) == pytest.approx(0, abs=1e-9)
+
+
+def test_bytes_are_weighed_per_endpoint(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "db"))
+    feed = Feed(store)
+    feed.send([decision(T0 + i, EPS[i % 2]) for i in range(100)]
+              + [decision(T0 + 200 + i, EPS[i % 2], event=pb.EVENT_DESTROY,
+                          nbytes=900 if i % 2 == 0 else 100) for i in range(100)], rules=True)
+    (s,) = build_report(store.db, ReportQuery(weight="bytes"))["services"]
+    assert s["bytes"] == 100 * 1000 * 2 // 2
+    assert {e["endpoint"]: e["byte_share"] for e in s["endpoints"]} == {
+        f"{EPS[0]}:8080": 0.9, f"{EPS[1]}:8080": 0.1}
+    assert s["tvd_bytes"] == pytest.approx(0.4)
+    store.close()
+
+
+def test_a_locked_database_is_said_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "db"
+    Store(str(path)).close()
+    holder = sqlite3.connect(path)
+    holder.execute("PRAGMA journal_mode = DELETE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        r = subprocess.run([sys.executable, "-m", "natlens", "report", "--db", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert r.returncode == 1
+    (line,) = r.stderr.strip().splitlines()
+    assert "database is locked" in line
