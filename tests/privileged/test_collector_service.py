@@ -4,13 +4,13 @@ queries with exact row counts, the dashboard in headless Chromium, bad input."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 import re
 import shutil
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any

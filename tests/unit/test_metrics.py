@@ -15,8 +15,8 @@ from natlens.agent.rules.live import to_snapshot
 from natlens.agent.ship.client import Shipper
 from natlens.proto import natlens_pb2 as pb
 
-from .test_retention import MODEL, T0, VIP, decision
 from .test_grpc import free_port
+from .test_retention import MODEL, T0, VIP, decision
 
 
 @pytest.fixture

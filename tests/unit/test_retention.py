@@ -64,8 +64,8 @@ class Feed:
                                    rules=[to_snapshot(MODEL, T0 - HOUR)] if rules else []))
 
 
-def total(store: Store, q: ReportQuery = ReportQuery()) -> dict[str, int]:
-    rep = build_report(store.db, q)
+def total(store: Store, q: ReportQuery | None = None) -> dict[str, int]:
+    rep = build_report(store.db, q or ReportQuery())
     return {e["endpoint"]: e["observed"] for s in rep["services"] for e in s["endpoints"]}
 
 
