@@ -63,6 +63,7 @@ class CollectorConfig:
     policy: Policy = field(default_factory=Policy)
     maintenance_interval: float = 60.0
     metrics_max_series: int = 10_000
+    kubeconfig: str | None = None        # a file, "in-cluster", or None: no watch
 
 
 def serve(cfg: CollectorConfig) -> int:
@@ -84,6 +85,14 @@ def serve(cfg: CollectorConfig) -> int:
     probes = Probes()
     probes.problem = lambda: (f"retention: {maintenance.last_error}"
                               if maintenance.last_error else None)
+    watcher = None
+    if cfg.kubeconfig is not None:
+        from natlens.collector.k8s.watch import Watcher, api_client
+
+        watcher = Watcher(store, api_client(None if cfg.kubeconfig == "in-cluster"
+                                            else cfg.kubeconfig))
+        watcher.start()
+        log.info("k8s: watching pods, services and endpointslices (%s)", cfg.kubeconfig)
     web = None
     if cfg.http is not None:
         web = serve_http(cfg.db, cfg.http[0], cfg.http[1], metrics, probes, cfg.http_token)
@@ -99,6 +108,8 @@ def serve(cfg: CollectorConfig) -> int:
     signal.signal(signal.SIGINT, lambda *_: done.set())
     done.wait()
     server.stop(grace=5).wait()
+    if watcher is not None:
+        watcher.stop()
     maintenance.stop()
     if web is not None:
         web.shutdown()

@@ -189,13 +189,17 @@ def _check_hostport(value: str, flag: str) -> None:
 @click.option("--metrics-max-series", type=click.IntRange(1, 10_000_000), default=10_000,
               show_default=True, help="At most this many (service, endpoint) label sets in "
               "/metrics; more are counted under 'other'.")
+@click.option("--kubeconfig", metavar="PATH", help="Watch Pods, Services and EndpointSlices "
+              "through this kubeconfig: names at the time for every IP, and a new rules "
+              "epoch when a Service's endpoints change.")
+@click.option("--in-cluster", is_flag=True, help="The same, with the pod's service account.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | None,
                   tls_ca: str | None, token_file: str | None, insecure: bool,
                   http: str | None, http_token_file: str | None, retain_decisions: str,
                   retain_rollups: str, maintenance_interval: float, metrics_max_series: int,
-                  log_level: str) -> None:
+                  kubeconfig: str | None, in_cluster: bool, log_level: str) -> None:
     """Run the collector: receive agents' streams and store them in SQLite.
 
     It refuses plaintext unless --insecure: agents ship every connection of their node."""
@@ -217,10 +221,15 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
     token = read_token(token_file)
     if tls is not None:
         server_credentials(tls)
+    if kubeconfig and in_cluster:
+        raise click.UsageError("--kubeconfig and --in-cluster: give one")
+    if kubeconfig and not Path(kubeconfig).is_file():
+        raise CliError(f"--kubeconfig {kubeconfig}: no such file")
     _setup_logging(log_level, "natlens-collector")
     sys.exit(serve(CollectorConfig(
         db, listen, tls, token, http_addr, read_token(http_token_file),
-        Policy(keep_d, keep_r), maintenance_interval, metrics_max_series)))
+        Policy(keep_d, keep_r), maintenance_interval, metrics_max_series,
+        "in-cluster" if in_cluster else kubeconfig)))
 
 
 # ---------------------------------------------------------------- report

@@ -8,6 +8,7 @@ Each decision is stamped with the rules version in force on its node at its time
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import sqlite3
 import threading
@@ -198,6 +199,52 @@ class Store:
             self.db.table("lost_totals").upsert({**key, "total": lo.total}, pk=tuple(key))
         return {"node": node, "time_ns": lo.time_ns, "source": source, "reason": lo.reason,
                 "count": count, "recovered": lo.recovered}
+
+    def pod_intervals(self, opened: list[tuple[str, Any]], closed: list[tuple[str, Any]],
+                      now: int) -> None:
+        """The Kubernetes watch's changes: (ip, holder) pairs that start or stop now."""
+        self._intervals("pods", opened, closed, now, with_node=True)
+
+    def service_intervals(self, opened: list[tuple[str, Any]], closed: list[tuple[str, Any]],
+                          now: int) -> None:
+        self._intervals("services", opened, closed, now, with_node=False)
+
+    def _intervals(self, table: str, opened: list[tuple[str, Any]],
+                   closed: list[tuple[str, Any]], now: int, with_node: bool) -> None:
+        if not opened and not closed:
+            return
+        col = "ip" if table == "pods" else "vip"
+        with self.lock, self.db.atomic():
+            for ip, h in closed:
+                self.db.execute(f"UPDATE {table} SET to_ns = ? WHERE {col} = ? AND "
+                                "namespace = ? AND name = ? AND to_ns IS NULL",
+                                [now, ip, h.namespace, h.name])
+            for ip, h in opened:
+                row = {col: ip, "namespace": h.namespace, "name": h.name, "from_ns": now,
+                       "to_ns": None}
+                if with_node:
+                    row["node"] = h.node
+                self.db.table(table).insert(row)
+
+    def add_k8s_epoch(self, namespace: str, name: str, endpoints: str, now: int) -> None:
+        """A Service's endpoint set changed: every node's rules get a new version from
+        now (same model, tagged), so decisions before and after are judged apart even
+        before kube-proxy has rewritten the node's rules."""
+        tag = hashlib.sha256(f"{namespace}/{name}\n{endpoints}".encode()).hexdigest()[:12]
+        with self.lock, self.db.atomic():
+            self.db.table("endpoint_epochs").insert({"namespace": namespace, "name": name,
+                                                     "time_ns": now, "endpoints": endpoints})
+            for node in list(self._epochs):
+                current = self.rules_at(node, now)
+                row = self.db.execute("SELECT mode, model FROM rule_snapshots WHERE node = ? "
+                                      "AND hash = ? LIMIT 1", [node, current]).fetchone()
+                if row is None:
+                    continue
+                tagged = f"{current.split('@', 1)[0]}@k8s:{tag}"
+                self.db.table("rule_snapshots").insert({
+                    "node": node, "time_ns": now, "hash": tagged, "mode": row[0],
+                    "model": row[1]}, ignore=True)
+                self._add_epochs(node, [(now, tagged)])
 
     def record_pods(self, pods: Iterable[PodRecord]) -> None:
         """Who owned each IP and when (the lab, later the Kubernetes watch, fills this)."""
