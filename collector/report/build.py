@@ -22,6 +22,7 @@ from scipy import stats
 
 from natlens.collector.analyze.judge import judge, verdict
 from natlens.collector.analyze.multiple import holm
+from natlens.collector.report.plan import Plan, clause, plan
 from natlens.collector.store.db import COUNTED_EVENTS
 from natlens.collector.store.retention import pruned_before
 
@@ -97,17 +98,21 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
     tmin, tmax = None, None
     # The eBPF source counts NEW decisions in the kernel (the counters table); its
     # decision records are for queries and, when sampled, are shown scaled, not counted.
+    p = _plan(db, q)
+    raw_sql, raw_args = clause("time_ns", p.raw)
+    cwhere, cargs = _where(ReportQuery(node=q.node))
     for node, h, proto, vip, port, ep, n, t0, t1 in [*db.execute(
             f"SELECT node, rules_hash, protocol, vip, vip_port, endpoint, "
-            f"SUM(sample_rate), MIN(time_ns), MAX(time_ns) FROM decisions WHERE {where} "
-            f"AND NOT (source = 'ebpf' AND event = 'new') "
-            f"GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint", args),
-            *_counter_sums(db, q), *_rollup_sums(db, q)]:
+            f"SUM(sample_rate), MIN(time_ns), MAX(time_ns) FROM decisions WHERE {cwhere} "
+            f"AND {raw_sql} AND NOT (source = 'ebpf' AND event = 'new') "
+            f"GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint",
+            [*cargs, *raw_args]),
+            *_counter_sums(db, q, p), *_rollup_sums(db, q, p, "connections")]:
         counts[(node, h, proto, vip, port)][ep] += int(n)
         tmin = t0 if tmin is None else min(tmin, t0)
         tmax = t1 if tmax is None else max(tmax, t1)
     sampled = _sampled(db, where, args)
-    volume = _bytes(db, q)
+    volume = _bytes(db, q, p)
     # An open-ended window (--since) ends now; otherwise at the last decision seen.
     window_to = q.until_ns or (now if q.since_ns is not None else (tmax or now))
     pods = _pod_names(db, tmax or window_to)
@@ -200,27 +205,23 @@ def _add_bytes(entry: dict[str, Any], by_ep: dict[str, int], weight: str) -> Non
                               if total else None)
 
 
-def _bytes(db: sqlite_utils.Database, q: ReportQuery) -> dict[tuple[Any, ...], dict[str, int]]:
+def _bytes(db: sqlite_utils.Database, q: ReportQuery,
+           p: Plan) -> dict[tuple[Any, ...], dict[str, int]]:
     """Bytes both ways per endpoint: closed connections of user-space sources (their
-    DESTROY events) and the eBPF source's kernel counters."""
+    DESTROY events), the eBPF source's kernel counters, and the rollups of both."""
     out: dict[tuple[Any, ...], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    dclauses, dargs = ["event = 'destroy'", "source != 'ebpf'"], []
-    cclauses, cargs = ["1"], []
-    for col_d, col_c, op, value in (("node", "node", "=", q.node),
-                                    ("time_ns", "window_end_ns", ">=", q.since_ns),
-                                    ("time_ns", "window_end_ns", "<=", q.until_ns)):
-        if value is not None:
-            dclauses.append(f"{col_d} {op} ?")
-            dargs.append(value)
-            cclauses.append(f"{col_c} {op} ?")
-            cargs.append(value)
+    node_sql, node_args = ("node = ?", [q.node]) if q.node else ("1", [])
+    d_sql, d_args = clause("time_ns", p.raw)
+    c_sql, c_args = clause("window_end_ns", p.raw)
     group = "node, rules_hash, protocol, vip, vip_port, endpoint"
     for node, h, proto, vip, port, ep, n in [
             *db.execute(f"SELECT {group}, SUM((orig_bytes + reply_bytes) * sample_rate) "
-                        f"FROM decisions WHERE {' AND '.join(dclauses)} GROUP BY {group}",
-                        dargs),
+                        f"FROM decisions WHERE event = 'destroy' AND source != 'ebpf' AND "
+                        f"{node_sql} AND {d_sql} GROUP BY {group}", [*node_args, *d_args]),
             *db.execute(f"SELECT {group}, SUM(orig_bytes + reply_bytes) FROM counters "
-                        f"WHERE {' AND '.join(cclauses)} GROUP BY {group}", cargs)]:
+                        f"WHERE {node_sql} AND {c_sql} GROUP BY {group}",
+                        [*node_args, *c_args]),
+            *(row[:7] for row in _rollup_sums(db, q, p, "orig_bytes + reply_bytes"))]:
         out[(node, h, proto, vip, port)][ep] += int(n or 0)
     return out
 
@@ -258,32 +259,40 @@ def compare_nodes(entries: list[dict[str, Any]], alpha: float) -> list[dict[str,
     return out
 
 
-def _rollup_sums(db: sqlite_utils.Database, q: ReportQuery) -> list[tuple[Any, ...]]:
-    """Per-minute rollups for the part of the window whose rows were pruned."""
-    cut = pruned_before(db)
-    if not cut or (q.since_ns is not None and q.since_ns >= cut):
+def _plan(db: sqlite_utils.Database, q: ReportQuery) -> Plan:
+    row = db.execute("SELECT value_ns FROM retention WHERE name = 'rolled_upto_ns'"
+                     ).fetchone()
+    return plan(q.since_ns, q.until_ns, int(row[0]) if row else None, pruned_before(db))
+
+
+def _rollup_sums(db: sqlite_utils.Database, q: ReportQuery, p: Plan,
+                 what: str) -> list[tuple[Any, ...]]:
+    """Per-minute rollups for the whole minutes of the window already rolled up."""
+    if p.rollup is None:
         return []
-    clauses = ["granularity = 'minute'", "bucket_ns < ?", "connections > 0"]
-    args: list[Any] = [cut]
-    for cond, value in (("node = ?", q.node), ("bucket_ns >= ?", q.since_ns),
-                        ("bucket_ns <= ?", q.until_ns)):
-        if value is not None:
-            clauses.append(cond)
-            args.append(value)
+    lo, hi = p.rollup
+    clauses = ["granularity = 'minute'", "bucket_ns < ?", f"({what}) > 0"]
+    args: list[Any] = [hi]
+    if lo is not None:
+        clauses.append("bucket_ns >= ?")
+        args.append(lo)
+    if q.node:
+        clauses.append("node = ?")
+        args.append(q.node)
     return list(db.execute(
-        "SELECT node, rules_hash, protocol, vip, vip_port, endpoint, SUM(connections), "
+        f"SELECT node, rules_hash, protocol, vip, vip_port, endpoint, SUM({what}), "
         f"MIN(bucket_ns), MAX(bucket_ns) FROM rollups WHERE {' AND '.join(clauses)} "
         "GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint", args))
 
 
-def _counter_sums(db: sqlite_utils.Database, q: ReportQuery) -> list[tuple[Any, ...]]:
-    """Kernel counters in the window (by the end of each counting window)."""
-    clauses, args = ["connections > 0"], []
-    for cond, value in (("node = ?", q.node), ("window_end_ns >= ?", q.since_ns),
-                        ("window_end_ns <= ?", q.until_ns)):
-        if value is not None:
-            clauses.append(cond)
-            args.append(value)
+def _counter_sums(db: sqlite_utils.Database, q: ReportQuery, p: Plan) -> list[tuple[Any, ...]]:
+    """Kernel counters in the raw part of the window (by the end of each window)."""
+    sql, seg_args = clause("window_end_ns", p.raw)
+    clauses = ["connections > 0", sql]
+    args: list[Any] = list(seg_args)
+    if q.node:
+        clauses.append("node = ?")
+        args.append(q.node)
     return list(db.execute(
         "SELECT node, rules_hash, protocol, vip, vip_port, endpoint, SUM(connections), "
         "MIN(window_start_ns), MAX(window_end_ns) FROM counters WHERE "

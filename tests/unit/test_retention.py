@@ -233,3 +233,51 @@ def test_a_locked_database_is_said_in_one_line(tmp_path: Path) -> None:
     assert r.returncode == 1
     (line,) = r.stderr.strip().splitlines()
     assert "database is locked" in line
+
+
+@given(st.one_of(st.none(), st.integers(0, 10**13)), st.one_of(st.none(), st.integers(0, 10**13)),
+       st.one_of(st.none(), st.integers(1, 10**13)))
+def test_plan_covers_the_window_exactly_once(since: int | None, until: int | None,
+                                             rolled: int | None) -> None:
+    from natlens.collector.report.plan import MINUTE as M
+    from natlens.collector.report.plan import plan
+
+    if since is not None and until is not None and until < since:
+        since, until = until, since
+    rolled = None if rolled is None else rolled - rolled % M
+    p = plan(since, until, rolled)
+    parts = list(p.raw) + ([p.rollup] if p.rollup else [])
+    lo_all = since if since is not None else -(10**18)
+    hi_all = until + 1 if until is not None else 10**18
+    pieces = sorted((lo if lo is not None else -(10**18), hi if hi is not None else 10**18)
+                    for lo, hi in parts)
+    assert pieces[0][0] == lo_all and pieces[-1][1] == hi_all  # from start to end
+    for (_, a_hi), (b_lo, _) in zip(pieces, pieces[1:], strict=False):
+        assert a_hi == b_lo                                      # no gap, no overlap
+    if p.rollup:
+        lo, hi = p.rollup
+        assert rolled is not None and hi <= rolled and hi % M == 0
+        assert lo is None or lo % M == 0
+
+
+def test_reports_read_rollups_for_whole_minutes_and_rows_for_the_rest(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "db"))
+    feed = Feed(store)
+    sent = [decision(T0 + i * 7 * 10**9 + 3, EPS[i % 3 == 0]) for i in range(600)]  # ~70 min
+    feed.send(sent, rules=True)
+    windows = [(None, None), (T0 + 90 * 10**9 + 5, None), (T0 + 61 * 10**9, T0 + 1900 * 10**9),
+               (None, T0 + 3000 * 10**9 + 17)]
+    expected = []
+    for lo, hi in windows:
+        want: dict[str, int] = {}
+        for d in sent:
+            if (lo is None or d.time_ns >= lo) and (hi is None or d.time_ns <= hi):
+                key = f"{d.endpoint_ip}:8080"
+                want[key] = want.get(key, 0) + 1
+        expected.append(want)
+    rollup(store, T0 + 50 * MINUTE)  # rows after minute 50 stay raw-only
+    for (lo, hi), want in zip(windows, expected, strict=True):
+        got = {k: v for k, v in total(store, ReportQuery(since_ns=lo, until_ns=hi)).items()
+               if v}
+        assert got == want, (lo, hi)
+    store.close()
