@@ -21,7 +21,8 @@ def make_batches() -> list[pb.Batch]:
     out = []
     for b in range(BATCHES):
         ds = [pb.Decision(time_ns=1_700_000_000_000_000_000 + b * PER_BATCH + i, protocol="tcp",
-                          client_ip="10.244.1.169", client_port=(b * PER_BATCH + i) % 65535,
+                          client_ip=f"10.244.{i % 7}.{(b * 31 + i) % 250}",
+                          client_port=(b * PER_BATCH + i) % 65535,
                           vip="10.1.122.241", vip_port=9999,
                           endpoint_ip="10.244.1.168" if i % 2 else "10.244.2.74",
                           endpoint_port=80, ct_id=b * PER_BATCH + i, source=pb.SOURCE_NETLINK,

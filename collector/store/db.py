@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import sqlite_utils
@@ -33,6 +34,13 @@ DECISION_COLUMNS = ("time_ns", "node", "protocol", "client_ip", "client_port", "
                     "sample_rate")
 DECISION_INSERT = (f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) "
                    f"VALUES ({', '.join('?' * len(DECISION_COLUMNS))})")
+
+
+_DECISION_FIELDS = attrgetter(
+    "time_ns", "protocol", "client_ip", "client_port", "vip", "vip_port", "endpoint_ip",
+    "endpoint_port", "ct_id", "zone", "source", "event", "orig_packets", "orig_bytes",
+    "reply_packets", "reply_bytes", "duration_ns")
+_SAMPLED = (pb.EVENT_NEW, pb.EVENT_DESTROY)
 
 
 class BatchRejected(ValueError):
@@ -54,13 +62,6 @@ def validate(batch: pb.Batch) -> None:
         raise BatchRejected("batch without agent_id, boot_id or node")
     if batch.seq == 0:
         raise BatchRejected("batch without a sequence number")
-    for d in batch.decisions:
-        if d.event not in EVENTS or d.source not in SOURCES:
-            raise BatchRejected(f"decision with unknown event {d.event} or source {d.source}")
-        if not d.vip or not d.endpoint_ip or not d.protocol:
-            raise BatchRejected("decision without vip, endpoint or protocol")
-        if d.vip_port > 65535 or d.endpoint_port > 65535 or d.client_port > 65535:
-            raise BatchRejected("decision with a port above 65535")
     for r in batch.rules:
         if not r.hash or not r.mode:
             raise BatchRejected("rule snapshot without hash or mode")
@@ -123,9 +124,8 @@ class Store:
                     rate = max(batch.sample_rate, 1)
                     # Plain executemany: sqlite-utils' insert_all ran at 0.43× its speed
                     # on this table, the collector's hottest path (BENCHMARKS.md).
-                    self.db.conn.executemany(
-                        DECISION_INSERT,
-                        [self._decision_values(batch.node, d, rate) for d in batch.decisions])
+                    self.db.conn.executemany(DECISION_INSERT, self._decision_rows(
+                        batch.node, batch.decisions, rate))
                     self.db.table("counters").insert_all(
                         row for c in batch.counters
                         if (row := self._counter_row(batch.node, c)) is not None)
@@ -152,15 +152,35 @@ class Store:
                     del times[i], hashes[i]
                     break
 
-    def _decision_values(self, node: str, d: pb.Decision, rate: int) -> tuple[Any, ...]:
-        """One row for DECISION_INSERT, in DECISION_COLUMNS order."""
-        return (
-            d.time_ns, node, d.protocol, d.client_ip, d.client_port, d.vip, d.vip_port,
-            endpoint_key(d.endpoint_ip, d.endpoint_port), d.ct_id, d.zone, SOURCES[d.source],
-            EVENTS[d.event], d.orig_packets, d.orig_bytes, d.reply_packets, d.reply_bytes,
-            d.duration_ns, self.rules_at(node, d.time_ns),
-            # Only NEW events are sampled; dumps (snapshot, recovered) ship every entry.
-            rate if d.event in (pb.EVENT_NEW, pb.EVENT_DESTROY) else 1)
+    def _decision_rows(self, node: str, decisions: Any, rate: int) -> list[tuple[Any, ...]]:
+        """Rows for DECISION_INSERT, checked as they are built (one pass: this is the
+        collector's hottest loop, BENCHMARKS.md). Only NEW and DESTROY events are
+        sampled; table dumps (snapshot, recovered) ship every entry."""
+        if not decisions:
+            return []
+        # The rules version of the first decision's epoch, and where that epoch ends:
+        # almost every decision of a batch falls in it, so bisect only for the others.
+        times, _ = self._epochs.get(node, ([], []))
+        first = decisions[0].time_ns
+        i = bisect.bisect_right(times, first)
+        h_all = self.rules_at(node, first)
+        lo = times[i - 1] if i > 0 else -(1 << 63)
+        hi = times[i] if i < len(times) else 1 << 63
+        rows = []
+        for (t, proto, cip, cport, vip, vport, eip, eport, ct, zone, src, ev, op, ob, rp, rb,
+             dur) in map(_DECISION_FIELDS, decisions):
+            if ev not in EVENTS or src not in SOURCES:
+                raise BatchRejected(f"decision with unknown event {ev} or source {src}")
+            if not vip or not eip or not proto:
+                raise BatchRejected("decision without vip, endpoint or protocol")
+            if vport > 65535 or eport > 65535 or cport > 65535:
+                raise BatchRejected("decision with a port above 65535")
+            rows.append((t, node, proto, cip, cport, vip, vport,
+                         f"[{eip}]:{eport}" if ":" in eip else f"{eip}:{eport}", ct, zone,
+                         SOURCES[src], EVENTS[ev], op, ob, rp, rb, dur,
+                         h_all if lo <= t < hi else self.rules_at(node, t),
+                         rate if ev in _SAMPLED else 1))
+        return rows
 
     def _counter_row(self, node: str, c: pb.CounterDelta) -> dict[str, Any] | None:
         """The increase over the last stored total for this epoch and key (None if

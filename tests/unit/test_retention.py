@@ -3,6 +3,7 @@ names at the time when an IP is reused; the report's distance, comparison and ho
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
 
@@ -252,7 +253,7 @@ def test_plan_covers_the_window_exactly_once(since: int | None, until: int | Non
     pieces = sorted((lo if lo is not None else -(10**18), hi if hi is not None else 10**18)
                     for lo, hi in parts)
     assert pieces[0][0] == lo_all and pieces[-1][1] == hi_all  # from start to end
-    for (_, a_hi), (b_lo, _) in zip(pieces, pieces[1:], strict=False):
+    for (_, a_hi), (b_lo, _) in itertools.pairwise(pieces):
         assert a_hi == b_lo                                      # no gap, no overlap
     if p.rollup:
         lo, hi = p.rollup
