@@ -20,6 +20,7 @@ from natlens.agent.health.server import Health, serve
 from natlens.agent.rules.live import RulesUnavailable, read_rules, to_snapshot
 from natlens.agent.ship.batch import Batcher
 from natlens.agent.ship.client import Shipper
+from natlens.agent.ship.spool import Aggregator, Spool
 from natlens.agent.sources.ebpf import (
     DEFAULT_PIN_ROOT,
     BpfUnavailable,
@@ -63,6 +64,8 @@ class AgentConfig:
     tls: TlsFiles | None = None       # None: plaintext, only with --insecure
     token: str | None = None          # bearer token sent with the stream
     tls_server_name: str | None = None
+    spool: str | None = None          # directory of the on-disk spool (None: memory only)
+    spool_max_bytes: int = 256 << 20
 
 
 class SeenIds:
@@ -90,11 +93,14 @@ class SeenIds:
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
+        self.batcher = Batcher(cfg.agent_id or cfg.node, cfg.node, self._submit,
+                               cfg.batch_size, cfg.batch_age, sample_rate=cfg.sample)
+        self.aggregator = Aggregator(f"spool-{self.batcher.boot_id}")
         self.shipper = Shipper(cfg.collector,
                                credentials=channel_credentials(cfg.tls) if cfg.tls else None,
-                               token=cfg.token, server_name=cfg.tls_server_name)
-        self.batcher = Batcher(cfg.agent_id or cfg.node, cfg.node, self.shipper.submit,
-                               cfg.batch_size, cfg.batch_age, sample_rate=cfg.sample)
+                               token=cfg.token, server_name=cfg.tls_server_name,
+                               spool=Spool(cfg.spool, cfg.spool_max_bytes) if cfg.spool
+                               else None, degrade=self._degrade)
         self._stop = threading.Event()
         self._rules_hash = ""
         self.seen = SeenIds()
@@ -108,6 +114,18 @@ class Agent:
         self._lost_shipped: dict[str, int] = {}
         self._window_start = time.time_ns()
         self._boot_offset = boot_offset_ns()
+
+    def _submit(self, batch: pb.Batch) -> None:
+        self.shipper.submit(batch)
+
+    def _degrade(self, batch: pb.Batch) -> pb.Batch:
+        """The spool is full: keep counting, in aggregate, what no longer fits per
+        connection (said in the batch's LostEvents and once in the log)."""
+        if not self.aggregator.not_kept:
+            log.error("spool full (%s bytes): decisions are now counted in aggregate, not "
+                      "kept per connection, until the collector catches up",
+                      self.cfg.spool_max_bytes)
+        return self.aggregator.aggregate(batch)
 
     def _load_filter(self) -> EbpfFilter | None:
         """The eBPF filter for ``ebpf``/``auto``; ``auto`` falls back to netlink."""

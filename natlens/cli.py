@@ -84,6 +84,11 @@ def cli() -> None:
               "stream.")
 @click.option("--insecure", is_flag=True, help="Allow plaintext gRPC (no --tls-ca), e.g. to "
               "a collector on loopback.")
+@click.option("--spool", metavar="DIR", help="Keep every batch on disk here until the "
+              "collector acknowledges it; a restarted agent resends what it finds.")
+@click.option("--spool-max-bytes", type=click.IntRange(4096, 1 << 40), default=256 << 20,
+              show_default=True, help="Spool size limit; past it decisions are counted in "
+              "aggregate (exact counts, no per-connection rows) and that is reported.")
 @click.option("--agent-id", default="", help="Stable id of this agent (default: the node).")
 @click.option("--rules-interval", type=click.FloatRange(0.1, 3600), default=2.0,
               show_default=True, help="Seconds between reads of the node's rules.")
@@ -103,7 +108,8 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
           decisions: bool, sample: int, pin_root: str, counters_interval: float,
           print_bpf: bool, health_listen: str | None, tls_ca: str | None,
           tls_cert: str | None, tls_key: str | None, tls_server_name: str | None,
-          token_file: str | None, insecure: bool, agent_id: str, rules_interval: float,
+          token_file: str | None, insecure: bool, spool: str | None, spool_max_bytes: int,
+          agent_id: str, rules_interval: float,
           batch_size: int, batch_age: float, drain_timeout: float, rcvbuf: int,
           no_ct_accounting: bool, log_level: str) -> None:
     """Run the node agent: stream DNAT decisions, counters and rule snapshots to the
@@ -135,7 +141,8 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     ag = Agent(AgentConfig(collector, node, netns, agent_id, rules_interval, batch_size,
                            batch_age, drain_timeout, not no_ct_accounting, rcvbuf, source,
                            decisions, sample, pin_root, counters_interval, health_listen,
-                           tls=tls, token=token, tls_server_name=tls_server_name))
+                           tls=tls, token=token, tls_server_name=tls_server_name,
+                           spool=spool, spool_max_bytes=spool_max_bytes))
     signal.signal(signal.SIGTERM, lambda *_: ag.stop())
     signal.signal(signal.SIGINT, lambda *_: ag.stop())
     try:

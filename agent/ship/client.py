@@ -13,11 +13,12 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
+from natlens.agent.ship.spool import Spool
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto import natlens_pb2_grpc as pb_grpc
 from natlens.security import token_metadata
@@ -43,9 +44,13 @@ class Shipper:
     def __init__(self, target: str, max_pending: int = 10_000,
                  backoff: tuple[float, float] = (0.2, 30.0),
                  credentials: grpc.ChannelCredentials | None = None,
-                 token: str | None = None, server_name: str | None = None) -> None:
+                 token: str | None = None, server_name: str | None = None,
+                 spool: Spool | None = None,
+                 degrade: Callable[[pb.Batch], pb.Batch] | None = None) -> None:
         """``credentials`` None is plaintext (``--insecure``); ``server_name`` checks the
-        collector's certificate for that name instead of the target's host."""
+        collector's certificate for that name instead of the target's host. With a
+        ``spool`` every batch is on disk until acknowledged (and memory holds no more
+        than the spool does); a batch that does not fit is first ``degrade``d."""
         self.target = target
         self.credentials = credentials
         self.metadata = token_metadata(token)
@@ -55,7 +60,12 @@ class Shipper:
             self.options.append(("grpc.ssl_target_name_override", server_name))
         self.max_pending = max_pending
         self.backoff = backoff
-        self._unacked: OrderedDict[int, pb.Batch] = OrderedDict()
+        self.spool, self.degrade = spool, degrade
+        self.unspooled = 0
+        # (boot id, seq) → (send order, batch): a restarted agent resends the previous
+        # run's spooled batches, whose sequence numbers restart from 1 in a new boot.
+        self._unacked: OrderedDict[tuple[str, int], tuple[int, pb.Batch]] = OrderedDict()
+        self._order = 0
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ship", daemon=True)
@@ -64,17 +74,40 @@ class Shipper:
         self._call: Any = None  # the running stream call, cancelled by stop()
 
     def start(self) -> None:
+        if self.spool is not None:
+            old = self.spool.load()
+            if old:
+                log.info("spool: resending %d unacknowledged batches (%d bytes) from %s",
+                         len(old), self.spool.bytes, self.spool.dir)
+            with self._cond:
+                for b in old:
+                    self._queue(b)
         self._thread.start()
 
+    def _queue(self, batch: pb.Batch) -> None:
+        self._order += 1
+        self._unacked[(batch.boot_id, batch.seq)] = (self._order, batch)
+        self._cond.notify_all()
+
     def submit(self, batch: pb.Batch) -> None:
+        if self.spool is not None:
+            if not self.spool.put(batch):
+                if self.degrade is not None and batch.decisions:
+                    batch = self.degrade(batch)
+                if not self.spool.put(batch):
+                    self.unspooled += 1
+                    log.error("spool full (%d of %d bytes): batch %d kept in memory only",
+                              self.spool.bytes, self.spool.max_bytes, batch.seq)
+            with self._cond:
+                self._queue(batch)
+            return
         with self._cond:
             while len(self._unacked) >= self.max_pending:
-                _, old = self._unacked.popitem(last=False)
+                _, (_, old) = self._unacked.popitem(last=False)
                 self.dropped_decisions += len(old.decisions)
                 log.error("delivery queue full (%d batches): dropped batch %d with %d "
                           "decisions", self.max_pending, old.seq, len(old.decisions))
-            self._unacked[batch.seq] = batch
-            self._cond.notify_all()
+            self._queue(batch)
 
     @property
     def pending(self) -> int:
@@ -105,12 +138,12 @@ class Shipper:
         sent_upto = 0
         while not ended.is_set() and not self._stop.is_set():
             with self._cond:
-                todo = [b for s, b in self._unacked.items() if s > sent_upto]
+                todo = [(o, b) for o, b in self._unacked.values() if o > sent_upto]
                 if not todo:
                     self._cond.wait(0.2)
                     continue
-            for b in todo:
-                sent_upto = b.seq
+            for o, b in todo:
+                sent_upto = o
                 self.sent += 1
                 yield b
 
@@ -139,8 +172,10 @@ class Shipper:
                         down_since = None
                     delay = self.backoff[0]
                     with self._cond:
-                        if self._unacked.pop(ack.seq, None) is not None:
+                        if self._unacked.pop((ack.boot_id, ack.seq), None) is not None:
                             self.acked += 1
+                            if self.spool is not None:
+                                self.spool.remove(ack.boot_id, ack.seq)
                         self._cond.notify_all()
             except grpc.RpcError as e:
                 if self._stop.is_set():

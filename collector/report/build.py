@@ -267,22 +267,21 @@ def _plan(db: sqlite_utils.Database, q: ReportQuery) -> Plan:
 
 def _rollup_sums(db: sqlite_utils.Database, q: ReportQuery, p: Plan,
                  what: str) -> list[tuple[Any, ...]]:
-    """Per-minute rollups for the whole minutes of the window already rolled up."""
-    if p.rollup is None:
-        return []
-    lo, hi = p.rollup
-    clauses = ["granularity = 'minute'", "bucket_ns < ?", f"({what}) > 0"]
-    args: list[Any] = [hi]
-    if lo is not None:
-        clauses.append("bucket_ns >= ?")
-        args.append(lo)
-    if q.node:
-        clauses.append("node = ?")
-        args.append(q.node)
-    return list(db.execute(
-        f"SELECT node, rules_hash, protocol, vip, vip_port, endpoint, SUM({what}), "
-        f"MIN(bucket_ns), MAX(bucket_ns) FROM rollups WHERE {' AND '.join(clauses)} "
-        "GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint", args))
+    """Rollups for the whole minutes of the window already rolled up: whole hours from
+    the hour rollups, the rest from the minute ones."""
+    out: list[tuple[Any, ...]] = []
+    node_sql, node_args = ("node = ?", [q.node]) if q.node else ("1", [])
+    for granularity, segments in zip(("minute", "hour"), p.by_granularity(), strict=True):
+        if not segments:
+            continue
+        sql, args = clause("bucket_ns", segments)
+        out += db.execute(
+            f"SELECT node, rules_hash, protocol, vip, vip_port, endpoint, SUM({what}), "
+            f"MIN(bucket_ns), MAX(bucket_ns) FROM rollups WHERE granularity = ? AND {sql} "
+            f"AND {node_sql} AND ({what}) > 0 "
+            "GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint",
+            [granularity, *args, *node_args]).fetchall()
+    return out
 
 
 def _counter_sums(db: sqlite_utils.Database, q: ReportQuery, p: Plan) -> list[tuple[Any, ...]]:

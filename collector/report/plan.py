@@ -9,12 +9,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MINUTE = 60 * 10**9
+HOUR = 60 * MINUTE
+
+Segments = tuple[tuple[int | None, int | None], ...]  # half-open [lo, hi), None: open
 
 
 @dataclass(frozen=True)
 class Plan:
-    raw: tuple[tuple[int | None, int | None], ...]  # half-open [lo, hi), None: unbounded
-    rollup: tuple[int | None, int] | None            # minute buckets starting in [lo, hi)
+    raw: Segments
+    rollup: tuple[int | None, int] | None  # rolled-up buckets starting in [lo, hi)
+
+    def by_granularity(self) -> tuple[Segments, Segments]:
+        """The rollup range as (minute, hour) bucket ranges: whole hours from the hour
+        rollups (24 rows a day per key instead of 1,440), the edges from minutes."""
+        if self.rollup is None:
+            return (), ()
+        lo, hi = self.rollup
+        h_lo = None if lo is None else -(-lo // HOUR) * HOUR
+        h_hi = hi - hi % HOUR
+        if h_lo is not None and h_lo >= h_hi:
+            return ((lo, hi),), ()
+        minutes: list[tuple[int | None, int | None]] = []
+        if lo is not None and h_lo is not None and lo < h_lo:
+            minutes.append((lo, h_lo))
+        if h_hi < hi:
+            minutes.append((h_hi, hi))
+        return tuple(minutes), ((h_lo, h_hi),)
 
 
 def plan(since: int | None, until: int | None, rolled_upto: int | None,
@@ -39,8 +59,7 @@ def plan(since: int | None, until: int | None, rolled_upto: int | None,
     return Plan(tuple(raw), (lo, hi))
 
 
-def clause(column: str, segments: tuple[tuple[int | None, int | None], ...],
-           ) -> tuple[str, list[int]]:
+def clause(column: str, segments: Segments) -> tuple[str, list[int]]:
     """SQL for ``column`` in any of the half-open segments."""
     parts: list[str] = []
     args: list[int] = []

@@ -107,11 +107,13 @@ def rollup(store: Store, now_ns: int) -> tuple[int, int]:
 
 
 def _delete_chunks(store: Store, table: str, column: str, before: int, chunk: int) -> int:
+    # rollups is clustered on its key (no rowid): rows are picked by their key instead
+    key = f"({', '.join(ROLLUP_KEY)})" if table == "rollups" else "rowid"
     removed = 0
     while True:
         with store.lock, store.db.atomic():
             n = store.db.execute(
-                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} "
+                f"DELETE FROM {table} WHERE {key} IN (SELECT {key.strip('()')} FROM {table} "
                 f"WHERE {column} < ? LIMIT ?)", [before, chunk]).rowcount
         removed += n
         if n < chunk:

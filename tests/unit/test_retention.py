@@ -247,7 +247,10 @@ def test_plan_covers_the_window_exactly_once(since: int | None, until: int | Non
         since, until = until, since
     rolled = None if rolled is None else rolled - rolled % M
     p = plan(since, until, rolled)
-    parts = list(p.raw) + ([p.rollup] if p.rollup else [])
+    minutes, hours = p.by_granularity()
+    parts = list(p.raw) + list(minutes) + list(hours)
+    for lo, hi in hours:
+        assert (lo is None or lo % (60 * M) == 0) and hi % (60 * M) == 0
     lo_all = since if since is not None else -(10**18)
     hi_all = until + 1 if until is not None else 10**18
     pieces = sorted((lo if lo is not None else -(10**18), hi if hi is not None else 10**18)
@@ -264,10 +267,10 @@ def test_plan_covers_the_window_exactly_once(since: int | None, until: int | Non
 def test_reports_read_rollups_for_whole_minutes_and_rows_for_the_rest(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "db"))
     feed = Feed(store)
-    sent = [decision(T0 + i * 7 * 10**9 + 3, EPS[i % 3 == 0]) for i in range(600)]  # ~70 min
+    sent = [decision(T0 + i * 20 * 10**9 + 3, EPS[i % 3 == 0]) for i in range(600)]  # 3h20
     feed.send(sent, rules=True)
-    windows = [(None, None), (T0 + 90 * 10**9 + 5, None), (T0 + 61 * 10**9, T0 + 1900 * 10**9),
-               (None, T0 + 3000 * 10**9 + 17)]
+    windows = [(None, None), (T0 + 90 * 10**9 + 5, None), (T0 + 61 * 10**9, T0 + 9000 * 10**9),
+               (None, T0 + 7300 * 10**9 + 17), (T0 + HOUR - 1, T0 + 2 * HOUR)]
     expected = []
     for lo, hi in windows:
         want: dict[str, int] = {}
@@ -276,7 +279,7 @@ def test_reports_read_rollups_for_whole_minutes_and_rows_for_the_rest(tmp_path: 
                 key = f"{d.endpoint_ip}:8080"
                 want[key] = want.get(key, 0) + 1
         expected.append(want)
-    rollup(store, T0 + 50 * MINUTE)  # rows after minute 50 stay raw-only
+    rollup(store, T0 + 150 * MINUTE)  # two whole hours, minutes, and raw rows after
     for (lo, hi), want in zip(windows, expected, strict=True):
         got = {k: v for k, v in total(store, ReportQuery(since_ns=lo, until_ns=hi)).items()
                if v}
