@@ -1,5 +1,6 @@
 """Collector ingest rate: Store.ingest (sqlite-utils, dedup, epochs) against raw sqlite3
-executemany into the same schema, same rows, same process. Median of 3 runs each.
+executemany into the same schema, same rows, same process. Median of 3 runs each; then
+the process's RSS while 2 million decisions go in (it should stay flat).
 Run: .venv/bin/python bench/ingest.py
 """
 
@@ -62,6 +63,28 @@ def via_raw(batches: list[pb.Batch], path: Path) -> float:
     return dt
 
 
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def memory_while_ingesting(batches: list[pb.Batch], path: Path, rounds: int = 10) -> list[float]:
+    """RSS after each round of the same 200,000 decisions (new sequence numbers)."""
+    s = Store(str(path))
+    out = []
+    for r in range(rounds):
+        for b in batches:
+            c = pb.Batch()
+            c.CopyFrom(b)
+            c.seq = r * len(batches) + b.seq
+            s.ingest(c)
+        out.append(round(rss_mb(), 1))
+    s.close()
+    return out
+
+
 def main() -> None:
     batches = make_batches()
     n = BATCHES * PER_BATCH
@@ -74,6 +97,9 @@ def main() -> None:
     print(f"ingest {n} decisions in {BATCHES} batches")
     print(f"Store.ingest {n / s:,.0f}/s; raw executemany {n / r:,.0f}/s; "
           f"ratio store/raw speed {r / s:.2f}")
+    with tempfile.TemporaryDirectory() as d:
+        rss = memory_while_ingesting(batches, Path(d) / "m.db")
+    print(f"RSS (MB) after each 200,000 of {len(rss) * n:,} decisions: {rss}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from natlens.collector.ingest.limits import Limits
 from natlens.collector.ingest.servicer import CollectorServicer
 from natlens.collector.store.db import Store
 from natlens.collector.store.retention import Maintenance, Policy
@@ -31,15 +32,19 @@ class ListenError(RuntimeError):
 def start(store: Store, listen: str, max_streams: int = 64,
           credentials: grpc.ServerCredentials | None = None,
           token: str | None = None,
-          observe: Callable[[pb.Batch, str], None] | None = None) -> tuple[grpc.Server, int]:
+          observe: Callable[[pb.Batch, str], None] | None = None,
+          limits: Limits | None = None,
+          max_message_bytes: int = 64 << 20) -> tuple[grpc.Server, int]:
     """``credentials`` None listens in plaintext (``--insecure``); ``token`` makes every
     stream present ``authorization: Bearer TOKEN``."""
     interceptors: list[grpc.ServerInterceptor[Any, Any]] = (
         [TokenInterceptor(token)] if token else [])
+    # One thread per agent stream; more streams than that are refused by gRPC itself
+    # (RESOURCE_EXHAUSTED), so a flood of connections cannot queue without bound.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_streams),
-                         interceptors=interceptors,
-                         options=[("grpc.max_receive_message_length", 64 << 20)])
-    servicer = CollectorServicer(store, observe)
+                         interceptors=interceptors, maximum_concurrent_rpcs=max_streams,
+                         options=[("grpc.max_receive_message_length", max_message_bytes)])
+    servicer = CollectorServicer(store, observe, limits)
     pb_grpc.add_CollectorServicer_to_server(servicer, server)
     try:
         port = (server.add_insecure_port(listen) if credentials is None
@@ -64,14 +69,18 @@ class CollectorConfig:
     maintenance_interval: float = 60.0
     metrics_max_series: int = 10_000
     kubeconfig: str | None = None        # a file, "in-cluster", or None: no watch
+    limits: Limits = field(default_factory=Limits)
+    max_streams: int = 64
+    max_message_bytes: int = 64 << 20
 
 
 def serve(cfg: CollectorConfig) -> int:
     credentials = server_credentials(cfg.tls) if cfg.tls is not None else None
     store = Store(cfg.db)
     metrics = IngestMetrics(cfg.db, cfg.metrics_max_series)
-    server, port = start(store, cfg.listen, credentials=credentials, token=cfg.token,
-                         observe=metrics.observe)
+    server, port = start(store, cfg.listen, cfg.max_streams, credentials=credentials,
+                         token=cfg.token, observe=metrics.observe, limits=cfg.limits,
+                         max_message_bytes=cfg.max_message_bytes)
     host = cfg.listen.rsplit(":", 1)[0]
     if cfg.tls is None:
         log.warning("--insecure: gRPC on %s:%d is plaintext%s; anyone who reaches it can "

@@ -196,6 +196,15 @@ def _check_hostport(value: str, flag: str) -> None:
 @click.option("--metrics-max-series", type=click.IntRange(1, 10_000_000), default=10_000,
               show_default=True, help="At most this many (service, endpoint) label sets in "
               "/metrics; more are counted under 'other'.")
+@click.option("--max-streams", type=click.IntRange(1, 100_000), default=64, show_default=True,
+              help="Agent streams served at once; more are refused (RESOURCE_EXHAUSTED).")
+@click.option("--max-message-bytes", type=click.IntRange(1 << 16, 1 << 31), default=64 << 20,
+              show_default=True, help="Largest gRPC message accepted.")
+@click.option("--max-batch-records", type=click.IntRange(1, 10_000_000), default=100_000,
+              show_default=True, help="Largest batch accepted; a bigger one is refused.")
+@click.option("--max-agent-rate", type=click.FloatRange(1, 1e9), default=1_000_000,
+              show_default=True, help="Records per second per agent; a faster agent is "
+              "slowed down (its acknowledgements wait), not refused.")
 @click.option("--kubeconfig", metavar="PATH", help="Watch Pods, Services and EndpointSlices "
               "through this kubeconfig: names at the time for every IP, and a new rules "
               "epoch when a Service's endpoints change.")
@@ -206,10 +215,13 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
                   tls_ca: str | None, token_file: str | None, insecure: bool,
                   http: str | None, http_token_file: str | None, retain_decisions: str,
                   retain_rollups: str, maintenance_interval: float, metrics_max_series: int,
-                  kubeconfig: str | None, in_cluster: bool, log_level: str) -> None:
+                  max_streams: int, max_message_bytes: int, max_batch_records: int,
+                  max_agent_rate: float, kubeconfig: str | None, in_cluster: bool,
+                  log_level: str) -> None:
     """Run the collector: receive agents' streams and store them in SQLite.
 
     It refuses plaintext unless --insecure: agents ship every connection of their node."""
+    from natlens.collector.ingest.limits import Limits
     from natlens.collector.server import CollectorConfig, serve
     from natlens.collector.store.retention import Policy
     from natlens.security import TlsFiles, read_token, server_credentials
@@ -236,7 +248,8 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
     sys.exit(serve(CollectorConfig(
         db, listen, tls, token, http_addr, read_token(http_token_file),
         Policy(keep_d, keep_r), maintenance_interval, metrics_max_series,
-        "in-cluster" if in_cluster else kubeconfig)))
+        "in-cluster" if in_cluster else kubeconfig,
+        Limits(max_batch_records, max_agent_rate), max_streams, max_message_bytes)))
 
 
 # ---------------------------------------------------------------- report

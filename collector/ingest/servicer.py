@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
 
+from natlens.collector.ingest.limits import Limits, OverLimit, RateLimiter, batch_records
 from natlens.collector.store.db import BatchRejected, Store
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto import natlens_pb2_grpc as pb_grpc
@@ -16,10 +19,12 @@ log = logging.getLogger("natlens.collector.ingest")
 
 class CollectorServicer(pb_grpc.CollectorServicer):  # type: ignore[misc]
     def __init__(self, store: Store,
-                 observe: Callable[[pb.Batch, str], None] | None = None) -> None:
+                 observe: Callable[[pb.Batch, str], None] | None = None,
+                 limits: Limits | None = None) -> None:
         """``observe(batch, result)`` sees every batch after the store's answer
         (``stored``, ``duplicate``, ``rejected``): the metrics."""
         self.store = store
+        self.limiter = RateLimiter(limits or Limits())
         self.observe = observe or (lambda _b, _r: None)
         self.batches = self.duplicates = self.rejected = 0
 
@@ -27,8 +32,25 @@ class CollectorServicer(pb_grpc.CollectorServicer):  # type: ignore[misc]
                context: grpc.ServicerContext) -> Iterator[pb.Ack]:
         peer = context.peer()
         for batch in request_iterator:
+            n = batch_records(len(batch.decisions), len(batch.counters), len(batch.rules),
+                              len(batch.lost))
+            try:
+                wait = self.limiter.wait_for(batch.agent_id, n)
+            except OverLimit as e:
+                self.rejected += 1
+                self.observe(batch, "rejected")
+                log.warning("refused batch %d from %s (%s): %s", batch.seq,
+                            batch.agent_id or "?", peer, e)
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+            if wait and not context.is_active():
+                return
+            time.sleep(wait)  # slow this agent's stream down; it keeps what it sent
             try:
                 stored = self.store.ingest(batch)
+            except sqlite3.OperationalError as e:  # disk full, I/O error: retry later
+                log.error("store: cannot write batch %d from %s: %s", batch.seq,
+                          batch.agent_id, e)
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"collector cannot store: {e}")
             except BatchRejected as e:
                 self.rejected += 1
                 self.observe(batch, "rejected")

@@ -1,0 +1,160 @@
+"""Hostile input at the collector: limits per agent, garbage on the wire, fuzzed batches.
+No crash, a clear status, nothing stored from a refused batch."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import sqlite_utils
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from natlens.agent.ship.client import Shipper
+from natlens.collector.ingest.limits import Limits, OverLimit, RateLimiter
+from natlens.collector.server import start
+from natlens.collector.store.db import BatchRejected, Store
+from natlens.proto import natlens_pb2 as pb
+
+from .test_retention import EPS, T0, decision
+
+
+def test_rate_limiter_paces_and_refuses() -> None:
+    now = [0.0]
+    rl = RateLimiter(Limits(max_batch_records=500, records_per_second=100,
+                            burst_seconds=2, max_wait=5), clock=lambda: now[0])
+    assert rl.wait_for("a", 200) == 0          # the burst
+    assert rl.wait_for("a", 100) == pytest.approx(1.0)
+    assert rl.wait_for("b", 200) == 0          # another agent has its own bucket
+    now[0] += 10
+    assert rl.wait_for("a", 150) == 0
+    with pytest.raises(OverLimit, match="max-batch-records"):
+        rl.wait_for("a", 501)
+    with pytest.raises(OverLimit, match="max-agent-rate"):
+        for _ in range(20):
+            rl.wait_for("c", 400)
+
+
+@pytest.fixture
+def collector(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, Store]]:
+    store = Store(str(tmp_path / "db"))
+    kw = getattr(request, "param", {})
+    server, port = start(store, "127.0.0.1:0", **kw)
+    yield port, store
+    server.stop(0)
+    store.close()
+
+
+def batches(n: int, per: int, boot: str = "b") -> list[pb.Batch]:
+    return [pb.Batch(agent_id="a", boot_id=boot, seq=k + 1, node="n1", decisions=[
+        decision(T0 + k * per + i, EPS[i % 2]) for i in range(per)]) for k in range(n)]
+
+
+@pytest.mark.parametrize("collector", [{"limits": Limits(records_per_second=2000,
+                                                         burst_seconds=0.5)}], indirect=True)
+def test_a_fast_agent_is_slowed_down_not_refused(collector: tuple[int, Store],
+                                                 tmp_path: Path) -> None:
+    port, _ = collector
+    s = Shipper(f"127.0.0.1:{port}")
+    s.start()
+    t = time.monotonic()
+    for b in batches(12, 500):
+        s.submit(b)
+    assert s.drain(30)
+    elapsed = time.monotonic() - t
+    s.stop()
+    assert sqlite_utils.Database(tmp_path / "db")["decisions"].count == 6000
+    assert elapsed > 2.0  # 6,000 records at 2,000/s after a 1,000-record burst
+
+
+@pytest.mark.parametrize("collector", [{"limits": Limits(max_batch_records=100)}],
+                         indirect=True)
+def test_an_oversized_batch_is_refused_and_kept(collector: tuple[int, Store], tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    port, _ = collector
+    s = Shipper(f"127.0.0.1:{port}", backoff=(0.05, 0.1))
+    s.start()
+    with caplog.at_level(logging.ERROR, "natlens.agent.ship"):
+        s.submit(batches(1, 101)[0])
+        assert not s.drain(1.0)
+    s.stop()
+    assert s.pending == 1 and sqlite_utils.Database(tmp_path / "db")["decisions"].count == 0
+    assert any("RESOURCE_EXHAUSTED" in r.getMessage() and "max-batch-records" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("collector", [{"max_streams": 1}], indirect=True)
+def test_streams_beyond_the_limit_are_refused(collector: tuple[int, Store]) -> None:
+    port, _ = collector
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    upload = ch.stream_stream("/natlens.v1.Collector/Upload",
+                              request_serializer=pb.Batch.SerializeToString,
+                              response_deserializer=pb.Ack.FromString)
+    gate = iter(batches(1, 1))
+
+    def slow() -> Iterator[pb.Batch]:
+        yield next(gate)
+        time.sleep(3)
+
+    first = upload(slow())
+    assert next(first).seq == 1                 # the one allowed stream is open
+    with pytest.raises(grpc.RpcError) as e:
+        list(upload(iter(batches(1, 1, boot="c"))))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    first.cancel()
+    ch.close()
+
+
+def test_garbage_on_the_wire_gets_a_status_and_the_collector_goes_on(
+        collector: tuple[int, Store], tmp_path: Path) -> None:
+    port, _ = collector
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    raw = ch.stream_stream("/natlens.v1.Collector/Upload")  # bytes in, bytes out
+    for junk in (b"\xff\xff\xff\xff", b"\x0a\xff\x01", bytes(range(256))):
+        with pytest.raises(grpc.RpcError) as e:
+            list(raw(iter([junk])))
+        assert e.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT)
+    s = Shipper(f"127.0.0.1:{port}")
+    s.start()
+    for b in batches(2, 10):
+        s.submit(b)
+    assert s.drain(10)
+    s.stop()
+    ch.close()
+    assert sqlite_utils.Database(tmp_path / "db")["decisions"].count == 20
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.builds(
+    pb.Batch, agent_id=st.text(max_size=3), boot_id=st.text(max_size=3),
+    seq=st.integers(0, 3), node=st.text(max_size=3), sample_rate=st.integers(0, 5),
+    decisions=st.lists(st.builds(
+        pb.Decision, time_ns=st.integers(-2**63, 2**63 - 1), protocol=st.text(max_size=4),
+        vip=st.text(max_size=8), vip_port=st.integers(0, 2**32 - 1),
+        endpoint_ip=st.text(max_size=8), endpoint_port=st.integers(0, 2**32 - 1),
+        client_port=st.integers(0, 2**32 - 1), source=st.integers(0, 5),
+        event=st.integers(0, 6)), max_size=4),
+    counters=st.lists(st.builds(
+        pb.CounterDelta, epoch=st.text(max_size=3), vip=st.text(max_size=4),
+        endpoint_ip=st.text(max_size=4), protocol=st.text(max_size=3),
+        vip_port=st.integers(0, 2**32 - 1), total_connections=st.integers(0, 10)), max_size=3),
+    rules=st.lists(st.builds(pb.RuleSnapshot, hash=st.text(max_size=3),
+                             mode=st.text(max_size=3)), max_size=2)))
+def test_fuzzed_batches_are_stored_whole_or_refused_whole(tmp_path_factory: pytest.TempPathFactory,
+                                                         batch: pb.Batch) -> None:
+    store = Store(str(tmp_path_factory.mktemp("fz") / "db"))
+    try:
+        before = store.db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
+        try:
+            store.ingest(batch)
+        except BatchRejected:
+            assert store.db.execute("SELECT COUNT(*) FROM batches").fetchone()[0] == before
+            assert store.db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 0
+            assert store.db.execute("SELECT COUNT(*) FROM counters").fetchone()[0] == 0
+    finally:
+        store.close()
