@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from natlens.agent.decode.ctnetlink import CtEvent
 from natlens.agent.decode.decision import to_decision
+from natlens.agent.health.metrics import SOURCE_NAMES, agent_registry
 from natlens.agent.health.server import Health, serve
 from natlens.agent.rules.live import RulesUnavailable, read_rules, to_snapshot
 from natlens.agent.ship.batch import Batcher
@@ -112,8 +113,14 @@ class Agent:
         self.source_pb = pb.SOURCE_NETLINK
         self._shipped: dict[CounterKey, CounterValue] = {}
         self._lost_shipped: dict[str, int] = {}
+        self.lost_totals: dict[tuple[str, str], int] = {}
         self._window_start = time.time_ns()
         self._boot_offset = boot_offset_ns()
+
+    def _record_lost(self, lost: pb.LostEvents) -> None:
+        key = (SOURCE_NAMES.get(lost.source, "unknown"), lost.reason)
+        self.lost_totals[key] = self.lost_totals.get(key, 0) + lost.count
+        self.batcher.add_lost(lost)
 
     def _submit(self, batch: pb.Batch) -> None:
         self.shipper.submit(batch)
@@ -215,7 +222,7 @@ class Agent:
                              ("malformed", "malformed"), ("ring-overflow", "ring_full")):
             total, last_total = stats[name], self._lost_shipped.get(name, 0)
             if total != last_total:
-                self.batcher.add_lost(pb.LostEvents(
+                self._record_lost(pb.LostEvents(
                     time_ns=now, source=pb.SOURCE_EBPF, reason=reason,
                     count=total - last_total, epoch=self.filter.epoch, total=total))
                 self._lost_shipped[name] = total
@@ -223,8 +230,9 @@ class Agent:
     def run(self) -> int:
         if self.cfg.health_listen:
             host, _, port = self.cfg.health_listen.rpartition(":")
-            srv = serve(self.health, host, int(port))
-            log.info("health: /healthz and /readyz on %s:%d", *srv.server_address[:2])
+            srv = serve(self.health, host, int(port), agent_registry(self))
+            log.info("health: /healthz, /readyz and /metrics on %s:%d",
+                     *srv.server_address[:2])
         if self.cfg.accounting:
             changed = enable_accounting(self.cfg.netns)
             if changed:
@@ -314,7 +322,7 @@ class Agent:
                     # kernel counters already hold: a recovery dump would count twice.
                     self.stats["lost"] += ev.lost
                     log.error("conntrack: %d events lost (%s)", ev.lost, ev.reason)
-                    self.batcher.add_lost(pb.LostEvents(time_ns=now, source=self.source_pb,
+                    self._record_lost(pb.LostEvents(time_ns=now, source=self.source_pb,
                                                         reason=ev.reason, count=ev.lost))
                 continue
             if not ev.is_dnat:
@@ -334,6 +342,6 @@ class Agent:
             self.stats["recovered"] += recovered
             log.warning("conntrack: receive buffer overflowed, kernel dropped %d events; "
                         "recovered %d DNAT decisions from the table", overflowed, recovered)
-            self.batcher.add_lost(pb.LostEvents(
+            self._record_lost(pb.LostEvents(
                 time_ns=time.time_ns(), source=pb.SOURCE_NETLINK, reason="enobufs",
                 count=overflowed, recovered=recovered))

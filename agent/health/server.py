@@ -1,5 +1,6 @@
 """The agent's health endpoint for kubelet probes: ``/healthz`` (the source loop is
-turning) and ``/readyz`` (subscribed to conntrack and the rules were read once)."""
+turning) and ``/readyz`` (subscribed to conntrack and the rules were read once), and
+``/metrics`` beside them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
 class Health:
@@ -35,11 +38,20 @@ class Health:
         return (True, "ok") if self.ready else (False, self.reason)
 
 
-def serve(health: Health, host: str, port: int) -> ThreadingHTTPServer:
+def serve(health: Health, host: str, port: int,
+          metrics: CollectorRegistry | None = None) -> ThreadingHTTPServer:
     """Start the endpoint on a daemon thread; returns the server (``.server_address``)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if self.path == "/metrics" and metrics is not None:
+                body = generate_latest(metrics)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             check = {"/healthz": health.live, "/readyz": health.readiness}.get(self.path)
             if check is None:
                 self.send_error(404)

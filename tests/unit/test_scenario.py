@@ -2,6 +2,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from natlens.lab.scenario import ScenarioError, load_scenario, parse_scenario
 
@@ -102,3 +104,35 @@ def test_ipv6_pod_on_an_ipv4_only_node_is_refused() -> None:
     d["nodes"][0]["pods"][0]["ip"] = "fd00::5"
     with pytest.raises(ScenarioError, match="has no IPv6 podCIDR"):
         parse_scenario(d, "seed.yaml")
+
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=12)
+    | st.sampled_from(["10.244.1.5", "fd00::1", "10.244.1.0/24", "TCP", "UDP", "IPv6"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["name", "ip", "ips", "podCIDR", "podCIDRs", "pods", "port",
+                         "clusterIP", "clusterIPs", "ports", "selector", "serve", "body",
+                         "protocol", "labels", "namespace", "from", "service",
+                         "connections", "family"]), inner, max_size=5),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({"name": st.text(max_size=5)}, optional={
+    "nodes": _VALUES, "services": _VALUES, "traffic": _VALUES, "proxyMode": _VALUES,
+    "extraRules": _VALUES, "clusterCIDR": _VALUES}))
+def test_fuzzed_scenarios_parse_or_say_where(data: dict) -> None:  # type: ignore[type-arg]
+    try:
+        parse_scenario(data, "fuzz.yaml")
+    except ScenarioError as e:
+        assert str(e)
+
+
+def test_mutated_seed_yaml_never_crashes() -> None:
+    text = SEED.read_text()
+    for i in range(0, len(text), 7):
+        for junk in ("", ":", "- ", "{", "]", "\t"):
+            try:
+                parse_scenario(yaml.safe_load(text[:i] + junk + text[i + 1:]), "m.yaml")
+            except (ScenarioError, yaml.YAMLError):
+                pass

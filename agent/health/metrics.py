@@ -1,0 +1,53 @@
+"""The agent's ``/metrics`` (prometheus-client): what it has delivered, what waits, and
+every event it knows it did not see, read from the agent's own state at each scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from natlens.proto import natlens_pb2 as pb
+
+SOURCE_NAMES = {pb.SOURCE_NETLINK: "netlink", pb.SOURCE_EBPF: "ebpf", pb.SOURCE_PCAP: "pcap"}
+
+
+class _AgentCollector(Collector):
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[Any]:
+        a = self.agent
+        sh = a.shipper
+        yield GaugeMetricFamily("natlens_agent_batches_pending",
+                                "Batches sent or waiting, not yet acknowledged", sh.pending)
+        yield GaugeMetricFamily("natlens_agent_spool_bytes", "Bytes in the disk spool",
+                                sh.spool.bytes if sh.spool is not None else 0)
+        yield CounterMetricFamily("natlens_agent_send_errors", "Failed streams to the "
+                                  "collector (each retried with backoff)", sh.send_errors)
+        yield CounterMetricFamily("natlens_agent_batches_acked", "Batches the collector "
+                                  "acknowledged", sh.acked)
+        events = CounterMetricFamily("natlens_agent_events", "Conntrack events read, by "
+                                     "kind", labels=["kind"])
+        for kind, n in sorted(a.stats.items()):
+            events.add_metric([kind], n)
+        yield events
+        lost = CounterMetricFamily("natlens_agent_lost_events", "Events the agent knows it "
+                                   "did not see or keep, by source and reason",
+                                   labels=["source", "reason"])
+        for (source, reason), n in sorted(a.lost_totals.items()):
+            lost.add_metric([source, reason], n)
+        if a.aggregator.not_kept:
+            lost.add_metric([SOURCE_NAMES.get(a.source_pb, "unknown"),
+                             "spool-full: counted, not kept per connection"],
+                            a.aggregator.not_kept)
+        yield lost
+
+
+def agent_registry(agent: Any) -> CollectorRegistry:
+    r = CollectorRegistry()
+    r.register(_AgentCollector(agent))
+    return r
