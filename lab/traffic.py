@@ -27,7 +27,7 @@ class Tally:
                 "failed": self.failed, "by_endpoint": dict(sorted(self.by_endpoint.items()))}
 
 
-def _one(vip: str, port: int, proto: str, timeout: float, sport: int) -> bytes:
+def connect_once(vip: str, port: int, proto: str, timeout: float, sport: int) -> bytes:
     if proto == "UDP":
         v6 = ":" in vip
         with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -83,7 +83,7 @@ def run_traffic(sc: Scenario, st: LabState, source: str, service: str, connectio
                 for i in range(connections):
                     sport = lo + (first + i - lo) % (hi - lo)
                     try:
-                        body = _one(vip, port.port, port.protocol, timeout, sport)
+                        body = connect_once(vip, port.port, port.protocol, timeout, sport)
                     except OSError:
                         failed += 1
                         continue

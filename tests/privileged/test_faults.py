@@ -212,7 +212,8 @@ def test_collector_disk_full_then_space_freed(cluster: Cluster, tmp_path: Path) 
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k", "count=1000"],
                        capture_output=True)  # fills the rest of the 1 MiB, then fails
         tally = traffic(cluster.lab, 800)
-        wait_for(lambda: "cannot store" in (tmp_path / "collector.log").read_text(), 30)
+        wait_for(lambda: "cannot write batch" in (tmp_path / "collector.log").read_text(),
+                 30)
         filler.unlink()
         subprocess.run(["mount", "-o", "remount,size=64m", str(data)], check=True)
         cluster.stop_agents()
