@@ -32,7 +32,10 @@ bench: install
 	$(PY) bench/source_cpu.py
 	$(PY) bench/ebpf_memory.py
 	$(PY) bench/ingest.py
+	$(PY) bench/decision_indexes.py
+	$(PY) bench/store_queries.py
 	$(PY) bench/recv_buffer.py
+	DURATION=1800 $(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
