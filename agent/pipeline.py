@@ -18,6 +18,7 @@ from natlens.agent.decode.ctnetlink import CtEvent
 from natlens.agent.decode.decision import to_decision
 from natlens.agent.health.metrics import SOURCE_NAMES, agent_registry
 from natlens.agent.health.server import Health, serve
+from natlens.agent.privileges import describe, keep_only, needed
 from natlens.agent.rules.live import RulesUnavailable, read_rules, to_snapshot
 from natlens.agent.ship.batch import Batcher
 from natlens.agent.ship.client import Shipper
@@ -65,6 +66,7 @@ class AgentConfig:
     tls: TlsFiles | None = None       # None: plaintext, only with --insecure
     token: str | None = None          # bearer token sent with the stream
     tls_server_name: str | None = None
+    keep_privileges: bool = False     # True: do not drop capabilities after set-up
     spool: str | None = None          # directory of the on-disk spool (None: memory only)
     spool_max_bytes: int = 256 << 20
 
@@ -228,11 +230,6 @@ class Agent:
                 self._lost_shipped[name] = total
 
     def run(self) -> int:
-        if self.cfg.health_listen:
-            host, _, port = self.cfg.health_listen.rpartition(":")
-            srv = serve(self.health, host, int(port), agent_registry(self))
-            log.info("health: /healthz, /readyz and /metrics on %s:%d",
-                     *srv.server_address[:2])
         if self.cfg.accounting:
             changed = enable_accounting(self.cfg.netns)
             if changed:
@@ -247,6 +244,21 @@ class Agent:
         # Subscribe before the dump, so no connection falls between the two.
         src = ConntrackSource(self.cfg.netns, self.cfg.rcvbuf,
                               attach=self.filter.attach if self.filter else None)
+        filt = self.filter
+        ring = filt if filt is not None and self.cfg.decisions else None
+        if ring is not None:
+            ring.open_decisions(self._on_kernel_decision)
+        # Set up: from here on the agent reads rules and its own maps. Before any thread
+        # that could start a program exists (capabilities are per thread).
+        if not self.cfg.keep_privileges:
+            kept = keep_only(needed(filt is not None, self.cfg.netns is not None))
+            log.info("privileges: kept %s; dropped the rest (bounding set too)",
+                     describe(kept))
+        if self.cfg.health_listen:
+            host, _, port = self.cfg.health_listen.rpartition(":")
+            srv = serve(self.health, host, int(port), agent_registry(self))
+            log.info("health: /healthz, /readyz and /metrics on %s:%d",
+                     *srv.server_address[:2])
         self.shipper.start()
         rules_ok = self._emit_rules()
         if not rules_ok:
@@ -267,10 +279,6 @@ class Agent:
         watcher = threading.Thread(target=self._watch_rules, name="rules", daemon=True)
         watcher.start()
         next_counters = time.monotonic()
-        filt = self.filter
-        ring = filt if filt is not None and self.cfg.decisions else None
-        if ring is not None:
-            ring.open_decisions(self._on_kernel_decision)
         try:
             while not self._stop.is_set():
                 self.health.beat()

@@ -89,6 +89,9 @@ def cli() -> None:
 @click.option("--spool-max-bytes", type=click.IntRange(4096, 1 << 40), default=256 << 20,
               show_default=True, help="Spool size limit; past it decisions are counted in "
               "aggregate (exact counts, no per-connection rows) and that is reported.")
+@click.option("--keep-privileges", is_flag=True, help="Do not drop capabilities once set up "
+              "(by default only CAP_NET_ADMIN, and CAP_BPF with the eBPF source and "
+              "CAP_SYS_ADMIN with --netns, remain).")
 @click.option("--agent-id", default="", help="Stable id of this agent (default: the node).")
 @click.option("--rules-interval", type=click.FloatRange(0.1, 3600), default=2.0,
               show_default=True, help="Seconds between reads of the node's rules.")
@@ -109,7 +112,7 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
           print_bpf: bool, health_listen: str | None, tls_ca: str | None,
           tls_cert: str | None, tls_key: str | None, tls_server_name: str | None,
           token_file: str | None, insecure: bool, spool: str | None, spool_max_bytes: int,
-          agent_id: str, rules_interval: float,
+          keep_privileges: bool, agent_id: str, rules_interval: float,
           batch_size: int, batch_age: float, drain_timeout: float, rcvbuf: int,
           no_ct_accounting: bool, log_level: str) -> None:
     """Run the node agent: stream DNAT decisions, counters and rule snapshots to the
@@ -142,7 +145,8 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
                            batch_age, drain_timeout, not no_ct_accounting, rcvbuf, source,
                            decisions, sample, pin_root, counters_interval, health_listen,
                            tls=tls, token=token, tls_server_name=tls_server_name,
-                           spool=spool, spool_max_bytes=spool_max_bytes))
+                           spool=spool, spool_max_bytes=spool_max_bytes,
+                           keep_privileges=keep_privileges))
     signal.signal(signal.SIGTERM, lambda *_: ag.stop())
     signal.signal(signal.SIGINT, lambda *_: ag.stop())
     try:
@@ -495,6 +499,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
     # gRPC's core logs every failed TLS handshake to stderr at INFO, once per retry;
     # the agent says why it cannot deliver in its own log. GRPC_VERBOSITY overrides.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # numpy's BLAS would start a thread pool at import: before the agent drops its
+    # capabilities (per thread), and of no use to natlens' small arrays.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from natlens.agent.rules.iptables import RulesParseError
     from natlens.agent.rules.ipvs import IpvsParseError
     from natlens.agent.rules.live import RulesUnavailable

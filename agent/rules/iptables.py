@@ -148,7 +148,10 @@ def read_dump(text: str) -> _Dump:
         elif c == ":":
             if table is None:
                 raise RulesParseError(f"line {lineno}: chain declared outside a table")
-            declared.add(line[1:].split(" ", 1)[0])
+            name = line[1:].split(" ", 1)[0]
+            declared.add(name)
+            if table in dump.chains and name.startswith("KUBE-"):
+                dump.chains[table].setdefault(name, [])  # declared and empty is a chain
         elif line == "COMMIT":
             if table is None:
                 raise RulesParseError(f"line {lineno}: COMMIT outside a table")

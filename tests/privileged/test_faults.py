@@ -222,3 +222,38 @@ def test_collector_disk_full_then_space_freed(cluster: Cluster, tmp_path: Path) 
     finally:
         cluster.close()
         subprocess.run(["umount", "-l", str(data)], check=True)
+
+
+def caps(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {line.split(":")[0]: int(line.split()[1], 16) for line in status
+            if line.startswith(("CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"))}
+
+
+def test_agent_keeps_only_what_it_needs_and_still_reads_the_rules(cluster: Cluster) -> None:
+    import sqlite3
+
+    cluster.start_collector()
+    cluster.start_agents()
+    cluster.wait_rules()
+    node2 = cluster.agents["k8s-node2"]
+    wait_for(lambda: "privileges: kept" in (cluster.tmp / "agent-k8s-node2.log").read_text())
+    net_admin = 1 << 12
+    for thread in Path(f"/proc/{node2.pid}/task").iterdir():  # every thread, not just one
+        c = caps(int(thread.name))
+        if c["CapBnd"] != net_admin:  # a thread started before the drop would show here
+            raise AssertionError(f"thread {thread.name}: {c}")
+    c = caps(node2.pid)
+    assert c == {"CapInh": 0, "CapPrm": net_admin, "CapEff": net_admin, "CapBnd": net_admin,
+                 "CapAmb": 0}
+    # the rules change after the drop: the agent still reads them (iptables-save)
+    ns = cluster.lab["nodes"]["k8s-node2"]
+    subprocess.run(["ip", "netns", "exec", ns, "iptables", "-w", "-t", "nat", "-F",
+                    "KUBE-SVC-PK4BNTKC2JYVE7B2"], check=True)
+
+    def second_snapshot() -> bool:
+        with sqlite3.connect(cluster.db, timeout=5) as db:
+            return db.execute("SELECT COUNT(DISTINCT hash) FROM rule_snapshots WHERE "
+                              "node = 'k8s-node2'").fetchone()[0] >= 2
+    wait_for(second_snapshot, 20)
+    cluster.stop_agents()

@@ -149,3 +149,11 @@ def test_seed_scenario_rules_match_the_real_dump() -> None:
     ours = parse_iptables_save(kubeproxy.render(sc))
     real = parse_iptables_save((FIX / "seed-node2.iptables-save").read_text())
     assert ours.hash == real.hash
+
+
+def test_a_declared_empty_selection_chain_is_a_port_without_endpoints() -> None:
+    text = (FIX / "seed-node2.iptables-save").read_text()
+    flushed = "\n".join(ln for ln in text.splitlines()
+                        if not ln.startswith("-A KUBE-SVC-PK4BNTKC2JYVE7B2 "))
+    (s,) = parse_iptables_save(flushed).services
+    assert s.service == "istio-demo/bill-service:http" and s.endpoints == ()
