@@ -10,6 +10,15 @@ import socket
 import subprocess
 
 import pytest
+from hypothesis import settings
+
+# Fuzzers and property tests run with a fixed seed and a bounded number of examples, so
+# a CI run is reproducible and its time is bounded; HYPOTHESIS_PROFILE=explore searches
+# with fresh seeds (and more examples) on a developer's machine.
+settings.register_profile("ci", derandomize=True, max_examples=100, deadline=None,
+                          print_blob=True)
+settings.register_profile("explore", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @functools.cache

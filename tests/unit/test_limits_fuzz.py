@@ -158,3 +158,20 @@ def test_fuzzed_batches_are_stored_whole_or_refused_whole(tmp_path_factory: pyte
             assert store.db.execute("SELECT COUNT(*) FROM counters").fetchone()[0] == 0
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("collector", [{"max_message_bytes": 1 << 16}], indirect=True)
+def test_a_message_over_the_size_limit_is_refused(collector: tuple[int, Store],
+                                                  tmp_path: Path) -> None:
+    port, _ = collector
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    upload = ch.stream_stream("/natlens.v1.Collector/Upload",
+                              request_serializer=pb.Batch.SerializeToString,
+                              response_deserializer=pb.Ack.FromString)
+    big = batches(1, 2000)[0]
+    assert big.ByteSize() > 1 << 16
+    with pytest.raises(grpc.RpcError) as e:
+        list(upload(iter([big])))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert list(upload(iter(batches(1, 10, boot="small"))))[0].seq == 1
+    ch.close()

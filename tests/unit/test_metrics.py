@@ -22,9 +22,11 @@ from .test_retention import MODEL, T0, VIP, decision
 @pytest.fixture
 def collector(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, str]]:
     http = free_port()
+    (tmp_path / "TOKEN").write_text("s3cr3t\n")
+    extra = [str(tmp_path / a) if a == "TOKEN" else a for a in getattr(request, "param", [])]
     p = subprocess.Popen([sys.executable, "-m", "natlens", "collector", "--insecure", "--db",
                           str(tmp_path / "db"), "--listen", "127.0.0.1:0", "--http",
-                          f"127.0.0.1:{http}", *getattr(request, "param", [])],
+                          f"127.0.0.1:{http}", *extra],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout is not None
     grpc_port = int(p.stdout.readline().split(":")[-1])
@@ -90,3 +92,18 @@ def test_label_sets_are_bounded(collector: tuple[int, str]) -> None:
     decisions = {k[1]: v for k, v in m.items() if k[0] == "natlens_decisions_total"}
     assert len(decisions) == 2 and decisions[(("endpoint", "other"), ("service", "other"))] > 0
     assert m[("natlens_metrics_series_overflow_total", ())] > 0
+
+
+@pytest.mark.parametrize("collector", [["--http-token-file", "TOKEN"]], indirect=True)
+def test_http_token_guards_everything_but_the_probes(collector: tuple[int, str]) -> None:
+    import urllib.error
+
+    _, url = collector
+    for path in ("/", "/metrics", "/api/report"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url + path)
+        assert e.value.code == 401
+    req = urllib.request.Request(f"{url}/metrics", headers={"Authorization": "Bearer s3cr3t"})
+    assert urllib.request.urlopen(req).status == 200
+    assert urllib.request.urlopen(f"{url}/api/report?token=s3cr3t").status == 200
+    assert urllib.request.urlopen(f"{url}/healthz").status == 200
