@@ -318,10 +318,8 @@ def rules() -> None:
 @click.option("--netns", metavar="NAME", help="Read the live rules of this network namespace.")
 def rules_parse(file: str | None, mode: str, netns: str | None) -> None:
     """Print the declared model of FILE (- for stdin), or of the live node."""
-    from natlens.agent.rules.iptables import parse_iptables_save
-    from natlens.agent.rules.ipvs import parse_ipvs
+    from natlens.agent.rules.dump import parse_dump
     from natlens.agent.rules.live import read_iptables, read_ipvs, read_nftables, read_rules
-    from natlens.agent.rules.nftables import parse_nft
 
     if file is None:
         if mode == "nftables":
@@ -334,21 +332,8 @@ def rules_parse(file: str | None, mode: str, netns: str | None) -> None:
     else:
         with click.open_file(file) as f:
             text = f.read()
-        if mode == "auto":
-            mode = _detect_mode(text)
-        parse = {"nftables": parse_nft, "ipvs": parse_ipvs}.get(mode, parse_iptables_save)
-        model = parse(text)
+        model = parse_dump(text, mode)
     print_json(model.to_json())
-
-
-def _detect_mode(text: str) -> str:
-    head = text.lstrip()
-    if head.startswith(("table ", "{")):
-        return "nftables"
-    if head.startswith(("IP Virtual Server", "Prot LocalAddress", "-A ", "TCP  ", "UDP  ",
-                        "SCTP ")):
-        return "ipvs"
-    return "iptables"
 
 
 # ---------------------------------------------------------------- lab
@@ -484,10 +469,12 @@ def demo(output: str) -> None:
 
 
 def _register() -> None:
+    from natlens.cli_pcap import pcap
     from natlens.cli_query import db_group, query
 
     cli.add_command(query)
     cli.add_command(db_group)
+    cli.add_command(pcap)
 
 
 _register()

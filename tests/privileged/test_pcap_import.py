@@ -1,0 +1,46 @@
+"""`tcpdump -i any` in a lab node during traffic, then `natlens pcap import`: the
+report's counts equal the client tally exactly, judged against the node's rules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import SERVICE, natlens, observed, traffic, wait_for
+
+pytestmark = pytest.mark.privileged
+
+
+def test_tcpdump_any_then_import_is_exact(lab: dict[str, Any], tmp_path: Path) -> None:
+    ns = lab["nodes"]["k8s-node2"]
+    cap = tmp_path / "node2.pcap"
+    rules = tmp_path / "node2.iptables-save"
+    rules.write_text(subprocess.run(["ip", "netns", "exec", ns, "iptables-save"],
+                                    capture_output=True, text=True, check=True).stdout)
+    dump = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "any", "-U", "-n",
+                             "-w", str(cap)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: cap.exists() and cap.stat().st_size > 0, 10)
+        time.sleep(0.5)
+        tally = traffic(lab, 600)
+        time.sleep(0.5)
+    finally:
+        dump.terminate()
+        dump.wait(timeout=10)
+    db = tmp_path / "pcap.db"
+    r = natlens("pcap", "import", str(cap), "--node", "k8s-node2", "--db", str(db),
+                "--rules", str(rules), "-o", "json")
+    summary = json.loads(r.stdout)
+    assert summary["decisions"] == 600 and summary["truncated_at_byte"] is None
+    report = json.loads(natlens("report", "--db", str(db), "-o", "json").stdout)
+    (entry,) = report["services"]
+    assert entry["service"] == SERVICE and observed(entry) == tally
+    assert entry["verdict"] in ("consistent", "insufficient-data")
+    rows = json.loads(natlens("query", "decisions", "--db", str(db), "-o", "json").stdout)
+    assert len(rows) == 600 and {x["source"] for x in rows} == {"pcap"}
