@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from natlens.agent.decode.ctnetlink import CtEvent
 from natlens.agent.decode.decision import to_decision
+from natlens.agent.decode.pairing import Pairer
 from natlens.agent.health.metrics import SOURCE_NAMES, agent_registry
 from natlens.agent.health.server import Health, serve
 from natlens.agent.privileges import describe, keep_only, needed
@@ -23,6 +24,8 @@ from natlens.agent.rules.live import RulesUnavailable, read_rules, to_snapshot
 from natlens.agent.ship.batch import Batcher
 from natlens.agent.ship.client import Shipper
 from natlens.agent.ship.spool import Aggregator, Spool
+from natlens.agent.sources.capture_live import FILTER as CAPTURE_FILTER
+from natlens.agent.sources.capture_live import LiveCapture
 from natlens.agent.sources.ebpf import (
     DEFAULT_PIN_ROOT,
     BpfUnavailable,
@@ -116,6 +119,7 @@ class Agent:
         self._shipped: dict[CounterKey, CounterValue] = {}
         self._lost_shipped: dict[str, int] = {}
         self.lost_totals: dict[tuple[str, str], int] = {}
+        self._vips: set[tuple[str, int, str]] = set()
         self._window_start = time.time_ns()
         self._boot_offset = boot_offset_ns()
 
@@ -175,6 +179,7 @@ class Agent:
             log.info("rules: %s mode, %d service ports, %s", model.mode, len(model.services),
                      model.hash[:19])
             self._rules_hash = model.hash
+            self._vips = {(sp.vip, sp.port, sp.protocol) for sp in model.services}
             self.batcher.add_rules(to_snapshot(model, t0))
         return True
 
@@ -229,7 +234,69 @@ class Agent:
                     count=total - last_total, epoch=self.filter.epoch, total=total))
                 self._lost_shipped[name] = total
 
+    def _run_capture(self) -> int:
+        """``--source pcap``: decisions from packets, paired before and after DNAT."""
+        cap = LiveCapture(self.cfg.netns, self.cfg.rcvbuf)
+        self.source_pb = pb.SOURCE_PCAP
+        log.info("source pcap: capturing every interface of %s (filter: %s)",
+                 self.cfg.netns or "this namespace", CAPTURE_FILTER)
+        if not self.cfg.keep_privileges:
+            kept = keep_only(needed(False, self.cfg.netns is not None))
+            log.info("privileges: kept %s; dropped the rest (bounding set too)",
+                     describe(kept))
+        self._start_serving()
+        cap.start_link_monitor()
+        if not self._emit_rules():
+            log.error("rules: starting without a declared model; every connection to a "
+                      "new destination is paired as if it were a VIP until they are read")
+        threading.Thread(target=self._watch_rules, name="rules", daemon=True).start()
+        pairer = Pairer(self._vips or None)
+        next_stats = time.monotonic() + 5
+        try:
+            while not self._stop.is_set():
+                self.health.beat()
+                pairer.vips = self._vips or None
+                for p in cap.read(0.2):
+                    pair = pairer.feed(p)
+                    if pair is None:
+                        continue
+                    self.stats["new"] += 1
+                    self.batcher.add_decision(pb.Decision(
+                        time_ns=pair.time_ns, protocol=pair.protocol, client_ip=pair.client,
+                        client_port=pair.client_port, vip=pair.vip, vip_port=pair.vip_port,
+                        endpoint_ip=pair.endpoint, endpoint_port=pair.endpoint_port,
+                        source=pb.SOURCE_PCAP, event=pb.EVENT_NEW))
+                if time.monotonic() >= next_stats:
+                    self._capture_losses(cap, pairer)
+                    next_stats = time.monotonic() + 5
+                self.batcher.tick()
+            for p in cap.read(0.0):
+                pairer.feed(p)
+            self._capture_losses(cap, pairer)
+        finally:
+            cap.close()
+        return self._finish()
+
+    def _start_serving(self) -> None:
+        """Health/metrics endpoint and the shipper: after privileges are dropped."""
+        if self.cfg.health_listen:
+            host, _, port = self.cfg.health_listen.rpartition(":")
+            srv = serve(self.health, host, int(port), agent_registry(self))
+            log.info("health: /healthz, /readyz and /metrics on %s:%d",
+                     *srv.server_address[:2])
+        self.shipper.start()
+
+    def _capture_losses(self, cap: LiveCapture, pairer: Pairer) -> None:
+        dropped = cap.drops()
+        if dropped:
+            self.stats["lost"] += dropped
+            self._record_lost(pb.LostEvents(time_ns=time.time_ns(), source=pb.SOURCE_PCAP,
+                                            reason="capture-drops", count=dropped))
+        self.stats["non_dnat"] = pairer.stats.unpaired
+
     def run(self) -> int:
+        if self.cfg.source == "pcap":
+            return self._run_capture()
         if self.cfg.accounting:
             changed = enable_accounting(self.cfg.netns)
             if changed:
@@ -254,12 +321,7 @@ class Agent:
             kept = keep_only(needed(filt is not None, self.cfg.netns is not None))
             log.info("privileges: kept %s; dropped the rest (bounding set too)",
                      describe(kept))
-        if self.cfg.health_listen:
-            host, _, port = self.cfg.health_listen.rpartition(":")
-            srv = serve(self.health, host, int(port), agent_registry(self))
-            log.info("health: /healthz, /readyz and /metrics on %s:%d",
-                     *srv.server_address[:2])
-        self.shipper.start()
+        self._start_serving()
         rules_ok = self._emit_rules()
         if not rules_ok:
             log.error("rules: starting without a declared model; decisions are kept and "
@@ -301,6 +363,10 @@ class Agent:
         if self.filter is not None:
             self.stats.update({f"bpf_{k}": v for k, v in self.filter.read_stats().items()})
             self.filter.close()
+        return self._finish()
+
+    def _finish(self) -> int:
+        """Flush, wait for the collector's acknowledgements, say what was seen."""
         self.batcher.flush()
         ok = self.shipper.drain(self.cfg.drain_timeout)
         if not ok:

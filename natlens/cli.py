@@ -59,7 +59,8 @@ def cli() -> None:
 @click.option("--source", type=click.Choice(["auto", "ebpf", "netlink", "pcap"]), default="auto",
               show_default=True, help="Where decisions come from. ebpf: a bcc socket filter "
               "counts DNAT decisions in the kernel; netlink: every conntrack event in user "
-              "space; auto: ebpf, else netlink with one log line saying why.")
+              "space; auto: ebpf, else netlink with one log line saying why; pcap: packets "
+              "on every interface, paired before and after DNAT.")
 @click.option("--decisions", is_flag=True, help="ebpf: also ship each DNAT decision "
               "(per-connection queries), not only the kernel's counters.")
 @click.option("--sample", type=click.IntRange(1, 1 << 20), default=1, show_default=True,
@@ -129,12 +130,9 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     _check_hostport(collector, "--collector")
     if health_listen is not None:
         _check_hostport(health_listen, "--health-listen")
-    if source == "pcap":
-        raise CliError("--source pcap is not available in this version; use auto, ebpf or "
-                       "netlink")
-    if source == "netlink" and (decisions or sample > 1):
+    if source in ("netlink", "pcap") and (decisions or sample > 1):
         raise click.BadParameter("--decisions and --sample apply to the ebpf source; the "
-                                 "netlink source always ships every decision",
+                                 f"{source} source always ships every decision",
                                  param_hint="--source")
     tls = _tls(TlsFiles(tls_cert, tls_key, tls_ca), insecure, side="agent")
     token = read_token(token_file)
