@@ -91,6 +91,18 @@ class SeenIds:
         if len(self._ids) > self.limit:
             self._ids.popitem(last=False)
 
+    def forget(self, zone: int, ct_id: int, stop_ns: int) -> None:
+        """The entry was destroyed: it can no longer be in a table dump. Kept when the
+        id was seen after ``stop_ns``: the kernel gave it to a new entry already (port
+        reuse), whose NEW event was read before this DESTROY. Keeps the set the size of
+        the live table, not of the traffic so far."""
+        seen = self._ids.get((zone, ct_id))
+        if seen is not None and (not stop_ns or seen <= stop_ns):
+            del self._ids[(zone, ct_id)]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
     def known(self, zone: int, ct_id: int, start_ns: int) -> bool:
         """Whether a dumped entry (kernel start time ``start_ns``, 0 if none) was seen."""
         return seen_before(self._ids.get((zone, ct_id)), start_ns)
@@ -408,6 +420,8 @@ class Agent:
                 self.stats["new"] += 1
                 self.batcher.add_decision(to_decision(ev, pb.EVENT_NEW, self.source_pb, now))
             elif ev.kind == "destroy":
+                if self.filter is None:
+                    self.seen.forget(ev.zone, ev.ct_id, ev.stop_ns)
                 self.stats["destroy"] += 1
                 self.batcher.add_decision(to_decision(ev, pb.EVENT_DESTROY, self.source_pb, now))
         if overflowed:
