@@ -9,7 +9,7 @@ import sqlite_utils
 
 from natlens.agent.rules.model import endpoint_key, split_endpoint
 from natlens.collector.query.names import PodNames, ServiceNames
-from natlens.collector.report.build import rfc3339
+from natlens.collector.report.build import node_time_clauses, rfc3339
 
 
 class QueryError(ValueError):
@@ -47,21 +47,12 @@ def _endpoint_clause(endpoint: str) -> tuple[str, list[Any]]:
 def query_decisions(db: sqlite_utils.Database, q: DecisionQuery) -> tuple[list[dict[str, Any]],
                                                                          bool]:
     """Matching decisions, oldest first, and whether ``limit`` cut the list short."""
-    clauses: list[str] = ["1"]
-    args: list[Any] = []
+    clauses, args = node_time_clauses(q.node, q.since_ns, q.until_ns)
+    clauses.insert(0, "1")
     services = ServiceNames(db)
     if q.client:
         clauses.append("client_ip = ?")
         args.append(q.client)
-    if q.node:
-        clauses.append("node = ?")
-        args.append(q.node)
-    if q.since_ns is not None:
-        clauses.append("time_ns >= ?")
-        args.append(q.since_ns)
-    if q.until_ns is not None:
-        clauses.append("time_ns <= ?")
-        args.append(q.until_ns)
     if q.endpoint:
         c, a = _endpoint_clause(q.endpoint)
         clauses.append(c)

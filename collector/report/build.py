@@ -50,19 +50,23 @@ def _matches(service: str, wanted: str | None) -> bool:
     return service == wanted or (":" not in wanted and service.split(":", 1)[0] == wanted)
 
 
+def node_time_clauses(node: str | None, since_ns: int | None,
+                      until_ns: int | None) -> tuple[list[str], list[Any]]:
+    """SQL conditions on a decision's node and time (inclusive window)."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for cond, value in (("node = ?", node), ("time_ns >= ?", since_ns),
+                        ("time_ns <= ?", until_ns)):
+        if value is not None and value != "":
+            clauses.append(cond)
+            args.append(value)
+    return clauses, args
+
+
 def _where(q: ReportQuery) -> tuple[str, list[Any]]:
-    clauses = [f"event IN ({','.join('?' * len(COUNTED_EVENTS))})"]
-    args: list[Any] = list(COUNTED_EVENTS)
-    if q.node:
-        clauses.append("node = ?")
-        args.append(q.node)
-    if q.since_ns is not None:
-        clauses.append("time_ns >= ?")
-        args.append(q.since_ns)
-    if q.until_ns is not None:
-        clauses.append("time_ns <= ?")
-        args.append(q.until_ns)
-    return " AND ".join(clauses), args
+    clauses, args = node_time_clauses(q.node, q.since_ns, q.until_ns)
+    clauses.insert(0, f"event IN ({','.join('?' * len(COUNTED_EVENTS))})")
+    return " AND ".join(clauses), [*COUNTED_EVENTS, *args]
 
 
 def _pod_names(db: sqlite_utils.Database, at_ns: int) -> dict[str, str]:

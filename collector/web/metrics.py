@@ -15,9 +15,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from natlens.agent.rules.model import endpoint_key
+from natlens.collector.store.db import SOURCES
 from natlens.proto import natlens_pb2 as pb
 
-SOURCES = {pb.SOURCE_NETLINK: "netlink", pb.SOURCE_EBPF: "ebpf", pb.SOURCE_PCAP: "pcap"}
 OTHER = "other"
 
 

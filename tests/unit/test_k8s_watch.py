@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,17 +17,9 @@ from natlens.collector.query.decisions import DecisionQuery, query_decisions
 from natlens.collector.report.build import ReportQuery, build_report
 from natlens.collector.store.db import Store
 from tests.k8s_fake import FakeApiServer, endpoint_slice, pod, service
+from tests.privileged.helpers import wait_for
 
 from .test_retention import EPS, Feed, decision
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
