@@ -20,7 +20,9 @@ from typing import Any
 
 import sqlite_utils
 
-from natlens.collector.report.build import ReportQuery, build_report
+from natlens.agent.supervise import parse_sources
+from natlens.collector.query.agreement import agreement
+from natlens.collector.report.build import ReportQuery, build_report, rfc3339
 from natlens.collector.store.db import PodRecord, Store
 from natlens.lab import topology
 from natlens.lab.scenario import Scenario
@@ -48,8 +50,10 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def _wait_for_snapshots(db: Path, nodes: list[str], agents: dict[str, subprocess.Popen[str]],
+def _wait_for_snapshots(db: Path, ids: set[str], agents: dict[str, subprocess.Popen[str]],
                         logs: dict[str, Path], timeout: float) -> None:
+    """Until every agent (by id: several per node when it runs several sources) has
+    shipped its first batch, which holds the node's rules."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for node, p in agents.items():
@@ -58,10 +62,10 @@ def _wait_for_snapshots(db: Path, nodes: list[str], agents: dict[str, subprocess
                                f"{_last_line(logs[node])}")
         try:
             with sqlite3.connect(db, timeout=5) as c:
-                have = {r[0] for r in c.execute("SELECT DISTINCT node FROM rule_snapshots")}
+                have = {r[0] for r in c.execute("SELECT DISTINCT agent_id FROM batches")}
         except sqlite3.Error:
             have = set()
-        if set(nodes) <= have:
+        if ids <= have:
             return
         time.sleep(0.1)
     raise RunError(f"agents did not report their rules within {timeout:.0f}s")
@@ -98,7 +102,8 @@ def run_lab(sc: Scenario, scenario_path: str, source: str = "auto",
         # leaves nothing behind. The lab checks every connection, so agents also ship
         # per-connection decisions (ClientIP affinity is judged on first connections).
         bpf_args: list[str] = []
-        if source in ("auto", "ebpf"):
+        sources = parse_sources(source)
+        if "auto" in sources or "ebpf" in sources:
             bpffs = work / "bpf"
             bpffs.mkdir()
             subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True,
@@ -118,7 +123,9 @@ def run_lab(sc: Scenario, scenario_path: str, source: str = "auto",
             procs.append(p)
             st.pids.append(p.pid)
             st.save()
-        _wait_for_snapshots(db_path, [n.name for n in sc.nodes], agents, logs, 30)
+        ids = {n.name if len(sources) == 1 else f"{n.name}/{src}"
+               for n in sc.nodes for src in sources}
+        _wait_for_snapshots(db_path, ids, agents, logs, 60)
         truth: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
         for t in sc.traffic:
             tally = run_traffic(sc, st, t.source, t.service, t.connections, fam=t.family)
@@ -139,6 +146,8 @@ def run_lab(sc: Scenario, scenario_path: str, source: str = "auto",
         db = sqlite_utils.Database(str(db_path))
         try:
             report = build_report(db, ReportQuery())
+            if len(sources) > 1:
+                report["agreement"] = agreement(db, ReportQuery(), rfc3339)
         finally:
             db.close()
         return {"report": report,

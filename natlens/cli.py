@@ -56,11 +56,14 @@ def cli() -> None:
               show_default="$NODE_NAME or the hostname", help="Node name put on every record.")
 @click.option("--netns", metavar="NAME", help="Watch this network namespace (/run/netns/NAME "
               "or a path) instead of the agent's own.")
-@click.option("--source", type=click.Choice(["auto", "ebpf", "netlink", "pcap"]), default="auto",
-              show_default=True, help="Where decisions come from. ebpf: a bcc socket filter "
-              "counts DNAT decisions in the kernel; netlink: every conntrack event in user "
-              "space; auto: ebpf, else netlink with one log line saying why; pcap: packets "
-              "on every interface, paired before and after DNAT.")
+@click.option("--source", default="auto", show_default=True, metavar="SOURCE",
+              help="Where decisions come from. ebpf: a bcc socket filter counts DNAT "
+              "decisions in the kernel; netlink: every conntrack event in user space; auto: "
+              "ebpf, else netlink with one log line saying why; pcap: packets on every "
+              "interface, paired before and after DNAT. all, or a list such as "
+              "netlink,pcap: one agent process per source, side by side (ids NODE/SOURCE; "
+              "eBPF with --decisions; --spool gets a folder per source and --health-listen "
+              "the given port and the next ones), for report --agreement.")
 @click.option("--decisions", is_flag=True, help="ebpf: also ship each DNAT decision "
               "(per-connection queries), not only the kernel's counters.")
 @click.option("--sample", type=click.IntRange(1, 1 << 20), default=1, show_default=True,
@@ -120,6 +123,8 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     collector."""
     from natlens.agent.pipeline import Agent, AgentConfig
     from natlens.agent.sources.ebpf import BpfUnavailable, pin_dir, program_text
+    from natlens.agent.supervise import children, parse_sources
+    from natlens.agent.supervise import run as run_children
     from natlens.security import TlsFiles, channel_credentials, read_token
 
     if print_bpf:
@@ -130,6 +135,18 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     _check_hostport(collector, "--collector")
     if health_listen is not None:
         _check_hostport(health_listen, "--health-listen")
+    try:
+        sources = parse_sources(source)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--source") from None
+    if len(sources) > 1:
+        _setup_logging(log_level, f"natlens-agent[{agent_id or node}]")
+        ctx = click.get_current_context()
+        kids = children(_argv_without(ctx, {"source", "agent_id", "spool", "health_listen",
+                                            "decisions", "sample", "print_bpf"}),
+                        sources, agent_id or node, spool, health_listen,
+                        ["--sample", str(sample)] if sample > 1 else [])
+        sys.exit(run_children(kids))
     if source in ("netlink", "pcap") and (decisions or sample > 1):
         raise click.BadParameter("--decisions and --sample apply to the ebpf source; the "
                                  f"{source} source always ships every decision",
@@ -138,7 +155,7 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     token = read_token(token_file)
     if tls is not None:
         channel_credentials(tls)  # file problems now, in one line, not at the handshake
-    _setup_logging(log_level, f"natlens-agent[{node}]")
+    _setup_logging(log_level, f"natlens-agent[{agent_id or node}]")
     ag = Agent(AgentConfig(collector, node, netns, agent_id, rules_interval, batch_size,
                            batch_age, drain_timeout, not no_ct_accounting, rcvbuf, source,
                            decisions, sample, pin_root, counters_interval, health_listen,
@@ -154,6 +171,22 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     except OSError as e:
         raise CliError(f"agent: {e}") from None
     sys.exit(rc)
+
+
+def _argv_without(ctx: click.Context, skip: set[str]) -> list[str]:
+    """This command's options as given (defaults included), less ``skip``: the base of
+    a child process's command line."""
+    out = [ctx.info_name or "agent"]
+    for p in ctx.command.params:
+        if not isinstance(p, click.Option) or p.name in skip or p.name is None:
+            continue
+        value = ctx.params.get(p.name)
+        if p.is_flag:
+            if value:
+                out.append(p.opts[0])
+        elif value is not None:
+            out += [p.opts[-1] if p.opts[-1].startswith("--") else p.opts[0], str(value)]
+    return out
 
 
 def _tls(files: TlsFiles, insecure: bool, side: str) -> TlsFiles | None:
@@ -270,11 +303,14 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
               default=0.001, show_default=True, help="Family-wise significance level (Holm).")
 @click.option("--plot", metavar="FILE.png", type=click.Path(dir_okay=False),
               help="Also draw declared against observed shares, and the share over time.")
+@click.option("--agreement", is_flag=True, help="Nodes watched by several sources at once "
+              "(agent --source all): the connections each source saw, and those one saw "
+              "and another missed.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
 def report(db: str, service: str | None, node: str | None, since: str | None,
            start: str | None, end: str | None, by: str | None, weight: str, alpha: float,
-           plot: str | None, output: str) -> None:
+           plot: str | None, agreement: bool, output: str) -> None:
     """Declared against observed, per node, service port and rules version, with the
     same service compared across nodes."""
     from natlens.collector.query.names import ServiceNames
@@ -287,6 +323,11 @@ def report(db: str, service: str | None, node: str | None, since: str | None,
             raise CliError(f"no service {service!r} in the stored rules")
         q = ReportQuery(service, node, since_ns, until_ns, alpha, weight)
         rep = build_report_by_hour(database, q) if by == "hour" else build_report(database, q)
+        if agreement:
+            from natlens.collector.query.agreement import agreement as agree
+            from natlens.collector.report.build import rfc3339
+
+            rep["agreement"] = agree(database, q, rfc3339)
         if plot:
             from natlens.collector.report.plot import plot_report
 
@@ -444,8 +485,9 @@ def _run_and_print(scenario: str, source: str, output: str, db: str | None = Non
 
 @lab.command(name="run")
 @click.argument("scenario", type=click.Path(exists=True, dir_okay=False))
-@click.option("--source", type=click.Choice(["auto", "ebpf", "netlink", "pcap"]),
-              default="auto", show_default=True)
+@click.option("--source", type=click.Choice(["auto", "ebpf", "netlink", "pcap", "all"]),
+              default="auto", show_default=True, help="The agents' source; all: eBPF, "
+              "netlink and packets side by side on every node, compared per connection.")
 @click.option("--db", type=click.Path(dir_okay=False), help="Keep the collector's database "
               "here (for natlens query and report afterwards); by default it is removed.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",

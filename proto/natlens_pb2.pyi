@@ -70,7 +70,7 @@ class Decision(_message.Message):
     def __init__(self, time_ns: _Optional[int] = ..., protocol: _Optional[str] = ..., client_ip: _Optional[str] = ..., client_port: _Optional[int] = ..., vip: _Optional[str] = ..., vip_port: _Optional[int] = ..., endpoint_ip: _Optional[str] = ..., endpoint_port: _Optional[int] = ..., ct_id: _Optional[int] = ..., zone: _Optional[int] = ..., source: _Optional[_Union[Source, str]] = ..., event: _Optional[_Union[Event, str]] = ..., orig_packets: _Optional[int] = ..., orig_bytes: _Optional[int] = ..., reply_packets: _Optional[int] = ..., reply_bytes: _Optional[int] = ..., duration_ns: _Optional[int] = ...) -> None: ...
 
 class CounterDelta(_message.Message):
-    __slots__ = ("window_start_ns", "window_end_ns", "protocol", "vip", "vip_port", "endpoint_ip", "endpoint_port", "connections", "bytes", "packets", "epoch", "total_connections", "total_closed", "total_orig_packets", "total_orig_bytes", "total_reply_packets", "total_reply_bytes", "total_duration_ns")
+    __slots__ = ("window_start_ns", "window_end_ns", "protocol", "vip", "vip_port", "endpoint_ip", "endpoint_port", "connections", "bytes", "packets", "epoch", "total_connections", "total_closed", "total_orig_packets", "total_orig_bytes", "total_reply_packets", "total_reply_bytes", "total_duration_ns", "source")
     WINDOW_START_NS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_END_NS_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class CounterDelta(_message.Message):
     TOTAL_REPLY_PACKETS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_DURATION_NS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     window_start_ns: int
     window_end_ns: int
     protocol: str
@@ -107,7 +108,8 @@ class CounterDelta(_message.Message):
     total_reply_packets: int
     total_reply_bytes: int
     total_duration_ns: int
-    def __init__(self, window_start_ns: _Optional[int] = ..., window_end_ns: _Optional[int] = ..., protocol: _Optional[str] = ..., vip: _Optional[str] = ..., vip_port: _Optional[int] = ..., endpoint_ip: _Optional[str] = ..., endpoint_port: _Optional[int] = ..., connections: _Optional[int] = ..., bytes: _Optional[int] = ..., packets: _Optional[int] = ..., epoch: _Optional[str] = ..., total_connections: _Optional[int] = ..., total_closed: _Optional[int] = ..., total_orig_packets: _Optional[int] = ..., total_orig_bytes: _Optional[int] = ..., total_reply_packets: _Optional[int] = ..., total_reply_bytes: _Optional[int] = ..., total_duration_ns: _Optional[int] = ...) -> None: ...
+    source: Source
+    def __init__(self, window_start_ns: _Optional[int] = ..., window_end_ns: _Optional[int] = ..., protocol: _Optional[str] = ..., vip: _Optional[str] = ..., vip_port: _Optional[int] = ..., endpoint_ip: _Optional[str] = ..., endpoint_port: _Optional[int] = ..., connections: _Optional[int] = ..., bytes: _Optional[int] = ..., packets: _Optional[int] = ..., epoch: _Optional[str] = ..., total_connections: _Optional[int] = ..., total_closed: _Optional[int] = ..., total_orig_packets: _Optional[int] = ..., total_orig_bytes: _Optional[int] = ..., total_reply_packets: _Optional[int] = ..., total_reply_bytes: _Optional[int] = ..., total_duration_ns: _Optional[int] = ..., source: _Optional[_Union[Source, str]] = ...) -> None: ...
 
 class DeclaredEndpoint(_message.Message):
     __slots__ = ("endpoint", "probability", "chain")

@@ -133,7 +133,7 @@ class Aggregator:
                 vip_port=key[2], endpoint_ip=key[3], endpoint_port=key[4], epoch=self.epoch,
                 total_connections=c[0], total_closed=c[1], total_orig_bytes=c[2],
                 total_reply_bytes=c[3], total_orig_packets=c[4], total_reply_packets=c[5],
-                total_duration_ns=c[6]))
+                total_duration_ns=c[6], source=batch.decisions[0].source))
         self.not_kept += len(batch.decisions)
         slim.lost.append(pb.LostEvents(
             time_ns=now, source=batch.decisions[0].source,

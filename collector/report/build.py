@@ -23,6 +23,7 @@ from scipy import stats
 from natlens.collector.analyze.judge import judge, verdict
 from natlens.collector.analyze.multiple import holm
 from natlens.collector.report.plan import Plan, clause, plan
+from natlens.collector.report.sources import OLDER, combine, pick
 from natlens.collector.store.db import COUNTED_EVENTS
 from natlens.collector.store.retention import pruned_before
 
@@ -97,24 +98,29 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
     models: dict[tuple[str, str], dict[str, Any]] = {}
     for node, h, model in db.execute("SELECT node, hash, model FROM rule_snapshots"):
         models[(node, h)] = json.loads(model)
-    counts: dict[tuple[str, str, str, str, int], dict[str, int]] = defaultdict(
-        lambda: defaultdict(int))
+    # per service port, source and endpoint (several sources may watch one node)
+    by_src: dict[tuple[str, str, str, str, int], dict[str, dict[str, int]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(int)))
     tmin, tmax = None, None
     # The eBPF source counts NEW decisions in the kernel (the counters table); its
     # decision records are for queries and, when sampled, are shown scaled, not counted.
     p = _plan(db, q)
     raw_sql, raw_args = clause("time_ns", p.raw)
     cwhere, cargs = _where(ReportQuery(node=q.node))
-    for node, h, proto, vip, port, ep, n, t0, t1 in [*db.execute(
-            f"SELECT node, rules_hash, protocol, vip, vip_port, endpoint, "
+    for node, h, proto, vip, port, ep, src, n, t0, t1 in [*db.execute(
+            f"SELECT node, rules_hash, protocol, vip, vip_port, endpoint, source, "
             f"SUM(sample_rate), MIN(time_ns), MAX(time_ns) FROM decisions WHERE {cwhere} "
             f"AND {raw_sql} AND NOT (source = 'ebpf' AND event = 'new') "
-            f"GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint",
+            f"GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint, source",
             [*cargs, *raw_args]),
             *_counter_sums(db, q, p), *_rollup_sums(db, q, p, "connections")]:
-        counts[(node, h, proto, vip, port)][ep] += int(n)
+        by_src[(node, h, proto, vip, port)][src][ep] += int(n)
         tmin = t0 if tmin is None else min(tmin, t0)
         tmax = t1 if tmax is None else max(tmax, t1)
+    counts: dict[tuple[str, str, str, str, int], dict[str, int]] = {}
+    counted: dict[tuple[str, str, str, str, int], str] = {}
+    for key, per_source in by_src.items():
+        counted[key], counts[key] = pick(per_source)
     sampled = _sampled(db, where, args)
     volume = _bytes(db, q, p)
     # An open-ended window (--since) ends now; otherwise at the last decision seen.
@@ -133,7 +139,8 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
         if not _matches(sp["service"], q.service):
             continue
         if sp["affinity"] == "ClientIP":
-            observed = _first_connections(db, where, args, node, h, proto, vip, port)
+            observed = _first_connections(db, where, args, node, h, proto, vip, port,
+                                          counted[(node, h, proto, vip, port)])
         scheduler = sp.get("scheduler", "random")
         j = judge([(e["endpoint"], e["probability"]) for e in sp["endpoints"]], observed,
                   scheduler)
@@ -147,15 +154,20 @@ def build_report(db: sqlite_utils.Database, q: ReportQuery) -> dict[str, Any]:
             "service": sp["service"], "kind": sp["kind"], "vip": vip, "port": port,
             "protocol": proto, "node": node, "rules_version": h, "affinity": sp["affinity"],
             "policy": sp["policy"], "chain": sp.get("chain", ""), "scheduler": scheduler,
-            "total": j.total,
+            "total": j.total, "source": counted[(node, h, proto, vip, port)],
             "endpoints": j.endpoints, "undeclared": j.undeclared, "test": None, "verdict": "",
             "reasons": j.reasons}
         if sp["affinity"] == "ClientIP":
             entry["counted"] = "first connection per client"
+        others = by_src[(node, h, proto, vip, port)]
+        if len([src for src in others if src != OLDER]) > 1:
+            entry["sources"] = {src: sum(c.values()) for src, c in sorted(others.items())
+                                if src != OLDER}
         if (node, h, proto, vip, port) in sampled:
             entry["sampled"] = sampled[(node, h, proto, vip, port)]
         entry["tvd"] = tvd(j.endpoints, j.undeclared, j.total)
-        _add_bytes(entry, volume.get((node, h, proto, vip, port), {}), q.weight)
+        _add_bytes(entry, combine(volume.get((node, h, proto, vip, port), {}),
+                                  counted[(node, h, proto, vip, port)]), q.weight)
         entries.append(entry)
         judgements.append(j)
     tested = [i for i, j in enumerate(judgements) if j.test is not None]
@@ -210,23 +222,25 @@ def _add_bytes(entry: dict[str, Any], by_ep: dict[str, int], weight: str) -> Non
 
 
 def _bytes(db: sqlite_utils.Database, q: ReportQuery,
-           p: Plan) -> dict[tuple[Any, ...], dict[str, int]]:
-    """Bytes both ways per endpoint: closed connections of user-space sources (their
-    DESTROY events), the eBPF source's kernel counters, and the rollups of both."""
-    out: dict[tuple[Any, ...], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+           p: Plan) -> dict[tuple[Any, ...], dict[str, dict[str, int]]]:
+    """Bytes both ways per endpoint and source: closed connections of user-space sources
+    (their DESTROY events), the eBPF source's kernel counters, and the rollups of both."""
+    out: dict[tuple[Any, ...], dict[str, dict[str, int]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(int)))
     node_sql, node_args = ("node = ?", [q.node]) if q.node else ("1", [])
     d_sql, d_args = clause("time_ns", p.raw)
     c_sql, c_args = clause("window_end_ns", p.raw)
     group = "node, rules_hash, protocol, vip, vip_port, endpoint"
-    for node, h, proto, vip, port, ep, n in [
-            *db.execute(f"SELECT {group}, SUM((orig_bytes + reply_bytes) * sample_rate) "
-                        f"FROM decisions WHERE event = 'destroy' AND source != 'ebpf' AND "
-                        f"{node_sql} AND {d_sql} GROUP BY {group}", [*node_args, *d_args]),
-            *db.execute(f"SELECT {group}, SUM(orig_bytes + reply_bytes) FROM counters "
-                        f"WHERE {node_sql} AND {c_sql} GROUP BY {group}",
+    for node, h, proto, vip, port, ep, src, n in [
+            *db.execute(f"SELECT {group}, source, SUM((orig_bytes + reply_bytes) * "
+                        f"sample_rate) FROM decisions WHERE event = 'destroy' AND "
+                        f"source != 'ebpf' AND {node_sql} AND {d_sql} GROUP BY {group}, "
+                        "source", [*node_args, *d_args]),
+            *db.execute(f"SELECT {group}, source, SUM(orig_bytes + reply_bytes) FROM "
+                        f"counters WHERE {node_sql} AND {c_sql} GROUP BY {group}, source",
                         [*node_args, *c_args]),
-            *(row[:7] for row in _rollup_sums(db, q, p, "orig_bytes + reply_bytes"))]:
-        out[(node, h, proto, vip, port)][ep] += int(n or 0)
+            *(row[:8] for row in _rollup_sums(db, q, p, "orig_bytes + reply_bytes"))]:
+        out[(node, h, proto, vip, port)][src][ep] += int(n or 0)
     return out
 
 
@@ -280,10 +294,10 @@ def _rollup_sums(db: sqlite_utils.Database, q: ReportQuery, p: Plan,
             continue
         sql, args = clause("bucket_ns", segments)
         out += db.execute(
-            f"SELECT node, rules_hash, protocol, vip, vip_port, endpoint, SUM({what}), "
-            f"MIN(bucket_ns), MAX(bucket_ns) FROM rollups WHERE granularity = ? AND {sql} "
-            f"AND {node_sql} AND ({what}) > 0 "
-            "GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint",
+            f"SELECT node, rules_hash, protocol, vip, vip_port, endpoint, source, "
+            f"SUM({what}), MIN(bucket_ns), MAX(bucket_ns) FROM rollups WHERE granularity = ? "
+            f"AND {sql} AND {node_sql} AND ({what}) > 0 "
+            "GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint, source",
             [granularity, *args, *node_args]).fetchall()
     return out
 
@@ -297,9 +311,10 @@ def _counter_sums(db: sqlite_utils.Database, q: ReportQuery, p: Plan) -> list[tu
         clauses.append("node = ?")
         args.append(q.node)
     return list(db.execute(
-        "SELECT node, rules_hash, protocol, vip, vip_port, endpoint, SUM(connections), "
-        "MIN(window_start_ns), MAX(window_end_ns) FROM counters WHERE "
-        f"{' AND '.join(clauses)} GROUP BY node, rules_hash, protocol, vip, vip_port, endpoint",
+        "SELECT node, rules_hash, protocol, vip, vip_port, endpoint, source, "
+        "SUM(connections), MIN(window_start_ns), MAX(window_end_ns) FROM counters WHERE "
+        f"{' AND '.join(clauses)} GROUP BY node, rules_hash, protocol, vip, vip_port, "
+        "endpoint, source",
         args))
 
 
@@ -326,13 +341,15 @@ def _sampled(db: sqlite_utils.Database, where: str,
 
 
 def _first_connections(db: sqlite_utils.Database, where: str, args: list[Any], node: str,
-                       h: str, proto: str, vip: str, port: int) -> dict[str, int]:
+                       h: str, proto: str, vip: str, port: int,
+                       source: str) -> dict[str, int]:
     out: dict[str, int] = defaultdict(int)
     # SQLite returns the bare column (endpoint) from the row holding MIN(time_ns).
     for ep, _ in db.execute(
             f"SELECT endpoint, MIN(time_ns) FROM decisions WHERE {where} AND node=? AND "
-            f"rules_hash=? AND protocol=? AND vip=? AND vip_port=? GROUP BY client_ip",
-            [*args, node, h, proto, vip, port]):
+            f"rules_hash=? AND protocol=? AND vip=? AND vip_port=? AND "
+            f"(source = ? OR ? = '{OLDER}') GROUP BY client_ip",
+            [*args, node, h, proto, vip, port, source, source]):
         out[ep] += 1
     return dict(out)
 

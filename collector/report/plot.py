@@ -15,6 +15,7 @@ import matplotlib
 import sqlite_utils
 
 from natlens.collector.report.build import ReportQuery
+from natlens.collector.report.sources import OLDER
 
 MINUTE_NS = 60 * 10**9
 MAX_ROWS = 12
@@ -35,14 +36,16 @@ def shares_over_time(db: sqlite_utils.Database, entry: dict[str, Any], q: Report
     rows = db.execute(
         "SELECT (t / ?) * ? AS m, endpoint, SUM(n) FROM ("
         "SELECT time_ns AS t, endpoint, sample_rate AS n, node, rules_hash AS h, protocol, "
-        "vip, vip_port FROM decisions WHERE event IN ('new', 'recovered') AND NOT "
+        "vip, vip_port, source FROM decisions WHERE event IN ('new', 'recovered') AND NOT "
         "(source = 'ebpf' AND event = 'new') UNION ALL SELECT window_end_ns, endpoint, "
-        "connections, node, rules_hash, protocol, vip, vip_port FROM counters UNION ALL "
-        "SELECT bucket_ns, endpoint, connections, node, rules_hash, protocol, vip, vip_port "
-        "FROM rollups WHERE granularity = 'minute' AND bucket_ns < COALESCE((SELECT value_ns "
-        "FROM retention WHERE name = 'pruned_before_ns'), 0)) WHERE node = ? AND h = ? AND "
-        f"protocol = ? AND vip = ? AND vip_port = ?{extra} GROUP BY m, endpoint ORDER BY m",
-        [MINUTE_NS, MINUTE_NS, *args]).fetchall()
+        "connections, node, rules_hash, protocol, vip, vip_port, source FROM counters "
+        "UNION ALL SELECT bucket_ns, endpoint, connections, node, rules_hash, protocol, vip, "
+        "vip_port, source FROM rollups WHERE granularity = 'minute' AND bucket_ns < "
+        "COALESCE((SELECT value_ns FROM retention WHERE name = 'pruned_before_ns'), 0)) "
+        "WHERE node = ? AND h = ? AND protocol = ? AND vip = ? AND vip_port = ? AND "
+        f"source IN (?, ?){extra} GROUP BY m, endpoint ORDER BY m",
+        [MINUTE_NS, MINUTE_NS, *args[:5], entry.get("source", OLDER), OLDER,
+         *args[5:]]).fetchall()
     per_minute: dict[int, dict[str, int]] = defaultdict(dict)
     for m, ep, n in rows:
         per_minute[m][ep] = int(n)

@@ -63,6 +63,9 @@ def render(report: dict[str, Any], ground_truth: dict[str, Any] | None = None) -
         for r in s.get("reasons", []):
             line.append(f"  — {r}", style="dim")
         parts.append(line)
+        if s.get("sources"):
+            parts.append(Text(f"  counted from {s['source']}; each source's total: " + ", ".join(
+                f"{k} {v}" for k, v in s["sources"].items()), style="dim"))
         if s.get("sampled"):
             sm = s["sampled"]
             parts.append(Text(f"  decision records sampled 1 in {sm['rate']}: " + ", ".join(
@@ -78,7 +81,24 @@ def render(report: dict[str, Any], ground_truth: dict[str, Any] | None = None) -
         parts.append(Text(f"lost: {lo['count']} {lo['source']} events on {lo['node']} "
                           f"({lo['reason']}), {lo['recovered']} decisions recovered",
                           style="bold yellow"))
+    parts.extend(_agreement(a) for a in report.get("agreement", []))
     return Group(*parts)
+
+
+def _agreement(a: dict[str, Any]) -> Group:
+    """Per node watched by several sources: seen by all, missed by each, examples."""
+    missed = ", ".join(f"{s} missed {n}" for s, n in a["missed"].items())
+    ok = a["seen_by_all"] == a["connections"] and not a["disagreed"]
+    lines: list[Any] = [Text(
+        f"sources on {a['node']}: {a['connections']} connections, {a['seen_by_all']} seen "
+        f"by all of {', '.join(a['sources'])}; {missed}; {a['disagreed']} with different "
+        "endpoints", style="green" if ok else "bold yellow")]
+    for x in a["examples"]:
+        lines.append(Text(f"  {x['time']} {x['protocol']} {x['client']} → {x['vip']}: seen by "
+                          + ", ".join(f"{k} ({v})" for k, v in x["seen_by"].items())
+                          + (f", missed by {', '.join(x['missed_by'])}"
+                             if x["missed_by"] else ""), style="dim"))
+    return Group(*lines)
 
 
 def console() -> Console:

@@ -203,7 +203,8 @@ class Store:
             raise BatchRejected(f"counter total went backwards within epoch {c.epoch}")
         self.db.table("counter_totals").upsert({**key, **totals}, pk=tuple(key))
         return {**key, "window_start_ns": c.window_start_ns, "window_end_ns": c.window_end_ns,
-                "rules_hash": self.rules_at(node, c.window_end_ns), **increase}
+                "rules_hash": self.rules_at(node, c.window_end_ns),
+                "source": SOURCES.get(c.source, "ebpf"), **increase}
 
     def _lost_row(self, node: str, lo: pb.LostEvents) -> dict[str, Any] | None:
         source = SOURCES.get(lo.source, "unknown")

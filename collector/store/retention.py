@@ -53,9 +53,10 @@ def _set_state(store: Store, name: str, value: int) -> None:
 # One row per decision or counter window: what it adds to its bucket. Connections are
 # counted as the report counts them (eBPF NEW decisions are in the kernel counters);
 # bytes come from DESTROY events of user-space sources and from the kernel counters.
+# Kept apart per source: a node several sources watch is counted from one of them.
 _COUNTED = ",".join(f"'{e}'" for e in COUNTED_EVENTS)
 _ROWS = f"""
-    SELECT time_ns AS t, node, protocol, vip, vip_port, rules_hash, endpoint,
+    SELECT time_ns AS t, node, protocol, vip, vip_port, rules_hash, endpoint, source,
       CASE WHEN event IN ({_COUNTED}) AND NOT (source = 'ebpf' AND event = 'new')
            THEN sample_rate ELSE 0 END AS connections,
       CASE WHEN event = 'destroy' AND source != 'ebpf' THEN sample_rate ELSE 0 END AS closed,
@@ -68,11 +69,12 @@ _ROWS = f"""
         AS reply_packets
     FROM decisions WHERE time_ns >= :start AND time_ns < :end
     UNION ALL
-    SELECT window_end_ns, node, protocol, vip, vip_port, rules_hash, endpoint, connections,
+    SELECT window_end_ns, node, protocol, vip, vip_port, rules_hash, endpoint, source,
+      connections,
       closed, orig_bytes, reply_bytes, orig_packets, reply_packets
     FROM counters WHERE window_end_ns >= :start AND window_end_ns < :end"""
 
-_GROUP = "node, protocol, vip, vip_port, rules_hash, endpoint"
+_GROUP = "node, protocol, vip, vip_port, rules_hash, endpoint, source"
 _SUMS = ", ".join(f"SUM({c})" for c in ROLLUP_COLUMNS)
 _INSERT = f"INSERT INTO rollups ({', '.join(ROLLUP_KEY)}, {', '.join(ROLLUP_COLUMNS)}) "
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite_utils
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class SchemaError(RuntimeError):
@@ -57,20 +57,25 @@ def _v2(db: sqlite_utils.Database) -> None:
                                     "total": int}, pk=("node", "epoch", "source", "reason"))
 
 
-ROLLUP_KEY = ("granularity", "bucket_ns", "node", "protocol", "vip", "vip_port", "rules_hash",
-              "endpoint")
+ROLLUP_KEY_V3 = ("granularity", "bucket_ns", "node", "protocol", "vip", "vip_port",
+                 "rules_hash", "endpoint")
+# v5: which source counted it, so a node watched by several sources is counted once
+ROLLUP_KEY = (*ROLLUP_KEY_V3, "source")
 ROLLUP_COLUMNS = ("connections", "closed", "orig_bytes", "reply_bytes", "orig_packets",
                   "reply_packets")
+
+
+def _create_rollups(db: sqlite_utils.Database, name: str, key: tuple[str, ...]) -> None:
+    # Clustered on its key (WITHOUT ROWID): a report reads a range of buckets in order.
+    cols = ", ".join([*(f"{k} {'INTEGER' if k in ('bucket_ns', 'vip_port') else 'TEXT'}"
+                        for k in key), *(f"{c} INTEGER" for c in ROLLUP_COLUMNS)])
+    db.execute(f"CREATE TABLE {name} ({cols}, PRIMARY KEY ({', '.join(key)})) WITHOUT ROWID")
 
 
 def _v3(db: sqlite_utils.Database) -> None:
     """Per-minute and per-hour rollups that outlive pruned decisions; the retention
     watermarks; who held a ClusterIP when (from the Kubernetes watch)."""
-    # Clustered on its key (WITHOUT ROWID): a report reads a range of buckets in order.
-    cols = ", ".join([*(f"{k} {'INTEGER' if k in ('bucket_ns', 'vip_port') else 'TEXT'}"
-                        for k in ROLLUP_KEY), *(f"{c} INTEGER" for c in ROLLUP_COLUMNS)])
-    db.execute(f"CREATE TABLE rollups ({cols}, PRIMARY KEY ({', '.join(ROLLUP_KEY)})) "
-               "WITHOUT ROWID")
+    _create_rollups(db, "rollups", ROLLUP_KEY_V3)
     db.table("retention").create({"name": str, "value_ns": int}, pk="name")
     db.table("services").create({"vip": str, "namespace": str, "name": str, "from_ns": int,
                                  "to_ns": int})
@@ -94,7 +99,28 @@ def _v4(db: sqlite_utils.Database) -> None:
                "WHERE source = 'ebpf' AND sample_rate > 1")
 
 
-MIGRATIONS = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+OLDER_SOURCE = ""  # rollups written before v5: whichever source the node had
+
+
+def _v5(db: sqlite_utils.Database) -> None:
+    """Rollups keyed by source too: a node watched by several sources at once (``agent
+    --source all``) must be counted once, from one of them, and compared across them.
+    Buckets summed before this version keep their counts under source ``""``."""
+    _create_rollups(db, "rollups_v5", ROLLUP_KEY)
+    cols = ", ".join([*ROLLUP_KEY_V3, *ROLLUP_COLUMNS])
+    db.execute(f"INSERT INTO rollups_v5 ({cols}, source) SELECT {cols}, ? FROM rollups",
+               [OLDER_SOURCE])
+    db.execute("DROP TABLE rollups")
+    db.execute("ALTER TABLE rollups_v5 RENAME TO rollups")
+    # counters so far were the eBPF source's, or decisions folded in by a full spool
+    db.execute("ALTER TABLE counters ADD COLUMN source TEXT NOT NULL DEFAULT 'ebpf'")
+    db.execute("UPDATE counters SET source = (SELECT d.source FROM lost_events d WHERE "
+               "d.node = counters.node AND d.reason LIKE 'spool-full%' LIMIT 1) "
+               "WHERE epoch LIKE 'spool-%' AND EXISTS (SELECT 1 FROM lost_events d WHERE "
+               "d.node = counters.node AND d.reason LIKE 'spool-full%')")
+
+
+MIGRATIONS = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
 
 
 def migrate(db: sqlite_utils.Database) -> int:

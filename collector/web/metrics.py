@@ -3,7 +3,9 @@
 Counted as batches are stored (not re-queried from the database at each scrape, which
 would cost a full scan on a months-old store). Label sets are bounded: past
 ``max_series`` distinct (service, endpoint) pairs, new ones are counted under
-``other``, so one churning service cannot blow up the scraper's memory.
+``other``, so one churning service cannot blow up the scraper's memory. Decisions and
+bytes carry the source that saw them: a node watched by several sources at once
+(``agent --source all``) shows each, so sum over one source, not over all.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ class IngestMetrics:
         self._lost_totals: dict[tuple[str, str, str, str], int] = {}
         r = self.registry
         self.decisions = Counter("natlens_decisions", "DNAT decisions stored (connections; "
-                                 "sampled ones scaled back)", ["service", "endpoint"],
+                                 "sampled ones scaled back)", ["service", "endpoint", "source"],
                                  registry=r)
         self.bytes = Counter("natlens_bytes", "Bytes both ways of closed connections",
-                             ["service", "endpoint"], registry=r)
+                             ["service", "endpoint", "source"], registry=r)
         self.lost = Counter("natlens_lost_events", "Events an agent knows it did not see",
                             ["node", "source", "reason"], registry=r)
         self.batches = Counter("natlens_batches", "Batches received", ["result"], registry=r)
@@ -76,16 +78,19 @@ class IngestMetrics:
                 newest = max(newest, d.time_ns)
                 svc = self._service(batch.node, d.vip, d.vip_port, d.protocol)
                 labels = self._labels(svc, endpoint_key(d.endpoint_ip, d.endpoint_port))
+                src = SOURCES.get(d.source, "unknown")
                 if d.event == pb.EVENT_RECOVERED or (
                         d.event == pb.EVENT_NEW and d.source != pb.SOURCE_EBPF):
-                    self.decisions.labels(*labels).inc(rate if d.event == pb.EVENT_NEW else 1)
+                    self.decisions.labels(*labels, src).inc(
+                        rate if d.event == pb.EVENT_NEW else 1)
                 elif d.event == pb.EVENT_DESTROY and d.source != pb.SOURCE_EBPF:
-                    self.bytes.labels(*labels).inc(d.orig_bytes + d.reply_bytes)
+                    self.bytes.labels(*labels, src).inc(d.orig_bytes + d.reply_bytes)
             for c in batch.counters:
                 svc = self._service(batch.node, c.vip, c.vip_port, c.protocol)
                 labels = self._labels(svc, endpoint_key(c.endpoint_ip, c.endpoint_port))
-                self.decisions.labels(*labels).inc(c.connections)
-                self.bytes.labels(*labels).inc(c.bytes)
+                src = SOURCES.get(c.source, "ebpf")
+                self.decisions.labels(*labels, src).inc(c.connections)
+                self.bytes.labels(*labels, src).inc(c.bytes)
             for lo in batch.lost:
                 source = SOURCES.get(lo.source, "unknown")
                 n = lo.count

@@ -36,3 +36,19 @@ def test_ipv6_udp_flows_by_packets() -> None:
     (entry,) = result["report"]["services"]
     assert entry["protocol"] == "udp" and entry["total"] == 400
     assert observed(entry) == result["ground_truth"]["node-a"]["kube-system/kube-dns:dns"]
+
+
+def test_three_sources_see_every_connection() -> None:
+    """conntrack events, the eBPF filter and packets side by side on one node: the
+    report counts each connection once, and every one was seen by all three."""
+    result = lab_run(str(ROOT / "examples" / "seed-bill-service.yaml"), "--source", "all")
+    (entry,) = result["report"]["services"]
+    truth = result["ground_truth"]["k8s-node2"][SERVICE]
+    assert observed(entry) == truth and entry["total"] == 2000
+    assert entry["source"] == "ebpf"
+    assert entry["sources"] == {"ebpf": 2000, "netlink": 2000, "pcap": 2000}
+    (a,) = result["report"]["agreement"]
+    assert a["node"] == "k8s-node2" and a["sources"] == ["ebpf", "netlink", "pcap"]
+    assert a["connections"] == a["seen_by_all"] == 2000
+    assert a["missed"] == {"ebpf": 0, "netlink": 0, "pcap": 0} and a["disagreed"] == 0
+    assert not result["report"]["lost"]
