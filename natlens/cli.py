@@ -12,22 +12,22 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import click
 
 from natlens import __version__
 from natlens.cliutil import (
     CliError,
+    check_hostport,
+    collector_client_options,
     open_store,
     parse_duration,
     print_json,
+    tls_settings,
     window,
     window_options,
 )
-
-if TYPE_CHECKING:
-    from natlens.security import TlsFiles
 
 SEED_SCENARIO = Path(__file__).resolve().parent.parent / "examples" / "seed-bill-service.yaml"
 
@@ -78,16 +78,7 @@ def cli() -> None:
 @click.option("--print-bpf", is_flag=True, help="Print the eBPF C program and exit.")
 @click.option("--health-listen", metavar="HOST:PORT", help="Serve /healthz (the source "
               "loop turns) and /readyz (subscribed, rules read) for kubelet probes.")
-@click.option("--tls-ca", metavar="PEM", help="CA that signed the collector's certificate; "
-              "turns on TLS.")
-@click.option("--tls-cert", metavar="PEM", help="This agent's client certificate (mutual TLS).")
-@click.option("--tls-key", metavar="PEM", help="Its private key.")
-@click.option("--tls-server-name", metavar="NAME", help="Name to check in the collector's "
-              "certificate (default: the host in --collector).")
-@click.option("--token-file", metavar="PATH", help="Send the bearer token in PATH with the "
-              "stream.")
-@click.option("--insecure", is_flag=True, help="Allow plaintext gRPC (no --tls-ca), e.g. to "
-              "a collector on loopback.")
+@collector_client_options
 @click.option("--spool", metavar="DIR", help="Keep every batch on disk here until the "
               "collector acknowledges it; a restarted agent resends what it finds.")
 @click.option("--spool-max-bytes", type=click.IntRange(4096, 1 << 40), default=256 << 20,
@@ -132,9 +123,9 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
         return
     if collector is None:
         raise click.UsageError("Missing option '--collector'.")
-    _check_hostport(collector, "--collector")
+    check_hostport(collector, "--collector")
     if health_listen is not None:
-        _check_hostport(health_listen, "--health-listen")
+        check_hostport(health_listen, "--health-listen")
     try:
         sources = parse_sources(source)
     except ValueError as e:
@@ -151,7 +142,7 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
         raise click.BadParameter("--decisions and --sample apply to the ebpf source; the "
                                  f"{source} source always ships every decision",
                                  param_hint="--source")
-    tls = _tls(TlsFiles(tls_cert, tls_key, tls_ca), insecure, side="agent")
+    tls = tls_settings(TlsFiles(tls_cert, tls_key, tls_ca), insecure, side="client")
     token = read_token(token_file)
     if tls is not None:
         channel_credentials(tls)  # file problems now, in one line, not at the handshake
@@ -187,24 +178,6 @@ def _argv_without(ctx: click.Context, skip: set[str]) -> list[str]:
         elif value is not None:
             out += [p.opts[-1] if p.opts[-1].startswith("--") else p.opts[0], str(value)]
     return out
-
-
-def _tls(files: TlsFiles, insecure: bool, side: str) -> TlsFiles | None:
-    """The TLS settings, or None for plaintext, which needs --insecure."""
-    given = any((files.cert, files.key, files.ca))
-    if given and insecure:
-        raise click.UsageError("--insecure and --tls-* contradict each other")
-    if not given and not insecure:
-        need = ("--tls-ca (and --tls-cert/--tls-key for mutual TLS)" if side == "agent"
-                else "--tls-cert and --tls-key (and --tls-ca to require client certificates)")
-        raise click.UsageError(f"refusing plaintext gRPC: give {need}, or --insecure")
-    return files if given else None
-
-
-def _check_hostport(value: str, flag: str) -> None:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint=flag)
 
 
 @cli.command(name="collector")
@@ -261,17 +234,17 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
     from natlens.collector.store.retention import Policy
     from natlens.security import TlsFiles, read_token, server_credentials
 
-    _check_hostport(listen, "--listen")
+    check_hostport(listen, "--listen")
     http_addr = None
     if http is not None:
-        _check_hostport(http, "--http")
+        check_hostport(http, "--http")
         h, _, p = http.rpartition(":")
         http_addr = (h, int(p))
     keep_d, keep_r = parse_duration(retain_decisions), parse_duration(retain_rollups)
     if keep_r < keep_d:
         raise click.BadParameter("rollups must be kept at least as long as decisions",
                                  param_hint="--retain-rollups")
-    tls = _tls(TlsFiles(tls_cert, tls_key, tls_ca), insecure, side="collector")
+    tls = tls_settings(TlsFiles(tls_cert, tls_key, tls_ca), insecure, side="collector")
     token = read_token(token_file)
     if tls is not None:
         server_credentials(tls)

@@ -8,11 +8,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from natlens.timeparse import duration_ns, time_ns
+
+if TYPE_CHECKING:
+    from natlens.security import TlsFiles
 
 
 class CliError(Exception):
@@ -97,3 +100,38 @@ def _db_error(path: str, e: sqlite3.DatabaseError) -> CliError:
     if "not a database" in msg:
         return CliError(f"{path}: not an SQLite database")
     return CliError(f"{path}: {msg}")
+
+
+def collector_client_options(f: Any) -> Any:
+    """How a client (the agent, ``pcap import``) reaches the collector: TLS or not."""
+    for opt in reversed([
+            click.option("--tls-ca", metavar="PEM", help="CA that signed the collector's "
+                         "certificate; turns on TLS."),
+            click.option("--tls-cert", metavar="PEM", help="Client certificate (mutual TLS)."),
+            click.option("--tls-key", metavar="PEM", help="Its private key."),
+            click.option("--tls-server-name", metavar="NAME", help="Name to check in the "
+                         "collector's certificate (default: the host in --collector)."),
+            click.option("--token-file", metavar="PATH", help="Send the bearer token in "
+                         "PATH with the stream."),
+            click.option("--insecure", is_flag=True, help="Allow plaintext gRPC (no "
+                         "--tls-ca), e.g. to a collector on loopback.")]):
+        f = opt(f)
+    return f
+
+
+def tls_settings(files: TlsFiles, insecure: bool, side: str) -> TlsFiles | None:
+    """The TLS settings, or None for plaintext, which needs --insecure."""
+    given = any((files.cert, files.key, files.ca))
+    if given and insecure:
+        raise click.UsageError("--insecure and --tls-* contradict each other")
+    if not given and not insecure:
+        need = ("--tls-ca (and --tls-cert/--tls-key for mutual TLS)" if side == "client"
+                else "--tls-cert and --tls-key (and --tls-ca to require client certificates)")
+        raise click.UsageError(f"refusing plaintext gRPC: give {need}, or --insecure")
+    return files if given else None
+
+
+def check_hostport(value: str, flag: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint=flag)
