@@ -30,6 +30,8 @@ proto-check: install
 bench: install
 	$(PY) bench/rules_parse.py
 	$(PY) bench/source_cpu.py
+	RATE=5000 CONFIGS=netlink,pcap $(PY) bench/source_cpu.py
+	$(PY) bench/pcap_import.py
 	$(PY) bench/ebpf_memory.py
 	$(PY) bench/ingest.py
 	$(PY) bench/decision_indexes.py

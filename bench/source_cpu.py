@@ -5,14 +5,17 @@ it can (each a new conntrack entry and a DNAT decision on k8s-node2). Whole-mach
 busy CPU is read from /proc/stat around each run; a run with no watcher is the
 reference subtracted from the others. The agent's and the collector's own CPU are
 read from /proc/PID/stat as well. Each configuration runs RUNS times; medians and
-ratios to `conntrack -E` are printed.
+ratios to `conntrack -E` (and to the netlink source, when it runs) are printed.
 Run: .venv/bin/python bench/source_cpu.py  (root; needs hping3, conntrack and bcc)
+     RATE=5000 CONFIGS=netlink,pcap .venv/bin/python bench/source_cpu.py
+       (hping3 paced to RATE SYNs/s; only the named configurations)
 """
 
 from __future__ import annotations
 
 import os
 import random
+import signal
 import socket
 import sqlite3
 import statistics
@@ -27,6 +30,7 @@ from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
 
 FLOOD = int(os.environ.get("FLOOD", "60000"))
+RATE = int(os.environ.get("RATE", "0"))  # SYNs per second; 0: as fast as hping3 goes
 RUNS = int(os.environ.get("RUNS", "3"))
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed-bill-service.yaml"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -35,7 +39,11 @@ TICK = os.sysconf("SC_CLK_TCK")
 CONFIGS = {"ebpf aggregate": ["--source", "ebpf", "--no-ct-accounting"],
            "ebpf aggregate + accounting": ["--source", "ebpf"],
            "ebpf --decisions": ["--source", "ebpf", "--decisions", "--no-ct-accounting"],
-           "netlink": ["--source", "netlink", "--no-ct-accounting"]}
+           "netlink": ["--source", "netlink", "--no-ct-accounting"],
+           "pcap": ["--source", "pcap", "--no-ct-accounting"]}
+DEFAULT = "ebpf aggregate,ebpf aggregate + accounting,ebpf --decisions,netlink"
+CONFIGS = {k: v for k, v in CONFIGS.items()
+           if k in os.environ.get("CONFIGS", DEFAULT).split(",")}
 
 
 def busy() -> float:
@@ -60,13 +68,30 @@ def clear(node_ns: str) -> None:
     time.sleep(0.5)
 
 
-def flood(pod_ns: str, node_ns: str) -> float:
+PACE_US = [1]  # hping3's -i in microseconds; calibrate() sets it for RATE
+
+
+def calibrate(pod_ns: str, node_ns: str) -> None:
+    """hping3 sleeps ``-i`` plus its own overhead per SYN: measure the overhead once
+    and set the interval that gives RATE."""
+    if not RATE:
+        return
+    PACE_US[0] = 10**6 // RATE
+    for _ in range(2):
+        r = flood(pod_ns, node_ns, 3000)
+        overhead = 10**6 / r - PACE_US[0]
+        PACE_US[0] = max(int(10**6 / RATE - overhead), 1)
+    print(f"pace: hping3 -i u{PACE_US[0]} for {RATE}/s "
+          f"(calibration flood: {flood(pod_ns, node_ns, 3000):,.0f}/s)", flush=True)
+
+
+def flood(pod_ns: str, node_ns: str, count: int = 0) -> float:
     """The flood; returns its rate in SYNs per second."""
     t = time.monotonic()
     subprocess.run(["ip", "netns", "exec", pod_ns, "hping3", "-q", "-S", "-p", "9999",
-                    "-i", "u1", "-c", str(FLOOD), "10.1.122.241"],
+                    "-i", f"u{PACE_US[0]}", "-c", str(count or FLOOD), "10.1.122.241"],
                    capture_output=True, timeout=600)
-    return FLOOD / (time.monotonic() - t)
+    return (count or FLOOD) / (time.monotonic() - t)
 
 
 def settle(count: Callable[[], int], timeout: float = 120) -> int:
@@ -133,7 +158,7 @@ def run_agent(pod: str, node: str, tmp: Path, name: str,
         try:
             with sqlite3.connect(db) as c:
                 n = c.execute("SELECT COUNT(*) FROM decisions WHERE event='new' AND "
-                              "source='netlink'").fetchone()[0]
+                              "source IN ('netlink', 'pcap')").fetchone()[0]
                 if "counters" in {r[0] for r in c.execute(
                         "SELECT name FROM sqlite_master WHERE type='table'")}:
                     n += c.execute("SELECT COALESCE(SUM(connections),0) FROM counters"
@@ -145,7 +170,7 @@ def run_agent(pod: str, node: str, tmp: Path, name: str,
     def lost() -> int:
         with sqlite3.connect(db) as c:
             return int(c.execute("SELECT COALESCE(SUM(count),0) FROM lost_events WHERE "
-                                 "reason='enobufs'").fetchone()[0])
+                                 "reason IN ('enobufs', 'capture-drops')").fetchone()[0])
 
     time.sleep(4)  # bcc compiles the program at start
     t, a0, c0 = busy(), proc_cpu(ag.pid), proc_cpu(col.pid)
@@ -166,6 +191,7 @@ def main() -> None:
     st = topology.up(sc, str(SEED))
     pod = st.pods["istio-demo/front-tomcat-v1-7f8c94c6c8-lfz5m"]
     node = st.nodes["k8s-node2"]
+    calibrate(pod, node)
     base: list[float] = []
     rates: list[float] = []
     ct: list[tuple[float, int]] = []
@@ -199,8 +225,10 @@ def main() -> None:
     print(f"flood {FLOOD} SYNs, median {statistics.median(rates):,.0f}/s; CPU per new "
           f"connection above the no-watcher reference: conntrack -E -e NEW {ct_us:.2f} us, "
           f"conntrack -E (all events) {all_us:.2f} us")
+    per_event = {name: statistics.median((w - b) / n * 1e6 for w, _, _, n, _ in runs)
+                 for name, runs in res.items()}
     for name, runs in res.items():
-        whole = statistics.median((w - b) / n * 1e6 for w, _, _, n, _ in runs)
+        whole = per_event[name]
         agent = statistics.median(a / n * 1e6 for _, a, _, n, _ in runs)
         coll = statistics.median(c / n * 1e6 for _, _, c, n, _ in runs)
         exact = all(n == ct[i][1] for i, (_, _, _, n, _) in enumerate(runs))
@@ -208,8 +236,12 @@ def main() -> None:
         print(f"  {name}: whole machine {whole:.2f} us/event (ratio {whole / ct_us:.2f} to "
               f"-e NEW, {whole / all_us:.2f} to all events), "
               f"agent {agent:.2f} us, collector {coll:.2f} us; counted == conntrack -E in "
-              f"every run: {exact}; max lost {lost}")
+              f"every run: {exact}; max lost {lost}"
+              + (f"; ratio to the netlink source {whole / per_event['netlink']:.2f}"
+                 if "netlink" in per_event and name != "netlink" else ""))
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so the lab and any mount are removed on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()
