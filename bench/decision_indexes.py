@@ -1,6 +1,8 @@
-"""Why decisions keep only their time index: raw `executemany` of the same 200,000 rows
-(1,400 distinct clients, time-ordered) into the decisions table with different index
-sets, 2,000 rows per transaction as the collector commits them. Median of 3.
+"""Why decisions keep only their time index, and why their repeating columns moved to
+a key table: raw `executemany` of the same 200,000 rows (1,400 distinct clients,
+time-ordered) into the 19-column decisions table of schemas 1-5 with different index
+sets, and into schema 6's narrow rows, 2,000 rows per transaction as the collector
+commits them. Median of 3.
 Run: .venv/bin/python bench/decision_indexes.py
 """
 
@@ -13,7 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from natlens.collector.store.db import DECISION_COLUMNS, DECISION_INSERT
+from natlens.collector.store.db import DECISION_INSERT, KEY_INSERT, KEY_SELECT, Store
+from natlens.collector.store.schema import DECISION_COLUMNS
+
+WIDE_INSERT = (f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(DECISION_COLUMNS))})")
 
 VARIANTS = {
     "no index": [],
@@ -46,8 +52,37 @@ def run(indexes: list[str], data: list[tuple[object, ...]], d: Path) -> tuple[fl
     t = time.perf_counter()
     for b in range(0, len(data), 2000):
         with c:
-            c.executemany(DECISION_INSERT, data[b:b + 2000])
+            c.executemany(WIDE_INSERT, data[b:b + 2000])
     dt = time.perf_counter() - t
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+    return len(data) / dt, os.path.getsize(p) / len(data)
+
+
+def run_narrow(data: list[tuple[object, ...]], d: Path) -> tuple[float, float]:
+    """Schema 6: the same rows as the collector stores them, the repeating columns as
+    the id of a decision_keys row (looked up in a dict, as the store does)."""
+    p = d / "n.db"
+    for f in (p, Path(f"{p}-wal"), Path(f"{p}-shm")):
+        f.unlink(missing_ok=True)
+    Store(str(p)).close()
+    c = sqlite3.connect(p)
+    c.execute("PRAGMA synchronous=NORMAL")
+    ids: dict[tuple[object, ...], int] = {}
+    narrow = []
+    for (t, node, proto, cip, cport, vip, vport, ep, ct, zone, src, ev, op, ob, rp, rb,
+         dur, h, rate) in data:
+        key = (node, proto, vip, vport, ep, src, ev, h)
+        if key not in ids:
+            c.execute(KEY_INSERT, key)
+            ids[key] = c.execute(KEY_SELECT, key).fetchone()[0]
+        narrow.append((t, cip, cport, ct, zone, op, ob, rp, rb, dur, ids[key], rate))
+    c.commit()
+    t0 = time.perf_counter()
+    for b in range(0, len(narrow), 2000):
+        with c:
+            c.executemany(DECISION_INSERT, narrow[b:b + 2000])
+    dt = time.perf_counter() - t0
     c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     c.close()
     return len(data) / dt, os.path.getsize(p) / len(data)
@@ -60,6 +95,10 @@ def main() -> None:
             runs = [run(idx, data, Path(d)) for _ in range(3)]
             rate = statistics.median(r[0] for r in runs)
             print(f"{name:48s} {rate:>10,.0f} rows/s  {runs[0][1]:6.0f} bytes/row")
+        runs = [run_narrow(data, Path(d)) for _ in range(3)]
+        print(f"{'schema 6: narrow row + key id, time index':48s} "
+              f"{statistics.median(r[0] for r in runs):>10,.0f} rows/s  "
+              f"{runs[0][1]:6.0f} bytes/row")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Collector ingest rate: Store.ingest (sqlite-utils, dedup, epochs) against raw sqlite3
-executemany into the same schema, same rows, same process. Median of 3 runs each; then
+executemany into the same schema, same rows, same process; and Store.ingest from two
+agents' streams at once (a thread each, as the gRPC server runs them). Median of 3
+runs each; then
 the process's RSS while 2 million decisions go in (it should stay flat).
 Run: .venv/bin/python bench/ingest.py
 """
@@ -9,10 +11,11 @@ from __future__ import annotations
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from natlens.collector.store.db import Store
+from natlens.collector.store.db import DECISION_INSERT, Store
 from natlens.proto import natlens_pb2 as pb
 
 BATCHES, PER_BATCH, RUNS = 100, 2000, 3
@@ -42,22 +45,44 @@ def via_store(batches: list[pb.Batch], path: Path) -> float:
     return dt
 
 
+def via_store_streams(batches: list[pb.Batch], path: Path, streams: int = 2) -> float:
+    """The same, from ``streams`` agents at once, each on its own thread as the gRPC
+    server runs each agent's stream; returns seconds per decision-set of one agent."""
+    s = Store(str(path))
+    per_agent = []
+    for a in range(streams):
+        mine = []
+        for b in batches:
+            c = pb.Batch()
+            c.CopyFrom(b)
+            c.agent_id = f"a{a}"
+            mine.append(c)
+        per_agent.append(mine)
+    threads = [threading.Thread(target=lambda m=m: [s.ingest(b) for b in m])
+               for m in per_agent]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    dt = time.perf_counter() - t
+    s.close()
+    return dt / streams
+
+
 def via_raw(batches: list[pb.Batch], path: Path) -> float:
+    """The least any writer of this schema does: one tuple per decision, straight from
+    the protobuf, its key id known (a constant), executemany per batch."""
     Store(str(path)).close()  # same schema and indexes
     c = sqlite3.connect(path)
     c.execute("PRAGMA journal_mode=WAL")
     c.execute("PRAGMA synchronous=NORMAL")
-    sql = ("INSERT INTO decisions (time_ns, node, protocol, client_ip, client_port, vip, "
-           "vip_port, endpoint, ct_id, zone, source, event, orig_packets, orig_bytes, "
-           "reply_packets, reply_bytes, duration_ns, rules_hash, sample_rate) "
-           "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
     t = time.perf_counter()
     for b in batches:
         with c:
-            c.executemany(sql, [(d.time_ns, b.node, d.protocol, d.client_ip, d.client_port,
-                                 d.vip, d.vip_port, f"{d.endpoint_ip}:{d.endpoint_port}",
-                                 d.ct_id, d.zone, "netlink", "new", 0, 0, 0, 0, 0, "", 1)
-                                for d in b.decisions])
+            c.executemany(DECISION_INSERT, [(d.time_ns, d.client_ip, d.client_port,
+                                             d.ct_id, d.zone, 0, 0, 0, 0, 0, 1, 1)
+                                            for d in b.decisions])
     dt = time.perf_counter() - t
     c.close()
     return dt
@@ -88,15 +113,19 @@ def memory_while_ingesting(batches: list[pb.Batch], path: Path, rounds: int = 10
 def main() -> None:
     batches = make_batches()
     n = BATCHES * PER_BATCH
-    store_t, raw_t = [], []
+    store_t, raw_t, streams_t = [], [], []
     with tempfile.TemporaryDirectory() as d:
         for i in range(RUNS):
             store_t.append(via_store(batches, Path(d) / f"s{i}.db"))
             raw_t.append(via_raw(batches, Path(d) / f"r{i}.db"))
+            streams_t.append(via_store_streams(batches, Path(d) / f"t{i}.db"))
     s, r = statistics.median(store_t), statistics.median(raw_t)
+    t2 = statistics.median(streams_t)
     print(f"ingest {n} decisions in {BATCHES} batches")
     print(f"Store.ingest {n / s:,.0f}/s; raw executemany {n / r:,.0f}/s; "
           f"ratio store/raw speed {r / s:.2f}")
+    print(f"Store.ingest from 2 agents at once (a thread each): {n / t2:,.0f}/s; "
+          f"ratio to raw {r / t2:.2f}")
     with tempfile.TemporaryDirectory() as d:
         rss = memory_while_ingesting(batches, Path(d) / "m.db")
     print(f"RSS (MB) after each 200,000 of {len(rss) * n:,} decisions: {rss}")

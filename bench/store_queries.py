@@ -25,7 +25,7 @@ from natlens.agent.rules.live import to_snapshot
 from natlens.agent.rules.model import DeclaredEndpoint, DeclaredModel, ServicePort
 from natlens.collector.query.decisions import DecisionQuery, query_decisions
 from natlens.collector.report.build import ReportQuery, build_report
-from natlens.collector.store.db import DECISION_INSERT, Store
+from natlens.collector.store.db import DECISION_INSERT, KEY_INSERT, KEY_SELECT, Store
 from natlens.collector.store.retention import rollup
 from natlens.collector.store.stats import file_bytes
 from natlens.proto import natlens_pb2 as pb
@@ -54,6 +54,14 @@ def fill(path: Path) -> None:
     s.close()
     c = sqlite3.connect(path)
     c.execute("PRAGMA synchronous = OFF")
+    keys: dict[tuple[object, ...], int] = {}
+
+    def key_id(*key: object) -> int:
+        if key not in keys:
+            c.execute(KEY_INSERT, key)
+            keys[key] = c.execute(KEY_SELECT, key).fetchone()[0]
+        return keys[key]
+
     rng = random.Random(7)
     step = DAY // N
     chunk = 200_000
@@ -62,10 +70,10 @@ def fill(path: Path) -> None:
         for k in range(base, min(base + chunk, N)):
             i = rng.randrange(50)
             vip, port = SERVICES[i]
-            rows.append((T0 + k * step, NODES[k % 3], "tcp", f"10.244.{rng.randrange(20)}."
-                         f"{rng.randrange(250)}", 1024 + k % 60000, vip, port,
-                         f"10.244.{i % 200}.{rng.randrange(4) + 10}:8080", k % 2**31, 0,
-                         "netlink", "new", 0, 0, 0, 0, 0, h, 1))
+            kid = key_id(NODES[k % 3], "tcp", vip, port,
+                         f"10.244.{i % 200}.{rng.randrange(4) + 10}:8080", "netlink", "new", h)
+            rows.append((T0 + k * step, f"10.244.{rng.randrange(20)}.{rng.randrange(250)}",
+                         1024 + k % 60000, k % 2**31, 0, 0, 0, 0, 0, 0, kid, 1))
         with c:
             c.executemany(DECISION_INSERT, rows)
     c.close()

@@ -21,25 +21,33 @@ from typing import Any
 import sqlite_utils
 
 from natlens.agent.rules.model import endpoint_key
-from natlens.collector.store.schema import COUNTER_COLUMNS, migrate
+from natlens.collector.store.schema import (
+    COUNTER_COLUMNS,
+    DECISION_KEY,
+    DECISION_ROW,
+    migrate,
+)
 from natlens.proto import natlens_pb2 as pb
 
 SOURCES = {pb.SOURCE_NETLINK: "netlink", pb.SOURCE_EBPF: "ebpf", pb.SOURCE_PCAP: "pcap"}
 EVENTS = {pb.EVENT_NEW: "new", pb.EVENT_DESTROY: "destroy", pb.EVENT_SNAPSHOT: "snapshot",
           pb.EVENT_RECOVERED: "recovered"}
 COUNTED_EVENTS = ("new", "recovered")
-DECISION_COLUMNS = ("time_ns", "node", "protocol", "client_ip", "client_port", "vip",
-                    "vip_port", "endpoint", "ct_id", "zone", "source", "event", "orig_packets",
-                    "orig_bytes", "reply_packets", "reply_bytes", "duration_ns", "rules_hash",
-                    "sample_rate")
-DECISION_INSERT = (f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) "
-                   f"VALUES ({', '.join('?' * len(DECISION_COLUMNS))})")
+DECISION_INSERT = (f"INSERT INTO decision_rows ({', '.join(DECISION_ROW)}) "
+                   f"VALUES ({', '.join('?' * len(DECISION_ROW))})")
+KEY_INSERT = (f"INSERT OR IGNORE INTO decision_keys ({', '.join(DECISION_KEY)}) "
+              f"VALUES ({', '.join('?' * len(DECISION_KEY))})")
+KEY_SELECT = (f"SELECT id FROM decision_keys WHERE "
+              f"{' AND '.join(f'{c} = ?' for c in DECISION_KEY)}")
+MAX_CACHED_KEYS = 1_000_000
 
 
-_DECISION_FIELDS = attrgetter(
-    "time_ns", "protocol", "client_ip", "client_port", "vip", "vip_port", "endpoint_ip",
-    "endpoint_port", "ct_id", "zone", "source", "event", "orig_packets", "orig_bytes",
-    "reply_packets", "reply_bytes", "duration_ns")
+# A decision's fields in DECISION_ROW's order (key id and rate follow), and its key.
+_ROW_FIELDS = attrgetter("time_ns", "client_ip", "client_port", "ct_id", "zone",
+                         "orig_packets", "orig_bytes", "reply_packets", "reply_bytes",
+                         "duration_ns")
+_KEY_FIELDS = attrgetter("protocol", "vip", "vip_port", "endpoint_ip", "endpoint_port",
+                         "source", "event")
 _SAMPLED = (pb.EVENT_NEW, pb.EVENT_DESTROY)
 
 
@@ -82,6 +90,10 @@ class Store:
         self.db.execute("PRAGMA synchronous = NORMAL")
         migrate(self.db)
         self.lock = threading.Lock()
+        # decision key → its id in decision_keys (ids taken in an open transaction are
+        # in _new_keys until it commits: a rolled-back batch takes them away again)
+        self._keys: dict[tuple[str, str, int], dict[tuple[Any, ...], tuple[int, int]]] = {}
+        self._new_keys: list[tuple[str, str, int, tuple[Any, ...]]] = []
         self._epochs: dict[str, tuple[list[int], list[str]]] = {}
         for node, t, h in self.db.execute(
                 "SELECT node, time_ns, hash FROM rule_snapshots ORDER BY node, time_ns"):
@@ -100,9 +112,14 @@ class Store:
         return hashes[max(bisect.bisect_right(times, t) - 1, 0)]
 
     def ingest(self, batch: pb.Batch) -> bool:
-        """Store a batch atomically; False if it was already stored (a resend)."""
+        """Store a batch atomically; False if it was already stored (a resend).
+
+        Rows are built under the lock: built outside it, while another stream's rows
+        are written, they were slower (sqlite3 gives the GIL up and takes it back for
+        every row it steps, so the two threads queue on the GIL; BENCHMARKS.md)."""
         validate(batch)
         now = time.time_ns()
+        rate = max(batch.sample_rate, 1)
         with self.lock:
             if self.db.execute("SELECT 1 FROM batches WHERE agent_id=? AND boot_id=? AND seq=?",
                                [batch.agent_id, batch.boot_id, batch.seq]).fetchone():
@@ -121,7 +138,6 @@ class Store:
                             "mode": r.mode, "model": json.dumps(_model_json(r))}, ignore=True)
                         new_epochs.append((r.time_ns, r.hash))
                     self._add_epochs(batch.node, new_epochs)
-                    rate = max(batch.sample_rate, 1)
                     # Plain executemany: sqlite-utils' insert_all ran at 0.43× its speed
                     # on this table, the collector's hottest path (BENCHMARKS.md).
                     self.db.conn.executemany(DECISION_INSERT, self._decision_rows(
@@ -134,7 +150,11 @@ class Store:
                         if (row := self._lost_row(batch.node, lo)) is not None)
             except BaseException:
                 self._drop_epochs(batch.node, new_epochs)
+                for node, h, rt, raw in self._new_keys:  # ids of a rolled-back insert
+                    self._keys.get((node, h, rt), {}).pop(raw, None)
                 raise
+            finally:
+                self._new_keys.clear()
         return True
 
     def _add_epochs(self, node: str, epochs: list[tuple[int, str]]) -> None:
@@ -153,34 +173,59 @@ class Store:
                     break
 
     def _decision_rows(self, node: str, decisions: Any, rate: int) -> list[tuple[Any, ...]]:
-        """Rows for DECISION_INSERT, checked as they are built (one pass: this is the
-        collector's hottest loop, BENCHMARKS.md). Only NEW and DESTROY events are
-        sampled; table dumps (snapshot, recovered) ship every entry."""
+        """Rows for DECISION_INSERT: the collector's hottest loop (BENCHMARKS.md). Per
+        decision, two C-level field reads, a dict lookup of its key (node, service port,
+        endpoint, source, event under this batch's rules version and sampling rate) and
+        one tuple; a key is checked, named and stored the first time it is seen. Only
+        NEW and DESTROY events are sampled; table dumps ship every entry."""
         if not decisions:
             return []
-        # The rules version of the first decision's epoch, and where that epoch ends:
-        # almost every decision of a batch falls in it, so bisect only for the others.
-        times, _ = self._epochs.get(node, ([], []))
-        first = decisions[0].time_ns
-        i = bisect.bisect_right(times, first)
-        h_all = self.rules_at(node, first)
-        lo = times[i - 1] if i > 0 else -(1 << 63)
-        hi = times[i] if i < len(times) else 1 << 63
+        times = [d.time_ns for d in decisions]
+        if max(d.client_port for d in decisions) > 65535:
+            raise BatchRejected("decision with a port above 65535")
+        # The rules version of the batch's epoch, when the whole batch is in one (almost
+        # always); else per decision.
+        epochs, _ = self._epochs.get(node, ([], []))
+        i = bisect.bisect_right(epochs, min(times))
+        hi = epochs[i] if i < len(epochs) else 1 << 63
         rows = []
-        for (t, proto, cip, cport, vip, vport, eip, eport, ct, zone, src, ev, op, ob, rp, rb,
-             dur) in map(_DECISION_FIELDS, decisions):
-            if ev not in EVENTS or src not in SOURCES:
-                raise BatchRejected(f"decision with unknown event {ev} or source {src}")
-            if not vip or not eip or not proto:
-                raise BatchRejected("decision without vip, endpoint or protocol")
-            if vport > 65535 or eport > 65535 or cport > 65535:
-                raise BatchRejected("decision with a port above 65535")
-            rows.append((t, node, proto, cip, cport, vip, vport,
-                         f"[{eip}]:{eport}" if ":" in eip else f"{eip}:{eport}", ct, zone,
-                         SOURCES[src], EVENTS[ev], op, ob, rp, rb, dur,
-                         h_all if lo <= t < hi else self.rules_at(node, t),
-                         rate if ev in _SAMPLED else 1))
+        one_epoch = max(times) < hi
+        h = self.rules_at(node, times[0])
+        cache = self._keys.get((node, h, rate), {})
+        for d, t in zip(decisions, times, strict=True):
+            if not one_epoch:
+                h = self.rules_at(node, t)
+                cache = self._keys.get((node, h, rate), {})
+            info = cache.get(_KEY_FIELDS(d))
+            if info is None:
+                info = self._new_key(node, h, rate, _KEY_FIELDS(d))
+                cache = self._keys[(node, h, rate)]
+            rows.append(_ROW_FIELDS(d) + info)
         return rows
+
+    def _key_cache(self, node: str, h: str, rate: int) -> dict[tuple[Any, ...], tuple[int, int]]:
+        return self._keys.setdefault((node, h, rate), {})
+
+    def _new_key(self, node: str, h: str, rate: int,
+                 raw: tuple[Any, ...]) -> tuple[int, int]:
+        """Check a key seen for the first time, find or add its row, and cache
+        (key id, sample rate of its event)."""
+        proto, vip, vport, eip, eport, src, ev = raw
+        if ev not in EVENTS or src not in SOURCES:
+            raise BatchRejected(f"decision with unknown event {ev} or source {src}")
+        if not vip or not eip or not proto:
+            raise BatchRejected("decision without vip, endpoint or protocol")
+        if vport > 65535 or eport > 65535:
+            raise BatchRejected("decision with a port above 65535")
+        if sum(map(len, self._keys.values())) >= MAX_CACHED_KEYS:
+            self._keys.clear()  # a churning cluster: start the cache over
+        key = (node, proto, vip, vport, endpoint_key(eip, eport), SOURCES[src], EVENTS[ev], h)
+        self.db.execute(KEY_INSERT, key)
+        info = (int(self.db.execute(KEY_SELECT, key).fetchone()[0]),
+                rate if ev in _SAMPLED else 1)
+        self._key_cache(node, h, rate)[raw] = info
+        self._new_keys.append((node, h, rate, raw))
+        return info
 
     def _counter_row(self, node: str, c: pb.CounterDelta) -> dict[str, Any] | None:
         """The increase over the last stored total for this epoch and key (None if

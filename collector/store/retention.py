@@ -129,7 +129,8 @@ def prune(store: Store, now_ns: int, policy: Policy) -> dict[str, int]:
     if rolled is None:
         return {}
     cutoff = min(now_ns - policy.decisions_ns, floor_to(rolled - LATE_NS, MINUTE))
-    out = {"decisions": _delete_chunks(store, "decisions", "time_ns", cutoff, policy.chunk),
+    out = {"decisions": _delete_chunks(store, "decision_rows", "time_ns", cutoff,
+                                       policy.chunk),
            "counters": _delete_chunks(store, "counters", "window_end_ns", cutoff, policy.chunk)}
     keep_from = now_ns - policy.rollups_ns
     out["rollups"] = _delete_chunks(store, "rollups", "bucket_ns", keep_from, policy.chunk)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite_utils
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class SchemaError(RuntimeError):
@@ -120,13 +120,64 @@ def _v5(db: sqlite_utils.Database) -> None:
                "d.node = counters.node AND d.reason LIKE 'spool-full%')")
 
 
-MIGRATIONS = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
+# A decision's columns that repeat across connections: one row per distinct combination.
+DECISION_KEY = ("node", "protocol", "vip", "vip_port", "endpoint", "source", "event",
+                "rules_hash")
+# What is particular to each connection.
+DECISION_ROW = ("time_ns", "client_ip", "client_port", "ct_id", "zone", "orig_packets",
+                "orig_bytes", "reply_packets", "reply_bytes", "duration_ns", "key_id",
+                "sample_rate")
+# The view's columns, as the decisions table of schemas 1-5 had them.
+DECISION_COLUMNS = ("time_ns", "node", "protocol", "client_ip", "client_port", "vip",
+                    "vip_port", "endpoint", "ct_id", "zone", "source", "event", "orig_packets",
+                    "orig_bytes", "reply_packets", "reply_bytes", "duration_ns", "rules_hash",
+                    "sample_rate")
+
+
+def _v6(db: sqlite_utils.Database) -> None:
+    """Decisions split in two: a narrow row per connection (time, client, counters, and
+    the id of its key) and a row per distinct key (node, service port, endpoint, source,
+    event, rules version), which repeats across millions of connections. SQLite's insert
+    of the 19-column row with its eight text columns (a 71-character rules hash among
+    them) held ingest near 130,000 rows/s; the narrow row goes in at 350,000
+    (BENCHMARKS.md). A view named ``decisions`` joins them back, so every query reads
+    the columns it always read. The rows keep their order (oldest first)."""
+    ints = ("vip_port", "time_ns", "key_id", "client_port", "ct_id", "zone", "orig_packets",
+            "orig_bytes", "reply_packets", "reply_bytes", "duration_ns", "sample_rate")
+    kcols = ", ".join(f"{c} {'INTEGER' if c in ints else 'TEXT'} NOT NULL" for c in DECISION_KEY)
+    db.execute(f"CREATE TABLE decision_keys (id INTEGER PRIMARY KEY, {kcols}, "
+               f"UNIQUE ({', '.join(DECISION_KEY)}))")
+    rcols = ", ".join(f"{c} {'INTEGER' if c in ints else 'TEXT'}" for c in DECISION_ROW)
+    db.execute(f"CREATE TABLE decision_rows ({rcols})")
+    keys = ", ".join(f"COALESCE({c}, {0 if c == 'vip_port' else repr('')})"
+                     for c in DECISION_KEY)
+    db.execute(f"INSERT INTO decision_keys ({', '.join(DECISION_KEY)}) "
+               f"SELECT DISTINCT {keys} FROM decisions")
+    match = " AND ".join(f"k.{c} = COALESCE(d.{c}, {0 if c == 'vip_port' else repr('')})"
+                         for c in DECISION_KEY)
+    own = [c for c in DECISION_ROW if c != "key_id"]
+    db.execute(f"INSERT INTO decision_rows (key_id, {', '.join(own)}) "
+               f"SELECT k.id, {', '.join(f'd.{c}' for c in own)} FROM decisions d "
+               f"JOIN decision_keys k ON {match} ORDER BY d.rowid")
+    db.execute("DROP TABLE decisions")
+    db.execute("CREATE INDEX idx_decision_rows_time_ns ON decision_rows (time_ns)")
+    # Sampled eBPF decision records, which reports list apart: few rows, own index.
+    db.execute("CREATE INDEX idx_decision_rows_sampled ON decision_rows (time_ns) "
+               "WHERE sample_rate > 1")
+    # CROSS JOIN keeps the rows as the outer loop: each finds its key by primary key.
+    cols = ", ".join(f"{'k' if c in DECISION_KEY else 'r'}.{c} AS {c}"
+                     for c in DECISION_COLUMNS)
+    db.execute(f"CREATE VIEW decisions AS SELECT r.rowid AS row_id, {cols} FROM "
+               "decision_rows r CROSS JOIN decision_keys k ON k.id = r.key_id")
+
+
+MIGRATIONS = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6}
 
 
 def migrate(db: sqlite_utils.Database) -> int:
     """Bring the schema to SCHEMA_VERSION; returns the version found on opening."""
     if "schema_version" not in db.table_names():
-        if db.table_names():
+        if db.table_names() or db.view_names():
             raise SchemaError("not a natlens database (tables present, no schema_version)")
         db.table("schema_version").create({"version": int})
         db.table("schema_version").insert({"version": 0})

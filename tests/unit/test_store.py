@@ -137,7 +137,12 @@ def test_a_batch_failing_halfway_stores_nothing(tmp_path: Path) -> None:
                    decisions=[decision(1), decision(2)], counters=[counter(6, closed=1)])
     with pytest.raises(BatchRejected, match="backwards"):
         s.ingest(bad)
-    s.close()
     assert count(tmp_path / "db", "decisions") == 0
     assert count(tmp_path / "db", "batches") == 1
     assert connections(tmp_path / "db") == 5
+    # the decision key the failed batch added went with it; the next batch adds it again
+    assert count(tmp_path / "db", "decision_keys") == 0
+    s.ingest(pb.Batch(agent_id="a", boot_id="b", seq=2, node="n",
+                      decisions=[decision(1), decision(2)]))
+    s.close()
+    assert count(tmp_path / "db", "decisions") == 2
