@@ -34,6 +34,7 @@ bench: install
 	$(PY) bench/pcap_import.py
 	$(PY) bench/ebpf_memory.py
 	$(PY) bench/ingest.py
+	$(PY) bench/ingest_grpc.py
 	$(PY) bench/decision_indexes.py
 	$(PY) bench/store_queries.py
 	$(PY) bench/recv_buffer.py

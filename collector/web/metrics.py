@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter as Tally
+from operator import attrgetter
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -21,6 +23,9 @@ from natlens.collector.store.db import SOURCES
 from natlens.proto import natlens_pb2 as pb
 
 OTHER = "other"
+_KEY = attrgetter("vip", "vip_port", "protocol", "endpoint_ip", "endpoint_port", "source",
+                  "event")
+_TIME = attrgetter("time_ns")
 
 
 class IngestMetrics:
@@ -73,24 +78,37 @@ class IngestMetrics:
                 self._names[batch.node] = {(s.vip, s.port, s.protocol): s.service
                                            for s in r.services}
             rate = max(batch.sample_rate, 1)
-            newest = 0
-            for d in batch.decisions:
-                newest = max(newest, d.time_ns)
-                svc = self._service(batch.node, d.vip, d.vip_port, d.protocol)
-                labels = self._labels(svc, endpoint_key(d.endpoint_ip, d.endpoint_port))
-                src = SOURCES.get(d.source, "unknown")
-                if d.event == pb.EVENT_RECOVERED or (
-                        d.event == pb.EVENT_NEW and d.source != pb.SOURCE_EBPF):
-                    self.decisions.labels(*labels, src).inc(
-                        rate if d.event == pb.EVENT_NEW else 1)
-                elif d.event == pb.EVENT_DESTROY and d.source != pb.SOURCE_EBPF:
-                    self.bytes.labels(*labels, src).inc(d.orig_bytes + d.reply_bytes)
+            decisions = batch.decisions
+            newest = max(map(_TIME, decisions), default=0)
+            # Grouped in C first (a batch holds thousands of decisions over a few keys);
+            # Python then works once per key (BENCHMARKS.md, collector ingest over gRPC).
+            closed: dict[tuple[object, ...], int] | None = None
+            for key, k in Tally(map(_KEY, decisions)).items():
+                vip, vport, proto, eip, eport, source, event = key
+                if source == pb.SOURCE_EBPF and event != pb.EVENT_RECOVERED:
+                    continue  # counted in the kernel: its counters below
+                if event not in (pb.EVENT_NEW, pb.EVENT_RECOVERED, pb.EVENT_DESTROY):
+                    continue
+                svc = self._service(batch.node, vip, vport, proto)
+                labels = (*self._labels(svc, endpoint_key(eip, eport)),
+                          SOURCES.get(source, "unknown"))
+                if event == pb.EVENT_DESTROY:
+                    if closed is None:  # bytes of closed connections, once per batch
+                        closed = {}
+                        for d in decisions:
+                            if d.event == pb.EVENT_DESTROY:
+                                dk = _KEY(d)
+                                closed[dk] = closed.get(dk, 0) + d.orig_bytes + d.reply_bytes
+                    self.bytes.labels(*labels).inc(closed[key])
+                else:
+                    self.decisions.labels(*labels).inc(k * rate if event == pb.EVENT_NEW
+                                                       else k)
             for c in batch.counters:
                 svc = self._service(batch.node, c.vip, c.vip_port, c.protocol)
-                labels = self._labels(svc, endpoint_key(c.endpoint_ip, c.endpoint_port))
+                pair = self._labels(svc, endpoint_key(c.endpoint_ip, c.endpoint_port))
                 src = SOURCES.get(c.source, "ebpf")
-                self.decisions.labels(*labels, src).inc(c.connections)
-                self.bytes.labels(*labels, src).inc(c.bytes)
+                self.decisions.labels(*pair, src).inc(c.connections)
+                self.bytes.labels(*pair, src).inc(c.bytes)
             for lo in batch.lost:
                 source = SOURCES.get(lo.source, "unknown")
                 n = lo.count

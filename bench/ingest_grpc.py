@@ -1,0 +1,81 @@
+"""Collector ingest through its real front door: a `natlens collector` process, one
+agent stream (gRPC over loopback) sending 100 batches × 2,000 decisions as an agent
+does (every batch acknowledged): decode, rate limits, store, /metrics counting. Reports
+decisions per second from the first send to the last acknowledgement, and the
+collector process's CPU per decision. Median of 3. Run: .venv/bin/python bench/ingest_grpc.py
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from natlens.proto import natlens_pb2 as pb
+from natlens.proto import natlens_pb2_grpc as pb_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest import BATCHES, PER_BATCH, make_batches
+
+RUNS = 3
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def one_run(batches: list[pb.Batch], d: Path, extra: list[str]) -> tuple[float, float]:
+    """(seconds, collector CPU seconds) for all batches."""
+    port = free_port()
+    db = d / f"c-{time.monotonic_ns()}.db"
+    col = subprocess.Popen([sys.executable, "-m", "natlens", "collector", "--insecure",
+                            "--db", str(db), "--listen", f"127.0.0.1:{port}", *extra],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert col.stdout is not None and col.stdout.readline().startswith("listening")
+        ch = grpc.insecure_channel(f"127.0.0.1:{port}",
+                                   options=[("grpc.max_send_message_length", 64 << 20)])
+        stub = pb_grpc.CollectorStub(ch)
+        # warm up (first batch creates the keys), not measured
+        list(stub.Upload(iter([pb.Batch(agent_id="warm", boot_id="b", seq=1, node="n",
+                                        decisions=batches[0].decisions)])))
+        c0, t0 = proc_cpu(col.pid), time.perf_counter()
+        acks = sum(1 for _ in stub.Upload(iter(batches)))
+        dt, cpu = time.perf_counter() - t0, proc_cpu(col.pid) - c0
+        assert acks == len(batches)
+        ch.close()
+    finally:
+        col.terminate()
+        col.wait(timeout=30)
+    return dt, cpu
+
+
+def main() -> None:
+    batches = make_batches()
+    n = BATCHES * PER_BATCH
+    with tempfile.TemporaryDirectory() as d:
+        runs = [one_run(batches, Path(d), []) for _ in range(RUNS)]
+    wall = statistics.median(r[0] for r in runs)
+    cpu = statistics.median(r[1] for r in runs)
+    print(f"collector: {n / wall:,.0f} decisions/s over gRPC, collector CPU "
+          f"{cpu / n * 1e6:.2f} us per decision")
+
+
+if __name__ == "__main__":
+    main()
