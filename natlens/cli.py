@@ -279,11 +279,14 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
 @click.option("--agreement", is_flag=True, help="Nodes watched by several sources at once "
               "(agent --source all): the connections each source saw, and those one saw "
               "and another missed.")
+@click.option("--agreement-window", default="2s", show_default=True, metavar="DUR",
+              help="--agreement: sightings of one client address and port within this "
+              "time of each other are one connection.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
 def report(db: str, service: str | None, node: str | None, since: str | None,
            start: str | None, end: str | None, by: str | None, weight: str, alpha: float,
-           plot: str | None, agreement: bool, output: str) -> None:
+           plot: str | None, agreement: bool, agreement_window: str, output: str) -> None:
     """Declared against observed, per node, service port and rules version, with the
     same service compared across nodes."""
     from natlens.collector.query.names import ServiceNames
@@ -291,6 +294,7 @@ def report(db: str, service: str | None, node: str | None, since: str | None,
     from natlens.collector.report.table import print_report
 
     since_ns, until_ns = window(since, start, end)
+    match_ns = parse_duration(agreement_window)
     with open_store(db) as database:
         if service and not ServiceNames(database).ports_of(service):
             raise CliError(f"no service {service!r} in the stored rules")
@@ -300,7 +304,7 @@ def report(db: str, service: str | None, node: str | None, since: str | None,
             from natlens.collector.query.agreement import agreement as agree
             from natlens.collector.report.build import rfc3339
 
-            rep["agreement"] = agree(database, q, rfc3339)
+            rep["agreement"] = agree(database, q, rfc3339, match_ns)
         if plot:
             from natlens.collector.report.plot import plot_report
 

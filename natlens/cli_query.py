@@ -48,13 +48,17 @@ def query() -> None:
 @click.option("--service", metavar="NS/NAME[:PORT]", help="Only this service (port).")
 @click.option("--endpoint", metavar="IP[:PORT]", help="Only connections DNATed to this.")
 @click.option("--node", help="Only decisions made on this node.")
+@click.option("--source", type=click.Choice(["ebpf", "netlink", "pcap"]), help="Only what "
+              "this source saw (a node watched by several has each connection once per "
+              "source).")
 @window_options
 @click.option("--limit", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True,
               help="At most this many (oldest first); a line on stderr says when cut.")
 @_out
 def query_decisions_cmd(db: str, client: str | None, service: str | None,
-                        endpoint: str | None, node: str | None, since: str | None,
-                        start: str | None, end: str | None, limit: int, output: str) -> None:
+                        endpoint: str | None, node: str | None, source: str | None,
+                        since: str | None, start: str | None, end: str | None, limit: int,
+                        output: str) -> None:
     """One row per decision: when, where, from which client, to which endpoint, and the
     pod that had the endpoint's IP at that moment."""
     from natlens.collector.query.decisions import DecisionQuery, QueryError, query_decisions
@@ -63,7 +67,7 @@ def query_decisions_cmd(db: str, client: str | None, service: str | None,
     with open_store(db) as database:
         try:
             rows, cut = query_decisions(database, DecisionQuery(
-                client, service, endpoint, node, lo, hi, limit))
+                client, service, endpoint, node, lo, hi, limit, source))
         except QueryError as e:
             raise CliError(str(e)) from None
     if output == "json":

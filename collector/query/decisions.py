@@ -25,6 +25,7 @@ class DecisionQuery:
     since_ns: int | None = None
     until_ns: int | None = None
     limit: int = 10_000
+    source: str | None = None        # ebpf, netlink or pcap: a node watched by several
 
 
 def _endpoint_clause(endpoint: str) -> tuple[str, list[Any]]:
@@ -53,6 +54,9 @@ def query_decisions(db: sqlite_utils.Database, q: DecisionQuery) -> tuple[list[d
     if q.client:
         clauses.append("client_ip = ?")
         args.append(q.client)
+    if q.source:
+        clauses.append("source = ?")
+        args.append(q.source)
     if q.endpoint:
         c, a = _endpoint_clause(q.endpoint)
         clauses.append(c)

@@ -137,6 +137,18 @@ def test_three_sources_are_counted_once_and_compared(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=True).stdout
     assert "37 seen by all of ebpf, netlink, pcap; ebpf missed 0, netlink missed 0, pcap " \
            "missed 3; 1 with different endpoints" in text
+    # packets were stamped 2 ms after the eBPF filter: a 1 ms window tells them apart
+    r = subprocess.run([sys.executable, "-m", "natlens", "report", "--db",
+                        str(tmp_path / "db"), "--agreement", "--agreement-window", "0.001s",
+                        "-o", "json"], capture_output=True, text=True, check=True)
+    (a,) = json.loads(r.stdout)["agreement"]
+    # (the first connection's other sightings now end before packets' first one, so it
+    # is outside the time all three were reporting)
+    assert a["seen_by_all"] == 0 and a["missed"]["pcap"] == 39
+    r = subprocess.run([sys.executable, "-m", "natlens", "query", "decisions", "--db",
+                        str(tmp_path / "db"), "--source", "pcap", "-o", "json"],
+                       capture_output=True, text=True, check=True)
+    assert len(json.loads(r.stdout)) == 37
 
 
 def test_v4_rollups_and_counters_keep_their_counts(tmp_path: Path) -> None:
