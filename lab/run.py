@@ -50,7 +50,7 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def _wait_for_snapshots(db: Path, ids: set[str], agents: dict[str, subprocess.Popen[str]],
+def _wait_for_agents(db: Path, ids: set[str], agents: dict[str, subprocess.Popen[str]],
                         logs: dict[str, Path], timeout: float) -> None:
     """Until every agent (by id: several per node when it runs several sources) has
     shipped its first batch, which holds the node's rules."""
@@ -125,7 +125,7 @@ def run_lab(sc: Scenario, scenario_path: str, source: str = "auto",
             st.save()
         ids = {n.name if len(sources) == 1 else f"{n.name}/{src}"
                for n in sc.nodes for src in sources}
-        _wait_for_snapshots(db_path, ids, agents, logs, 60)
+        _wait_for_agents(db_path, ids, agents, logs, 60)
         truth: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
         for t in sc.traffic:
             tally = run_traffic(sc, st, t.source, t.service, t.connections, fam=t.family)

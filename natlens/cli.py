@@ -130,14 +130,6 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
         sources = parse_sources(source)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--source") from None
-    if len(sources) > 1:
-        _setup_logging(log_level, f"natlens-agent[{agent_id or node}]")
-        ctx = click.get_current_context()
-        kids = children(_argv_without(ctx, {"source", "agent_id", "spool", "health_listen",
-                                            "decisions", "sample", "print_bpf"}),
-                        sources, agent_id or node, spool, health_listen,
-                        ["--sample", str(sample)] if sample > 1 else [])
-        sys.exit(run_children(kids))
     if source in ("netlink", "pcap") and (decisions or sample > 1):
         raise click.BadParameter("--decisions and --sample apply to the ebpf source; the "
                                  f"{source} source always ships every decision",
@@ -146,6 +138,14 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     token = read_token(token_file)
     if tls is not None:
         channel_credentials(tls)  # file problems now, in one line, not at the handshake
+    if len(sources) > 1:  # checked once here, not by each child
+        _setup_logging(log_level, f"natlens-agent[{agent_id or node}]")
+        ctx = click.get_current_context()
+        kids = children(_argv_without(ctx, {"source", "agent_id", "spool", "health_listen",
+                                            "decisions", "sample", "print_bpf"}),
+                        sources, agent_id or node, spool, health_listen,
+                        ["--sample", str(sample)] if sample > 1 else [])
+        sys.exit(run_children(kids))
     _setup_logging(log_level, f"natlens-agent[{agent_id or node}]")
     ag = Agent(AgentConfig(collector, node, netns, agent_id, rules_interval, batch_size,
                            batch_age, drain_timeout, not no_ct_accounting, rcvbuf, source,

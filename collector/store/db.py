@@ -203,9 +203,6 @@ class Store:
             rows.append(_ROW_FIELDS(d) + info)
         return rows
 
-    def _key_cache(self, node: str, h: str, rate: int) -> dict[tuple[Any, ...], tuple[int, int]]:
-        return self._keys.setdefault((node, h, rate), {})
-
     def _new_key(self, node: str, h: str, rate: int,
                  raw: tuple[Any, ...]) -> tuple[int, int]:
         """Check a key seen for the first time, find or add its row, and cache
@@ -223,7 +220,7 @@ class Store:
         self.db.execute(KEY_INSERT, key)
         info = (int(self.db.execute(KEY_SELECT, key).fetchone()[0]),
                 rate if ev in _SAMPLED else 1)
-        self._key_cache(node, h, rate)[raw] = info
+        self._keys.setdefault((node, h, rate), {})[raw] = info
         self._new_keys.append((node, h, rate, raw))
         return info
 

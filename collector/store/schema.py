@@ -139,9 +139,10 @@ def _v6(db: sqlite_utils.Database) -> None:
     the id of its key) and a row per distinct key (node, service port, endpoint, source,
     event, rules version), which repeats across millions of connections. SQLite's insert
     of the 19-column row with its eight text columns (a 71-character rules hash among
-    them) held ingest near 130,000 rows/s; the narrow row goes in at 350,000
-    (BENCHMARKS.md). A view named ``decisions`` joins them back, so every query reads
-    the columns it always read. The rows keep their order (oldest first)."""
+    them) ran at 138,000 rows/s with the time index; the narrow row at 210,000, in a
+    third of the bytes (bench/decision_indexes.py, BENCHMARKS.md). A view named
+    ``decisions`` joins them back, so every query reads the columns it always read. The
+    rows keep their order (oldest first)."""
     ints = ("vip_port", "time_ns", "key_id", "client_port", "ct_id", "zone", "orig_packets",
             "orig_bytes", "reply_packets", "reply_bytes", "duration_ns", "sample_rate")
     kcols = ", ".join(f"{c} {'INTEGER' if c in ints else 'TEXT'} NOT NULL" for c in DECISION_KEY)
@@ -167,7 +168,7 @@ def _v6(db: sqlite_utils.Database) -> None:
     # CROSS JOIN keeps the rows as the outer loop: each finds its key by primary key.
     cols = ", ".join(f"{'k' if c in DECISION_KEY else 'r'}.{c} AS {c}"
                      for c in DECISION_COLUMNS)
-    db.execute(f"CREATE VIEW decisions AS SELECT r.rowid AS row_id, {cols} FROM "
+    db.execute(f"CREATE VIEW decisions AS SELECT {cols} FROM "
                "decision_rows r CROSS JOIN decision_keys k ON k.id = r.key_id")
 
 

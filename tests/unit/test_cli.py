@@ -58,6 +58,8 @@ def test_rules_parse_detects_each_mode_from_the_text() -> None:
     (["agent"], None, 2, "--collector"),
     (["agent", "--collector", "127.0.0.1:1", "--sample", "0"], None, 2, "--sample"),
     (["lab", "up", "/nonexistent.yaml"], None, 2, "does not exist"),
+    (["agent", "--collector", "127.0.0.1:1", "--source", "all"], None, 2,
+     "refusing plaintext"),
     (["pcap", "import", "x.pcap", "--node", "n"], None, 2, "one of the two"),
     (["pcap", "import", "x.pcap", "--node", "n", "--collector", "127.0.0.1:1"], None, 2,
      "refusing plaintext"),
