@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import SERVICE, free_port, natlens, observed, start, traffic, wait_for
+from .helpers import SERVICE, natlens, observed, traffic, wait_for
 
 pytestmark = pytest.mark.privileged
 
@@ -61,19 +61,3 @@ def test_tcpdump_any_then_import_is_exact(lab: dict[str, Any], tmp_path: Path) -
     rows = json.loads(natlens("query", "decisions", "--db", str(db), "-o", "json").stdout)
     assert len(rows) == 600 and {x["source"] for x in rows} == {"pcap"}
 
-    # the same capture shipped to a running collector, twice: stored once
-    port, cdb = free_port(), tmp_path / "collector.db"
-    col = start(["collector", "--insecure", "--db", str(cdb), "--listen",
-                 f"127.0.0.1:{port}"], tmp_path / "collector.log")
-    try:
-        assert col.stdout is not None and col.stdout.readline().startswith("listening")
-        for _ in range(2):
-            r = natlens("pcap", "import", str(cap), "--node", "k8s-node2", "--collector",
-                        f"127.0.0.1:{port}", "--insecure", "--rules", str(rules))
-            assert "600 decisions shipped to" in r.stdout
-    finally:
-        col.terminate()
-        col.wait(timeout=30)
-    report = json.loads(natlens("report", "--db", str(cdb), "-o", "json").stdout)
-    (entry,) = report["services"]
-    assert observed(entry) == tally and entry["total"] == 600
