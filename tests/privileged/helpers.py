@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,8 +22,20 @@ SERVICE = "istio-demo/bill-service:http"
 
 
 def natlens(*args: str, check: bool = True,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([*NATLENS, *args], capture_output=True, text=True, timeout=timeout)
+            timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run natlens; one that overruns ``timeout`` (kept under pytest's 300 s, so this is
+    what reports it) fails with every thread's stack, from Python's faulthandler."""
+    env = dict(os.environ, PYTHONFAULTHANDLER="1")
+    with subprocess.Popen([*NATLENS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGABRT)
+            out, err = p.communicate()
+            raise AssertionError(f"natlens {' '.join(args)} still running after {timeout:.0f}s; "
+                                 f"stdout: {out[-2000:]}\nstderr: {err[-8000:]}") from None
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     if check and r.returncode != 0:
         raise AssertionError(f"natlens {' '.join(args)} exited {r.returncode}: {r.stderr}")
     return r
@@ -70,7 +84,7 @@ def traffic(lab: dict[str, Any], n: int) -> dict[str, int]:
 
 def start(argv: list[str], log: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([*NATLENS, *argv], stdout=subprocess.PIPE, stderr=log.open("w"),
-                            text=True)
+                            text=True, env=dict(os.environ, PYTHONFAULTHANDLER="1"))
 
 
 def wait_for(cond: Any, timeout: float = 20) -> None:

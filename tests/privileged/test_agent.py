@@ -72,7 +72,10 @@ def test_unreachable_collector_keeps_running_then_fails_on_stop(
                    "--source", "netlink", "--health-listen", f"127.0.0.1:{health}"],
                   tmp_path / "agent.log")
     try:
-        wait_for(lambda: "unreachable" in (tmp_path / "agent.log").read_text())
+        # The shipper and the pipeline start together: wait for both the collector
+        # being found away and the rules being read (which is what makes it ready).
+        wait_for(lambda: all(s in (tmp_path / "agent.log").read_text()
+                             for s in ("unreachable", " mode, ")))
         # Subscribed and rules read: ready, even while the collector is away (the
         # batches wait in the agent; restarting the pod would lose them).
         for path in ("/healthz", "/readyz"):
