@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from natlens.agent.decode.ctnetlink import CtEvent
-from natlens.agent.decode.decision import to_decision
+from natlens.agent.decode.decision import from_pair, to_decision
 from natlens.agent.decode.pairing import Pairer
 from natlens.agent.health.metrics import SOURCE_NAMES, agent_registry
 from natlens.agent.health.server import Health, serve
@@ -273,11 +273,7 @@ class Agent:
                     if pair is None:
                         continue
                     self.stats["new"] += 1
-                    self.batcher.add_decision(pb.Decision(
-                        time_ns=pair.time_ns, protocol=pair.protocol, client_ip=pair.client,
-                        client_port=pair.client_port, vip=pair.vip, vip_port=pair.vip_port,
-                        endpoint_ip=pair.endpoint, endpoint_port=pair.endpoint_port,
-                        source=pb.SOURCE_PCAP, event=pb.EVENT_NEW))
+                    self.batcher.add_decision(from_pair(pair))
                 if time.monotonic() >= next_stats:
                     self._capture_losses(cap, pairer)
                     next_stats = time.monotonic() + 5

@@ -1,8 +1,9 @@
-"""Collector ingest rate: Store.ingest (sqlite-utils, dedup, epochs) against raw sqlite3
-executemany into the same schema, same rows, same process; and Store.ingest from two
-agents' streams at once (a thread each, as the gRPC server runs them). Median of 3
-runs each; then
-the process's RSS while 2 million decisions go in (it should stay flat).
+"""Collector ingest rate: Store.ingest (sqlite-utils, dedup, epochs, key lookup) against
+raw sqlite3 executemany of ready-made row tuples into the same schema, same process.
+Batches as agents send them (decisions in columns) and as one message per decision
+(older agents); Store.ingest from two agents' streams at once (a thread each, as the
+gRPC server runs them). Median of 5 runs each, interleaved; then the process's RSS
+while 2 million decisions go in (it should stay flat).
 Run: .venv/bin/python bench/ingest.py
 """
 
@@ -17,21 +18,30 @@ from pathlib import Path
 
 from natlens.collector.store.db import DECISION_INSERT, Store
 from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import DecisionRow, pack, to_message
 
-BATCHES, PER_BATCH, RUNS = 100, 2000, 3
+BATCHES, PER_BATCH, RUNS = 100, 2000, 5
 
 
-def make_batches() -> list[pb.Batch]:
+def make_rows() -> list[list[DecisionRow]]:
+    return [[DecisionRow(1_700_000_000_000_000_000 + b * PER_BATCH + i, "tcp",
+                         f"10.244.{i % 7}.{(b * 31 + i) % 250}", (b * PER_BATCH + i) % 65535,
+                         "10.1.122.241", 9999, "10.244.1.168" if i % 2 else "10.244.2.74", 80,
+                         ct_id=b * PER_BATCH + i, source=pb.SOURCE_NETLINK,
+                         event=pb.EVENT_NEW) for i in range(PER_BATCH)]
+            for b in range(BATCHES)]
+
+
+def make_batches(columns: bool = True) -> list[pb.Batch]:
+    """The agents' form (columns), or one message per decision."""
     out = []
-    for b in range(BATCHES):
-        ds = [pb.Decision(time_ns=1_700_000_000_000_000_000 + b * PER_BATCH + i, protocol="tcp",
-                          client_ip=f"10.244.{i % 7}.{(b * 31 + i) % 250}",
-                          client_port=(b * PER_BATCH + i) % 65535,
-                          vip="10.1.122.241", vip_port=9999,
-                          endpoint_ip="10.244.1.168" if i % 2 else "10.244.2.74",
-                          endpoint_port=80, ct_id=b * PER_BATCH + i, source=pb.SOURCE_NETLINK,
-                          event=pb.EVENT_NEW) for i in range(PER_BATCH)]
-        out.append(pb.Batch(agent_id="a", boot_id="b", seq=b + 1, node="n", decisions=ds))
+    for seq, rows in enumerate(make_rows(), start=1):
+        b = pb.Batch(agent_id="a", boot_id="b", seq=seq, node="n")
+        if columns:
+            b.columns.CopyFrom(pack(rows))
+        else:
+            b.decisions.extend(to_message(r) for r in rows)
+        out.append(b)
     return out
 
 
@@ -70,19 +80,19 @@ def via_store_streams(batches: list[pb.Batch], path: Path, streams: int = 2) -> 
     return dt / streams
 
 
-def via_raw(batches: list[pb.Batch], path: Path) -> float:
-    """The least any writer of this schema does: one tuple per decision, straight from
-    the protobuf, its key id known (a constant), executemany per batch."""
+def via_raw(path: Path) -> float:
+    """The least any writer of this schema does: the row tuples already built (key id
+    known), executemany and commit per batch."""
     Store(str(path)).close()  # same schema and indexes
+    tuples = [[(r.time_ns, r.client_ip, r.client_port, r.ct_id, 0, 0, 0, 0, 0, 0, 1, 1)
+               for r in rows] for rows in make_rows()]
     c = sqlite3.connect(path)
     c.execute("PRAGMA journal_mode=WAL")
     c.execute("PRAGMA synchronous=NORMAL")
     t = time.perf_counter()
-    for b in batches:
+    for rows in tuples:
         with c:
-            c.executemany(DECISION_INSERT, [(d.time_ns, d.client_ip, d.client_port,
-                                             d.ct_id, d.zone, 0, 0, 0, 0, 0, 1, 1)
-                                            for d in b.decisions])
+            c.executemany(DECISION_INSERT, rows)
     dt = time.perf_counter() - t
     c.close()
     return dt
@@ -111,21 +121,24 @@ def memory_while_ingesting(batches: list[pb.Batch], path: Path, rounds: int = 10
 
 
 def main() -> None:
-    batches = make_batches()
+    batches, messages = make_batches(), make_batches(columns=False)
     n = BATCHES * PER_BATCH
-    store_t, raw_t, streams_t = [], [], []
+    times: dict[str, list[float]] = {"columns": [], "messages": [], "raw": [], "streams": []}
     with tempfile.TemporaryDirectory() as d:
         for i in range(RUNS):
-            store_t.append(via_store(batches, Path(d) / f"s{i}.db"))
-            raw_t.append(via_raw(batches, Path(d) / f"r{i}.db"))
-            streams_t.append(via_store_streams(batches, Path(d) / f"t{i}.db"))
-    s, r = statistics.median(store_t), statistics.median(raw_t)
-    t2 = statistics.median(streams_t)
-    print(f"ingest {n} decisions in {BATCHES} batches")
-    print(f"Store.ingest {n / s:,.0f}/s; raw executemany {n / r:,.0f}/s; "
-          f"ratio store/raw speed {r / s:.2f}")
-    print(f"Store.ingest from 2 agents at once (a thread each): {n / t2:,.0f}/s; "
-          f"ratio to raw {r / t2:.2f}")
+            times["columns"].append(via_store(batches, Path(d) / f"s{i}.db"))
+            times["messages"].append(via_store(messages, Path(d) / f"m{i}.db"))
+            times["raw"].append(via_raw(Path(d) / f"r{i}.db"))
+            times["streams"].append(via_store_streams(batches, Path(d) / f"t{i}.db"))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    r = med["raw"]
+    print(f"ingest {n} decisions in {BATCHES} batches, median of {RUNS}")
+    for k, label in (("columns", "Store.ingest, columns (agents)"),
+                     ("messages", "Store.ingest, one message per decision"),
+                     ("streams", "Store.ingest, columns, 2 agents at once"),
+                     ("raw", "raw executemany of built tuples")):
+        runs = ", ".join(f"{n / t / 1000:.0f}k" for t in times[k])
+        print(f"{label}: {n / med[k]:,.0f}/s (ratio to raw {r / med[k]:.2f}; runs {runs})")
     with tempfile.TemporaryDirectory() as d:
         rss = memory_while_ingesting(batches, Path(d) / "m.db")
     print(f"RSS (MB) after each 200,000 of {len(rss) * n:,} decisions: {rss}")

@@ -54,6 +54,7 @@ def one_run(batches: list[pb.Batch], d: Path, extra: list[str]) -> tuple[float, 
         stub = pb_grpc.CollectorStub(ch)
         # warm up (first batch creates the keys), not measured
         list(stub.Upload(iter([pb.Batch(agent_id="warm", boot_id="b", seq=1, node="n",
+                                        columns=batches[0].columns,
                                         decisions=batches[0].decisions)])))
         c0, t0 = proc_cpu(col.pid), time.perf_counter()
         acks = sum(1 for _ in stub.Upload(iter(batches)))
@@ -67,14 +68,20 @@ def one_run(batches: list[pb.Batch], d: Path, extra: list[str]) -> tuple[float, 
 
 
 def main() -> None:
-    batches = make_batches()
     n = BATCHES * PER_BATCH
+    forms = {"columns (agents)": make_batches(),
+             "one message per decision": make_batches(columns=False)}
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in forms}
     with tempfile.TemporaryDirectory() as d:
-        runs = [one_run(batches, Path(d), []) for _ in range(RUNS)]
-    wall = statistics.median(r[0] for r in runs)
-    cpu = statistics.median(r[1] for r in runs)
-    print(f"collector: {n / wall:,.0f} decisions/s over gRPC, collector CPU "
-          f"{cpu / n * 1e6:.2f} us per decision")
+        for _ in range(RUNS):
+            for form, batches in forms.items():
+                runs[form].append(one_run(batches, Path(d), []))
+    for form, rs in runs.items():
+        wall = statistics.median(r[0] for r in rs)
+        cpu = statistics.median(r[1] for r in rs)
+        print(f"collector, {form}: {n / wall:,.0f} decisions/s over gRPC, collector CPU "
+              f"{cpu / n * 1e6:.2f} us per decision (runs: "
+              f"{', '.join(f'{n / r[0] / 1000:.0f}k' for r in rs)})")
 
 
 if __name__ == "__main__":

@@ -50,11 +50,13 @@ def pcap_import(file: str, node: str, db: str | None, collector: str | None,
     store one decision per pair (source pcap). pcap and pcapng; Ethernet, Linux cooked
     v1 and v2, raw IP. A truncated or corrupt tail is said, and what came before kept.
     Importing the same file again for the same node stores nothing twice."""
+    from natlens.agent.decode.decision import from_pair
     from natlens.agent.decode.pairing import Pairer
     from natlens.agent.rules.dump import parse_dump
     from natlens.agent.rules.live import to_snapshot
     from natlens.agent.sources.capture_file import CaptureError, ReadStats, read_first_packets
     from natlens.proto import natlens_pb2 as pb
+    from natlens.proto.columns import DecisionRow, pack
 
     if (db is None) == (collector is None):
         raise click.UsageError("give --db PATH (store here) or --collector HOST:PORT "
@@ -68,7 +70,7 @@ def pcap_import(file: str, node: str, db: str | None, collector: str | None,
     stats = ReadStats()
     boot = _import_id(Path(file), node)
     seq = 0
-    pending: list[pb.Decision] = []
+    pending: list[DecisionRow] = []
     first_t: int | None = None
 
     def flush(rules: list[pb.RuleSnapshot]) -> None:
@@ -77,7 +79,7 @@ def pcap_import(file: str, node: str, db: str | None, collector: str | None,
             return
         seq += 1
         sink.put(pb.Batch(agent_id=f"pcap:{Path(file).name}", boot_id=boot, seq=seq,
-                          node=node, decisions=pending, rules=rules))
+                          node=node, columns=pack(pending), rules=rules))
         pending = []
 
     progress = _progress(Path(file))
@@ -90,11 +92,7 @@ def pcap_import(file: str, node: str, db: str | None, collector: str | None,
                     flush([to_snapshot(model, p.time_ns - 1)])
             if pair is None:
                 continue
-            pending.append(pb.Decision(
-                time_ns=pair.time_ns, protocol=pair.protocol, client_ip=pair.client,
-                client_port=pair.client_port, vip=pair.vip, vip_port=pair.vip_port,
-                endpoint_ip=pair.endpoint, endpoint_port=pair.endpoint_port,
-                source=pb.SOURCE_PCAP, event=pb.EVENT_NEW))
+            pending.append(from_pair(pair))
             if len(pending) >= 5000:
                 flush([])
         pairer.finish()

@@ -69,6 +69,52 @@ class Decision(_message.Message):
     duration_ns: int
     def __init__(self, time_ns: _Optional[int] = ..., protocol: _Optional[str] = ..., client_ip: _Optional[str] = ..., client_port: _Optional[int] = ..., vip: _Optional[str] = ..., vip_port: _Optional[int] = ..., endpoint_ip: _Optional[str] = ..., endpoint_port: _Optional[int] = ..., ct_id: _Optional[int] = ..., zone: _Optional[int] = ..., source: _Optional[_Union[Source, str]] = ..., event: _Optional[_Union[Event, str]] = ..., orig_packets: _Optional[int] = ..., orig_bytes: _Optional[int] = ..., reply_packets: _Optional[int] = ..., reply_bytes: _Optional[int] = ..., duration_ns: _Optional[int] = ...) -> None: ...
 
+class DecisionKey(_message.Message):
+    __slots__ = ("protocol", "vip", "vip_port", "endpoint_ip", "endpoint_port", "source", "event")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    VIP_FIELD_NUMBER: _ClassVar[int]
+    VIP_PORT_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_IP_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_PORT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    protocol: str
+    vip: str
+    vip_port: int
+    endpoint_ip: str
+    endpoint_port: int
+    source: Source
+    event: Event
+    def __init__(self, protocol: _Optional[str] = ..., vip: _Optional[str] = ..., vip_port: _Optional[int] = ..., endpoint_ip: _Optional[str] = ..., endpoint_port: _Optional[int] = ..., source: _Optional[_Union[Source, str]] = ..., event: _Optional[_Union[Event, str]] = ...) -> None: ...
+
+class DecisionColumns(_message.Message):
+    __slots__ = ("keys", "key_index", "time_ns", "client_ip", "client_port", "ct_id", "zone", "orig_packets", "orig_bytes", "reply_packets", "reply_bytes", "duration_ns")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    KEY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_PORT_FIELD_NUMBER: _ClassVar[int]
+    CT_ID_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    ORIG_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    ORIG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPLY_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DURATION_NS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[DecisionKey]
+    key_index: _containers.RepeatedScalarFieldContainer[int]
+    time_ns: _containers.RepeatedScalarFieldContainer[int]
+    client_ip: _containers.RepeatedScalarFieldContainer[str]
+    client_port: _containers.RepeatedScalarFieldContainer[int]
+    ct_id: _containers.RepeatedScalarFieldContainer[int]
+    zone: _containers.RepeatedScalarFieldContainer[int]
+    orig_packets: _containers.RepeatedScalarFieldContainer[int]
+    orig_bytes: _containers.RepeatedScalarFieldContainer[int]
+    reply_packets: _containers.RepeatedScalarFieldContainer[int]
+    reply_bytes: _containers.RepeatedScalarFieldContainer[int]
+    duration_ns: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, keys: _Optional[_Iterable[_Union[DecisionKey, _Mapping]]] = ..., key_index: _Optional[_Iterable[int]] = ..., time_ns: _Optional[_Iterable[int]] = ..., client_ip: _Optional[_Iterable[str]] = ..., client_port: _Optional[_Iterable[int]] = ..., ct_id: _Optional[_Iterable[int]] = ..., zone: _Optional[_Iterable[int]] = ..., orig_packets: _Optional[_Iterable[int]] = ..., orig_bytes: _Optional[_Iterable[int]] = ..., reply_packets: _Optional[_Iterable[int]] = ..., reply_bytes: _Optional[_Iterable[int]] = ..., duration_ns: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class CounterDelta(_message.Message):
     __slots__ = ("window_start_ns", "window_end_ns", "protocol", "vip", "vip_port", "endpoint_ip", "endpoint_port", "connections", "bytes", "packets", "epoch", "total_connections", "total_closed", "total_orig_packets", "total_orig_bytes", "total_reply_packets", "total_reply_bytes", "total_duration_ns", "source")
     WINDOW_START_NS_FIELD_NUMBER: _ClassVar[int]
@@ -176,7 +222,7 @@ class LostEvents(_message.Message):
     def __init__(self, time_ns: _Optional[int] = ..., source: _Optional[_Union[Source, str]] = ..., reason: _Optional[str] = ..., count: _Optional[int] = ..., recovered: _Optional[int] = ..., epoch: _Optional[str] = ..., total: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("agent_id", "boot_id", "seq", "node", "decisions", "counters", "rules", "lost", "sample_rate")
+    __slots__ = ("agent_id", "boot_id", "seq", "node", "decisions", "counters", "rules", "lost", "sample_rate", "columns")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +232,7 @@ class Batch(_message.Message):
     RULES_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     boot_id: str
     seq: int
@@ -195,7 +242,8 @@ class Batch(_message.Message):
     rules: _containers.RepeatedCompositeFieldContainer[RuleSnapshot]
     lost: _containers.RepeatedCompositeFieldContainer[LostEvents]
     sample_rate: int
-    def __init__(self, agent_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., node: _Optional[str] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., counters: _Optional[_Iterable[_Union[CounterDelta, _Mapping]]] = ..., rules: _Optional[_Iterable[_Union[RuleSnapshot, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[LostEvents, _Mapping]]] = ..., sample_rate: _Optional[int] = ...) -> None: ...
+    columns: DecisionColumns
+    def __init__(self, agent_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., node: _Optional[str] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., counters: _Optional[_Iterable[_Union[CounterDelta, _Mapping]]] = ..., rules: _Optional[_Iterable[_Union[RuleSnapshot, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[LostEvents, _Mapping]]] = ..., sample_rate: _Optional[int] = ..., columns: _Optional[_Union[DecisionColumns, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("boot_id", "seq", "duplicate")

@@ -1,7 +1,8 @@
 """Batching in one place: flush on size, on time, and on close.
 
-Records of all kinds go into the same batch in arrival order, so a rules snapshot is
-always delivered no later than the decisions made after it.
+Records of all kinds go into the same batch, so a rules snapshot is always delivered
+no later than the decisions made after it. Decisions are kept as rows and packed into
+the batch's columns when it closes (proto/columns.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import DecisionRow, pack
 
 
 class Batcher:
@@ -27,6 +29,7 @@ class Batcher:
         self.max_records, self.max_age, self._clock = max_records, max_age, clock
         self._lock = threading.Lock()
         self._batch = self._new()
+        self._rows: list[DecisionRow] = []
         self._n = 0
         self._opened = clock()
 
@@ -34,8 +37,12 @@ class Batcher:
         return pb.Batch(agent_id=self.agent_id, boot_id=self.boot_id, node=self.node,
                         sample_rate=self.sample_rate)
 
-    def add_decision(self, d: pb.Decision) -> None:
-        self._add("decisions", d)
+    def add_decision(self, d: DecisionRow) -> None:
+        with self._lock:
+            self._rows.append(d)
+            self._n += 1
+            if self._n >= self.max_records:
+                self._flush_locked()
 
     def add_rules(self, r: pb.RuleSnapshot) -> None:
         self._add("rules", r)
@@ -67,6 +74,9 @@ class Batcher:
     def _flush_locked(self) -> None:
         self.seq += 1
         b, self._batch = self._batch, self._new()
+        if self._rows:
+            b.columns.CopyFrom(pack(self._rows))
+            self._rows = []
         b.seq = self.seq
         self._n = 0
         self._opened = self._clock()

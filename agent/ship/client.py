@@ -21,6 +21,7 @@ import grpc
 from natlens.agent.ship.spool import Spool
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto import natlens_pb2_grpc as pb_grpc
+from natlens.proto.columns import count
 from natlens.security import token_metadata
 
 log = logging.getLogger("natlens.agent.ship")
@@ -92,7 +93,7 @@ class Shipper:
     def submit(self, batch: pb.Batch) -> None:
         if self.spool is not None:
             if not self.spool.put(batch):
-                if self.degrade is not None and batch.decisions:
+                if self.degrade is not None and count(batch):
                     batch = self.degrade(batch)
                 if not self.spool.put(batch):
                     self.unspooled += 1
@@ -104,9 +105,9 @@ class Shipper:
         with self._cond:
             while len(self._unacked) >= self.max_pending:
                 _, (_, old) = self._unacked.popitem(last=False)
-                self.dropped_decisions += len(old.decisions)
+                self.dropped_decisions += count(old)
                 log.error("delivery queue full (%d batches): dropped batch %d with %d "
-                          "decisions", self.max_pending, old.seq, len(old.decisions))
+                          "decisions", self.max_pending, old.seq, count(old))
             self._queue(batch)
 
     @property

@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import unpack
 
 log = logging.getLogger("natlens.agent.spool")
 SUFFIX = ".pb"
@@ -105,11 +106,13 @@ class Aggregator:
         slim = pb.Batch()
         slim.CopyFrom(batch)
         del slim.decisions[:]
-        if not batch.decisions:
+        slim.ClearField("columns")
+        decisions = unpack(batch)
+        if not decisions:
             return slim
         touched = set()
         rate = max(batch.sample_rate, 1)
-        for d in batch.decisions:
+        for d in decisions:
             key = (d.protocol, d.vip, d.vip_port, d.endpoint_ip, d.endpoint_port)
             t = self.totals[key]
             if d.source == pb.SOURCE_EBPF and d.event != pb.EVENT_RECOVERED:
@@ -125,7 +128,7 @@ class Aggregator:
             else:
                 continue  # table snapshots are not counted anywhere
             touched.add(key)
-        now = max(d.time_ns for d in batch.decisions)
+        now = max(d.time_ns for d in decisions)
         for key in sorted(touched):
             c = self.totals[key]
             slim.counters.append(pb.CounterDelta(
@@ -133,10 +136,10 @@ class Aggregator:
                 vip_port=key[2], endpoint_ip=key[3], endpoint_port=key[4], epoch=self.epoch,
                 total_connections=c[0], total_closed=c[1], total_orig_bytes=c[2],
                 total_reply_bytes=c[3], total_orig_packets=c[4], total_reply_packets=c[5],
-                total_duration_ns=c[6], source=batch.decisions[0].source))
-        self.not_kept += len(batch.decisions)
+                total_duration_ns=c[6], source=decisions[0].source))
+        self.not_kept += len(decisions)
         slim.lost.append(pb.LostEvents(
-            time_ns=now, source=batch.decisions[0].source,
+            time_ns=now, source=decisions[0].source,
             reason="spool-full: counted, not kept per connection",
-            count=len(batch.decisions)))
+            count=len(decisions)))
         return slim

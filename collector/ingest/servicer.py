@@ -13,6 +13,7 @@ from natlens.collector.ingest.limits import Limits, OverLimit, RateLimiter, batc
 from natlens.collector.store.db import BatchRejected, Store
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto import natlens_pb2_grpc as pb_grpc
+from natlens.proto.columns import count
 
 log = logging.getLogger("natlens.collector.ingest")
 
@@ -32,7 +33,7 @@ class CollectorServicer(pb_grpc.CollectorServicer):  # type: ignore[misc]
                context: grpc.ServicerContext) -> Iterator[pb.Ack]:
         peer = context.peer()
         for batch in request_iterator:
-            n = batch_records(len(batch.decisions), len(batch.counters), len(batch.rules),
+            n = batch_records(count(batch), len(batch.counters), len(batch.rules),
                               len(batch.lost))
             try:
                 wait = self.limiter.wait_for(batch.agent_id, n)

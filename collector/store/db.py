@@ -28,6 +28,7 @@ from natlens.collector.store.schema import (
     migrate,
 )
 from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import ColumnsError, check, column, count
 
 SOURCES = {pb.SOURCE_NETLINK: "netlink", pb.SOURCE_EBPF: "ebpf", pb.SOURCE_PCAP: "pcap"}
 EVENTS = {pb.EVENT_NEW: "new", pb.EVENT_DESTROY: "destroy", pb.EVENT_SNAPSHOT: "snapshot",
@@ -73,6 +74,10 @@ def validate(batch: pb.Batch) -> None:
     for r in batch.rules:
         if not r.hash or not r.mode:
             raise BatchRejected("rule snapshot without hash or mode")
+    try:
+        check(batch.columns)
+    except ColumnsError as e:
+        raise BatchRejected(str(e)) from None
     for c in batch.counters:
         if not c.epoch or not c.vip or not c.endpoint_ip or not c.protocol:
             raise BatchRejected("counter without epoch, vip, endpoint or protocol")
@@ -130,7 +135,7 @@ class Store:
                     self.db.table("batches").insert({
                         "agent_id": batch.agent_id, "boot_id": batch.boot_id, "seq": batch.seq,
                         "node": batch.node, "received_ns": now,
-                        "records": len(batch.decisions) + len(batch.rules) + len(batch.lost)
+                        "records": count(batch) + len(batch.rules) + len(batch.lost)
                         + len(batch.counters)})
                     for r in batch.rules:
                         self.db.table("rule_snapshots").insert({
@@ -142,6 +147,9 @@ class Store:
                     # on this table, the collector's hottest path (BENCHMARKS.md).
                     self.db.conn.executemany(DECISION_INSERT, self._decision_rows(
                         batch.node, batch.decisions, rate))
+                    if batch.columns.time_ns:
+                        self.db.conn.executemany(DECISION_INSERT, self._column_rows(
+                            batch.node, batch.columns, rate))
                     self.db.table("counters").insert_all(
                         row for c in batch.counters
                         if (row := self._counter_row(batch.node, c)) is not None)
@@ -202,6 +210,38 @@ class Store:
                 cache = self._keys[(node, h, rate)]
             rows.append(_ROW_FIELDS(d) + info)
         return rows
+
+    def _column_rows(self, node: str, cols: pb.DecisionColumns,
+                     rate: int) -> Iterable[tuple[Any, ...]]:
+        """Rows for DECISION_INSERT from columns (what agents send): the key work is
+        done once per key of the batch, and the rows are zipped together in C."""
+        n = len(cols.time_ns)
+        times = list(cols.time_ns)
+        if max(cols.client_port) > 65535:
+            raise BatchRejected("decision with a port above 65535")
+        keys = [_KEY_FIELDS(k) for k in cols.keys]
+        epochs, _ = self._epochs.get(node, ([], []))
+        first = min(times)
+        i = bisect.bisect_right(epochs, first)
+        if max(times) < (epochs[i] if i < len(epochs) else 1 << 63):  # one rules version
+            h = self.rules_at(node, first)
+            infos = [self._key_info(node, h, rate, k) for k in keys]
+            ids, rates = [x[0] for x in infos], [x[1] for x in infos]
+            key_ids = [ids[k] for k in cols.key_index]
+            sample_rates = [rates[k] for k in cols.key_index]
+        else:
+            per_row = [self._key_info(node, self.rules_at(node, t), rate, keys[k])
+                       for t, k in zip(times, cols.key_index, strict=True)]
+            key_ids, sample_rates = [x[0] for x in per_row], [x[1] for x in per_row]
+        return zip(times, cols.client_ip, cols.client_port, cols.ct_id,
+                   *(column(cols, c, n) for c in ("zone", "orig_packets", "orig_bytes",
+                                                   "reply_packets", "reply_bytes",
+                                                   "duration_ns")),
+                   key_ids, sample_rates, strict=True)
+
+    def _key_info(self, node: str, h: str, rate: int, raw: tuple[Any, ...]) -> tuple[int, int]:
+        info = self._keys.get((node, h, rate), {}).get(raw)
+        return info if info is not None else self._new_key(node, h, rate, raw)
 
     def _new_key(self, node: str, h: str, rate: int,
                  raw: tuple[Any, ...]) -> tuple[int, int]:

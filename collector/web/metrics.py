@@ -21,11 +21,41 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from natlens.agent.rules.model import endpoint_key
 from natlens.collector.store.db import SOURCES
 from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import column
 
 OTHER = "other"
 _KEY = attrgetter("vip", "vip_port", "protocol", "endpoint_ip", "endpoint_port", "source",
                   "event")
 _TIME = attrgetter("time_ns")
+
+
+Key = tuple[str, int, str, str, int, pb.Source, pb.Event]
+
+
+def per_key(batch: pb.Batch) -> tuple[dict[Key, int], dict[Key, int], int]:
+    """Decisions per key, bytes of closed connections per key, and the newest decision
+    time, from either form of a batch. Counted in C first (a batch holds thousands of
+    decisions over a few keys), so Python works once per key (BENCHMARKS.md)."""
+    decisions, cols = batch.decisions, batch.columns
+    tally: Tally[Key] = Tally(map(_KEY, decisions))
+    closed: dict[Key, int] = {}
+    if any(key[6] == pb.EVENT_DESTROY for key in tally):
+        for d in decisions:
+            if d.event == pb.EVENT_DESTROY:
+                closed[_KEY(d)] = closed.get(_KEY(d), 0) + d.orig_bytes + d.reply_bytes
+    newest = max(map(_TIME, decisions), default=0)
+    if cols.time_ns:
+        keys = [_KEY(k) for k in cols.keys]
+        for i, k in Tally(cols.key_index).items():
+            tally[keys[i]] += k
+        if any(k.event == pb.EVENT_DESTROY for k in cols.keys):
+            n = len(cols.time_ns)
+            for i, ob, rb in zip(cols.key_index, column(cols, "orig_bytes", n),
+                                 column(cols, "reply_bytes", n), strict=True):
+                if keys[i][6] == pb.EVENT_DESTROY:
+                    closed[keys[i]] = closed.get(keys[i], 0) + ob + rb
+        newest = max(newest, max(cols.time_ns))
+    return tally, closed, newest
 
 
 class IngestMetrics:
@@ -78,12 +108,8 @@ class IngestMetrics:
                 self._names[batch.node] = {(s.vip, s.port, s.protocol): s.service
                                            for s in r.services}
             rate = max(batch.sample_rate, 1)
-            decisions = batch.decisions
-            newest = max(map(_TIME, decisions), default=0)
-            # Grouped in C first (a batch holds thousands of decisions over a few keys);
-            # Python then works once per key (BENCHMARKS.md, collector ingest over gRPC).
-            closed: dict[tuple[object, ...], int] | None = None
-            for key, k in Tally(map(_KEY, decisions)).items():
+            tally, closed, newest = per_key(batch)
+            for key, k in tally.items():
                 vip, vport, proto, eip, eport, source, event = key
                 if source == pb.SOURCE_EBPF and event != pb.EVENT_RECOVERED:
                     continue  # counted in the kernel: its counters below
@@ -93,13 +119,7 @@ class IngestMetrics:
                 labels = (*self._labels(svc, endpoint_key(eip, eport)),
                           SOURCES.get(source, "unknown"))
                 if event == pb.EVENT_DESTROY:
-                    if closed is None:  # bytes of closed connections, once per batch
-                        closed = {}
-                        for d in decisions:
-                            if d.event == pb.EVENT_DESTROY:
-                                dk = _KEY(d)
-                                closed[dk] = closed.get(dk, 0) + d.orig_bytes + d.reply_bytes
-                    self.bytes.labels(*labels).inc(closed[key])
+                    self.bytes.labels(*labels).inc(closed.get(key, 0))
                 else:
                     self.decisions.labels(*labels).inc(k * rate if event == pb.EVENT_NEW
                                                        else k)
@@ -110,12 +130,12 @@ class IngestMetrics:
                 self.decisions.labels(*pair, src).inc(c.connections)
                 self.bytes.labels(*pair, src).inc(c.bytes)
             for lo in batch.lost:
-                source = SOURCES.get(lo.source, "unknown")
+                lost_source = SOURCES.get(lo.source, "unknown")
                 n = lo.count
                 if lo.epoch:  # a running total within the epoch, as the store counts it
-                    key = (batch.node, lo.epoch, source, lo.reason)
-                    n = max(lo.total - self._lost_totals.get(key, 0), 0)
-                    self._lost_totals[key] = max(lo.total, self._lost_totals.get(key, 0))
-                self.lost.labels(batch.node, source, lo.reason).inc(n)
+                    lk = (batch.node, lo.epoch, lost_source, lo.reason)
+                    n = max(lo.total - self._lost_totals.get(lk, 0), 0)
+                    self._lost_totals[lk] = max(lo.total, self._lost_totals.get(lk, 0))
+                self.lost.labels(batch.node, lost_source, lo.reason).inc(n)
             if newest:
                 self.lag.labels(batch.node).set(max(time.time_ns() - newest, 0) / 1e9)

@@ -12,8 +12,9 @@ from natlens.agent.ship.client import Shipper
 from natlens.collector.server import start
 from natlens.collector.store.db import Store
 from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import unpack
 
-from .test_store import decision
+from .test_store import decision, row
 
 
 def free_port() -> int:
@@ -29,7 +30,7 @@ def test_batches_are_acked_and_stored(tmp_path: Path) -> None:
     shipper.start()
     b = Batcher("a", "k8s-node2", shipper.submit, max_records=10)
     for i in range(95):
-        b.add_decision(decision(i + 1))
+        b.add_decision(row(i + 1))
     b.flush()
     assert shipper.drain(10)
     shipper.stop()
@@ -47,7 +48,7 @@ def test_agent_keeps_batches_while_collector_is_down_then_delivers(
     b = Batcher("a", "k8s-node2", shipper.submit, max_records=5)
     with caplog.at_level(logging.ERROR, "natlens.agent.ship"):
         for i in range(20):
-            b.add_decision(decision(i + 1))
+            b.add_decision(row(i + 1))
         assert not shipper.drain(1.0)
     assert shipper.pending == 4
     unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
@@ -92,9 +93,9 @@ def test_batcher_flushes_on_age() -> None:
     now = [0.0]
     out: list[pb.Batch] = []
     b = Batcher("a", "n", out.append, max_records=100, max_age=1.0, clock=lambda: now[0])
-    b.add_decision(decision(1))
+    b.add_decision(row(1))
     b.tick()
     assert out == []
     now[0] = 1.5
     b.tick()
-    assert [x.seq for x in out] == [1] and len(out[0].decisions) == 1
+    assert [x.seq for x in out] == [1] and unpack(out[0]) == [row(1)]

@@ -37,6 +37,7 @@ from natlens.collector.store.retention import (
 from natlens.collector.store.schema import MIGRATIONS, SCHEMA_VERSION
 from natlens.collector.store.stats import db_stats
 from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import DecisionRow, to_message
 
 T0 = 1_800_000_000 * 10**9 - (1_800_000_000 * 10**9) % HOUR  # an hour boundary
 VIP, EPS = "10.96.0.10", ("10.244.1.5", "10.244.2.6")
@@ -45,13 +46,16 @@ MODEL = DeclaredModel("iptables", (ServicePort(
         DeclaredEndpoint(f"{ip}:8080", 0.5, f"KUBE-SEP-{i}") for i, ip in enumerate(EPS))),))
 
 
-def decision(t: int, ep: str, client: str = "10.244.9.9", event: int = pb.EVENT_NEW,
-             nbytes: int = 0) -> pb.Decision:
-    return pb.Decision(time_ns=t, protocol="tcp", client_ip=client, client_port=30000 + t % 999,
-                       vip=VIP, vip_port=80, endpoint_ip=ep, endpoint_port=8080,
-                       ct_id=t % 2**31,
+def row(t: int, ep: str, client: str = "10.244.9.9", event: pb.Event = pb.EVENT_NEW,
+        nbytes: int = 0) -> DecisionRow:
+    return DecisionRow(t, "tcp", client, 30000 + t % 999, VIP, 80, ep, 8080, ct_id=t % 2**31,
                        source=pb.SOURCE_NETLINK, event=event, orig_bytes=nbytes,
                        reply_bytes=nbytes)
+
+
+def decision(t: int, ep: str, client: str = "10.244.9.9", event: pb.Event = pb.EVENT_NEW,
+             nbytes: int = 0) -> pb.Decision:
+    return to_message(row(t, ep, client, event, nbytes))
 
 
 class Feed:

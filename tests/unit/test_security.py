@@ -26,7 +26,7 @@ from natlens.security import (
 )
 from tests.certs import Pki, make_pki
 
-from .test_store import decision
+from .test_store import row
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def ship(port: int, tls: TlsFiles | None, token: str | None, wait: float) -> Shi
     shipper.start()
     b = Batcher("a", "k8s-node2", shipper.submit, max_records=10)
     for i in range(25):
-        b.add_decision(decision(i + 1))
+        b.add_decision(row(i + 1))
     b.flush()
     shipper.drain(wait)
     shipper.stop()

@@ -17,9 +17,10 @@ from natlens.collector.report.build import ReportQuery, build_report
 from natlens.collector.server import start
 from natlens.collector.store.db import Store
 from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import count
 
 from .test_grpc import free_port
-from .test_retention import EPS, MODEL, T0, decision
+from .test_retention import EPS, MODEL, T0, decision, row
 
 
 def counts(db: Path) -> dict[str, int]:
@@ -31,7 +32,7 @@ def feed(batcher: Batcher, n: int, offset: int = 0) -> dict[str, int]:
     truth: dict[str, int] = {}
     for i in range(n):
         ep = EPS[(i + offset) % 3 == 0]
-        batcher.add_decision(decision(T0 + offset + i, ep))
+        batcher.add_decision(row(T0 + offset + i, ep))
         truth[f"{ep}:8080"] = truth.get(f"{ep}:8080", 0) + 1
     batcher.flush()
     return truth
@@ -131,7 +132,7 @@ def test_aggregate_totals_are_running_sums(events: list[tuple[int, int, int]],
     size = max(1, len(ds) // splits)
     for k in range(0, len(ds), size):
         out = agg.aggregate(pb.Batch(decisions=ds[k:k + size]))
-        assert not out.decisions and out.lost[0].count == len(ds[k:k + size])
+        assert not count(out) and out.lost[0].count == len(ds[k:k + size])
         for c in out.counters:
             prev = last.get((c.endpoint_ip, c.endpoint_port))
             assert prev is None or c.total_connections >= prev.total_connections

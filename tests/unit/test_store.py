@@ -8,12 +8,18 @@ import sqlite_utils
 from natlens.collector.store.db import BatchRejected, Store
 from natlens.collector.store.schema import SCHEMA_VERSION, SchemaError
 from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import DecisionRow, to_message
 
 
-def decision(t: int, ep: str = "10.244.1.168", event: int = pb.EVENT_NEW) -> pb.Decision:
-    return pb.Decision(time_ns=t, protocol="tcp", client_ip="10.244.1.169", client_port=40000,
-                       vip="10.1.122.241", vip_port=9999, endpoint_ip=ep, endpoint_port=80,
+def row(t: int, ep: str = "10.244.1.168", event: pb.Event = pb.EVENT_NEW) -> DecisionRow:
+    """A decision as an agent's batcher takes it."""
+    return DecisionRow(t, "tcp", "10.244.1.169", 40000, "10.1.122.241", 9999, ep, 80,
                        ct_id=t, source=pb.SOURCE_NETLINK, event=event)
+
+
+def decision(t: int, ep: str = "10.244.1.168", event: pb.Event = pb.EVENT_NEW) -> pb.Decision:
+    """The same as one message (the form older agents send)."""
+    return to_message(row(t, ep, event))
 
 
 def batch(seq: int, decisions: list[pb.Decision], rules: list[pb.RuleSnapshot] = ()) -> pb.Batch:

@@ -1,0 +1,136 @@
+"""Decisions as rows in Python and as columns on the wire.
+
+An agent keeps a batch's decisions as plain tuples and packs them into one
+``DecisionColumns`` message when the batch closes; the store reads the columns back with
+a few C-level conversions instead of a protobuf object per decision, which is what
+brought collector ingest past 200,000 decisions/s (BENCHMARKS.md). Batches from agents
+that send ``Batch.decisions`` (one message per decision) are read as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from itertools import repeat
+from operator import attrgetter
+from typing import Any, NamedTuple
+
+from natlens.proto import natlens_pb2 as pb
+
+
+class DecisionRow(NamedTuple):
+    """One decision, field for field as ``pb.Decision``."""
+
+    time_ns: int
+    protocol: str
+    client_ip: str
+    client_port: int
+    vip: str
+    vip_port: int
+    endpoint_ip: str
+    endpoint_port: int
+    ct_id: int = 0
+    zone: int = 0
+    source: pb.Source = pb.SOURCE_UNSPECIFIED
+    event: pb.Event = pb.EVENT_UNSPECIFIED
+    orig_packets: int = 0
+    orig_bytes: int = 0
+    reply_packets: int = 0
+    reply_bytes: int = 0
+    duration_ns: int = 0
+
+
+KEY_FIELDS = ("protocol", "vip", "vip_port", "endpoint_ip", "endpoint_port", "source", "event")
+# Per-row columns after the key, in DecisionRow order; counters may be sent empty.
+ROW_COLUMNS = ("time_ns", "client_ip", "client_port", "ct_id", "zone", "orig_packets",
+               "orig_bytes", "reply_packets", "reply_bytes", "duration_ns")
+OPTIONAL = frozenset({"zone", "orig_packets", "orig_bytes", "reply_packets", "reply_bytes",
+                      "duration_ns"})
+_KEY = attrgetter(*KEY_FIELDS)
+
+
+class ColumnsError(ValueError):
+    """Columns that do not line up: not a batch anyone can store."""
+
+
+def pack(rows: Iterable[DecisionRow]) -> pb.DecisionColumns:
+    """Columns for ``rows``, keys stored once each, all-zero counter columns left out."""
+    rows = list(rows)
+    cols = pb.DecisionColumns()
+    if not rows:
+        return cols
+    index: dict[tuple[Any, ...], int] = {}
+    key_index = []
+    for r in rows:
+        k = (r[1], r[4], r[5], r[6], r[7], r[10], r[11])
+        i = index.get(k)
+        if i is None:
+            i = index[k] = len(index)
+        key_index.append(i)
+    cols.keys.extend(pb.DecisionKey(protocol=p, vip=v, vip_port=vp, endpoint_ip=e,
+                                    endpoint_port=ep, source=s, event=ev)
+                     for p, v, vp, e, ep, s, ev in index)
+    cols.key_index.extend(key_index)
+    by_field = dict(zip(DecisionRow._fields, zip(*rows, strict=True), strict=True))
+    for name in ROW_COLUMNS:
+        values = by_field[name]
+        if name in OPTIONAL and not any(values):
+            continue
+        getattr(cols, name).extend(values)
+    return cols
+
+
+def count(batch: pb.Batch) -> int:
+    """Decisions in a batch, in either form."""
+    return len(batch.decisions) + len(batch.columns.time_ns)
+
+
+def check(cols: pb.DecisionColumns) -> int:
+    """The number of rows; raises ColumnsError unless every column lines up."""
+    n = len(cols.time_ns)
+    for name in ("key_index", "client_ip", "client_port", "ct_id"):
+        if len(getattr(cols, name)) != n:
+            raise ColumnsError(f"decision column {name} has {len(getattr(cols, name))} "
+                               f"values for {n} decisions")
+    for name in OPTIONAL:
+        if len(getattr(cols, name)) not in (0, n):
+            raise ColumnsError(f"decision column {name} has {len(getattr(cols, name))} "
+                               f"values for {n} decisions")
+    if n and max(cols.key_index) >= len(cols.keys):
+        raise ColumnsError(f"decision key index {max(cols.key_index)} beyond the "
+                           f"{len(cols.keys)} keys sent")
+    return n
+
+
+def column(cols: pb.DecisionColumns, name: str, n: int) -> Iterable[int]:
+    """A counter column, zeros when it was left out."""
+    values = getattr(cols, name)
+    return values if len(values) else repeat(0, n)
+
+
+def unpack(batch: pb.Batch) -> list[DecisionRow]:
+    """Every decision of a batch as rows, from either form, columns last. For the paths
+    that look at each decision (spool folding, tests); the store reads columns itself."""
+    out = [_row_of(d) for d in batch.decisions]
+    cols = batch.columns
+    n = check(cols)
+    if not n:
+        return out
+    keys = [_KEY(k) for k in cols.keys]
+    per_row = [column(cols, name, n) for name in ROW_COLUMNS]
+    for ki, *vals in zip(cols.key_index, *per_row, strict=True):
+        k = keys[ki]
+        out.append(DecisionRow(vals[0], k[0], vals[1], vals[2], k[1], k[2], k[3], k[4],
+                               vals[3], vals[4], k[5], k[6], *vals[5:]))
+    return out
+
+
+def _row_of(d: pb.Decision) -> DecisionRow:
+    return DecisionRow(d.time_ns, d.protocol, d.client_ip, d.client_port, d.vip, d.vip_port,
+                       d.endpoint_ip, d.endpoint_port, d.ct_id, d.zone, d.source, d.event,
+                       d.orig_packets, d.orig_bytes, d.reply_packets, d.reply_bytes,
+                       d.duration_ns)
+
+
+def to_message(r: DecisionRow) -> pb.Decision:
+    """The one-message-per-decision form (older agents, tests that build batches)."""
+    return pb.Decision(**r._asdict())
