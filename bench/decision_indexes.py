@@ -1,8 +1,9 @@
 """Why decisions keep only their time index, and why their repeating columns moved to
 a key table: raw `executemany` of the same 200,000 rows (1,400 distinct clients,
 time-ordered) into the 19-column decisions table of schemas 1-5 with different index
-sets, and into schema 6's narrow rows, 2,000 rows per transaction as the collector
-commits them. Median of 3.
+sets, into schema 6's narrow rows with a time index, and into schema 7's narrow rows
+clustered on time (WITHOUT ROWID), 2,000 rows per transaction as the collector commits
+them. Median of 5 (this machine is noisy).
 Run: .venv/bin/python bench/decision_indexes.py
 """
 
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from natlens.collector.store.db import DECISION_INSERT, KEY_INSERT, KEY_SELECT, Store
-from natlens.collector.store.schema import DECISION_COLUMNS
+from natlens.collector.store.schema import DECISION_COLUMNS, DECISION_ROW
 
 WIDE_INSERT = (f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) "
                f"VALUES ({', '.join('?' * len(DECISION_COLUMNS))})")
@@ -69,14 +70,23 @@ def _insert_timed(c: sqlite3.Connection, p: Path, sql: str,
     return len(data) / dt, os.path.getsize(p) / len(data)
 
 
-def run_narrow(data: list[tuple[object, ...]], d: Path) -> tuple[float, float]:
-    """Schema 6: the same rows as the collector stores them, the repeating columns as
-    the id of a decision_keys row (looked up in a dict, as the store does)."""
+def run_narrow(data: list[tuple[object, ...]], d: Path,
+               clustered: bool) -> tuple[float, float]:
+    """Schemas 6 and 7: the same rows as the collector stores them, the repeating
+    columns as the id of a decision_keys row (looked up in a dict, as the store does);
+    a rowid table with a time index (6), or clustered on time (7, the store's own)."""
     p = d / "n.db"
     _fresh(p)
     Store(str(p)).close()
     c = sqlite3.connect(p)
     c.execute("PRAGMA synchronous=NORMAL")
+    if not clustered:
+        c.execute("DROP VIEW decisions")
+        c.execute("DROP TABLE decision_rows")
+        c.execute(f"CREATE TABLE decision_rows ({', '.join(DECISION_ROW)})")
+        c.execute("CREATE INDEX idx_decision_rows_time_ns ON decision_rows (time_ns)")
+        c.execute("CREATE INDEX idx_decision_rows_sampled ON decision_rows (time_ns) "
+                  "WHERE sample_rate > 1")
     ids: dict[tuple[object, ...], int] = {}
     narrow = []
     for (t, node, proto, cip, cport, vip, vport, ep, ct, zone, src, ev, op, ob, rp, rb,
@@ -94,13 +104,21 @@ def main() -> None:
     data = rows()
     with tempfile.TemporaryDirectory() as d:
         for name, idx in VARIANTS.items():
-            runs = [run(idx, data, Path(d)) for _ in range(3)]
+            runs = [run(idx, data, Path(d)) for _ in range(5)]
             rate = statistics.median(r[0] for r in runs)
             print(f"{name:48s} {rate:>10,.0f} rows/s  {runs[0][1]:6.0f} bytes/row")
-        runs = [run_narrow(data, Path(d)) for _ in range(3)]
-        print(f"{'schema 6: narrow row + key id, time index':48s} "
-              f"{statistics.median(r[0] for r in runs):>10,.0f} rows/s  "
-              f"{runs[0][1]:6.0f} bytes/row")
+        narrow: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for _ in range(5):  # interleaved: the two narrow forms see the same noise
+            for clustered in (False, True):
+                narrow[clustered].append(run_narrow(data, Path(d), clustered))
+        for clustered, label in ((False, "schema 6: narrow row + key id, time index"),
+                                 (True, "schema 7: narrow row clustered on time")):
+            runs = narrow[clustered]
+            print(f"{label:48s} {statistics.median(r[0] for r in runs):>10,.0f} rows/s  "
+                  f"{runs[0][1]:6.0f} bytes/row")
+        ratio = statistics.median(b[0] / a[0] for a, b in zip(narrow[False], narrow[True],
+                                                              strict=True))
+        print(f"schema 7 / schema 6 insert rate, median of paired runs: {ratio:.2f}")
 
 
 if __name__ == "__main__":

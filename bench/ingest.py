@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from natlens.collector.store.db import DECISION_INSERT, Store
 from natlens.proto import natlens_pb2 as pb
@@ -45,6 +46,17 @@ def make_batches(columns: bool = True) -> list[pb.Batch]:
     return out
 
 
+def _shifted(b: pb.Batch, k: int, **fields: Any) -> pb.Batch:
+    """A copy of ``b`` with other decisions (times moved by ``k`` ns; the store keeps a
+    decision sent twice once)."""
+    c = pb.Batch()
+    c.CopyFrom(b)
+    for name, value in fields.items():
+        setattr(c, name, value)
+    c.columns.time_ns[:] = [t + k for t in b.columns.time_ns]
+    return c
+
+
 def via_store(batches: list[pb.Batch], path: Path) -> float:
     s = Store(str(path))
     t = time.perf_counter()
@@ -63,10 +75,7 @@ def via_store_streams(batches: list[pb.Batch], path: Path, streams: int = 2) -> 
     for a in range(streams):
         mine = []
         for b in batches:
-            c = pb.Batch()
-            c.CopyFrom(b)
-            c.agent_id = f"a{a}"
-            mine.append(c)
+            mine.append(_shifted(b, a, agent_id=f"a{a}"))
         per_agent.append(mine)
     threads = [threading.Thread(target=lambda m=m: [s.ingest(b) for b in m])
                for m in per_agent]
@@ -111,10 +120,7 @@ def memory_while_ingesting(batches: list[pb.Batch], path: Path, rounds: int = 10
     out = []
     for r in range(rounds):
         for b in batches:
-            c = pb.Batch()
-            c.CopyFrom(b)
-            c.seq = r * len(batches) + b.seq
-            s.ingest(c)
+            s.ingest(_shifted(b, r, seq=r * len(batches) + b.seq))
         out.append(round(rss_mb(), 1))
     s.close()
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -30,11 +31,15 @@ from natlens.collector.store.schema import (
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import ColumnsError, check, column, count
 
+log = logging.getLogger("natlens.collector.store")
+
 SOURCES = {pb.SOURCE_NETLINK: "netlink", pb.SOURCE_EBPF: "ebpf", pb.SOURCE_PCAP: "pcap"}
 EVENTS = {pb.EVENT_NEW: "new", pb.EVENT_DESTROY: "destroy", pb.EVENT_SNAPSHOT: "snapshot",
           pb.EVENT_RECOVERED: "recovered"}
 COUNTED_EVENTS = ("new", "recovered")
-DECISION_INSERT = (f"INSERT INTO decision_rows ({', '.join(DECISION_ROW)}) "
+# A row whose identity (time, key, client, conntrack id, zone) is stored already is the
+# same decision sent twice: kept once, and counted (Store.repeated_decisions).
+DECISION_INSERT = (f"INSERT OR IGNORE INTO decision_rows ({', '.join(DECISION_ROW)}) "
                    f"VALUES ({', '.join('?' * len(DECISION_ROW))})")
 KEY_INSERT = (f"INSERT OR IGNORE INTO decision_keys ({', '.join(DECISION_KEY)}) "
               f"VALUES ({', '.join('?' * len(DECISION_KEY))})")
@@ -100,6 +105,7 @@ class Store:
         self._keys: dict[tuple[str, str, int], dict[tuple[Any, ...], tuple[int, int]]] = {}
         self._new_keys: list[tuple[str, str, int, tuple[Any, ...]]] = []
         self._epochs: dict[str, tuple[list[int], list[str]]] = {}
+        self.repeated_decisions = 0
         for node, t, h in self.db.execute(
                 "SELECT node, time_ns, hash FROM rule_snapshots ORDER BY node, time_ns"):
             times, hashes = self._epochs.setdefault(node, ([], []))
@@ -145,11 +151,13 @@ class Store:
                     self._add_epochs(batch.node, new_epochs)
                     # Plain executemany: sqlite-utils' insert_all ran at 0.43× its speed
                     # on this table, the collector's hottest path (BENCHMARKS.md).
-                    self.db.conn.executemany(DECISION_INSERT, self._decision_rows(
-                        batch.node, batch.decisions, rate))
-                    if batch.columns.time_ns:
-                        self.db.conn.executemany(DECISION_INSERT, self._column_rows(
-                            batch.node, batch.columns, rate))
+                    rows = self._decision_rows(batch.node, batch.decisions, rate)
+                    columns = (self._column_rows(batch.node, batch.columns, rate)
+                               if batch.columns.time_ns else ())
+                    before = self.db.conn.total_changes  # keys are in by now
+                    self.db.conn.executemany(DECISION_INSERT, rows)
+                    self.db.conn.executemany(DECISION_INSERT, columns)
+                    repeated = count(batch) - (self.db.conn.total_changes - before)
                     self.db.table("counters").insert_all(
                         row for c in batch.counters
                         if (row := self._counter_row(batch.node, c)) is not None)
@@ -163,6 +171,11 @@ class Store:
                 raise
             finally:
                 self._new_keys.clear()
+            if repeated:
+                self.repeated_decisions += repeated
+                log.warning("batch %d from %s: %d decisions were stored already (same time, "
+                            "service port, endpoint, client and conntrack id): kept once",
+                            batch.seq, batch.agent_id, repeated)
         return True
 
     def _add_epochs(self, node: str, epochs: list[tuple[int, str]]) -> None:

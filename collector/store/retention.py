@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from natlens.collector.store.db import COUNTED_EVENTS, Store
-from natlens.collector.store.schema import ROLLUP_COLUMNS, ROLLUP_KEY
+from natlens.collector.store.schema import DECISION_PK, ROLLUP_COLUMNS, ROLLUP_KEY
 
 log = logging.getLogger("natlens.collector.retention")
 
@@ -109,8 +109,10 @@ def rollup(store: Store, now_ns: int) -> tuple[int, int]:
 
 
 def _delete_chunks(store: Store, table: str, column: str, before: int, chunk: int) -> int:
-    # rollups is clustered on its key (no rowid): rows are picked by their key instead
-    key = f"({', '.join(ROLLUP_KEY)})" if table == "rollups" else "rowid"
+    # rollups and decision_rows are clustered on their keys (no rowid): rows are picked
+    # by their key instead
+    key = {"rollups": f"({', '.join(ROLLUP_KEY)})",
+           "decision_rows": f"({', '.join(DECISION_PK)})"}.get(table, "rowid")
     removed = 0
     while True:
         with store.lock, store.db.atomic():

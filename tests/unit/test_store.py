@@ -1,5 +1,6 @@
 """The SQLite store: exactly-once batches, atomicity, rules epochs, schema versions."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,16 @@ def test_a_batch_failing_halfway_stores_nothing(tmp_path: Path) -> None:
                       decisions=[decision(1), decision(2)]))
     s.close()
     assert count(tmp_path / "db", "decisions") == 2
+
+
+def test_a_decision_sent_twice_is_kept_once_and_said(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    s = Store(str(tmp_path / "db"))
+    s.ingest(batch(1, [decision(1), decision(2)]))
+    other_conn = to_message(row(2)._replace(ct_id=99))  # same time, another connection
+    with caplog.at_level(logging.WARNING, logger="natlens.collector.store"):
+        assert s.ingest(batch(2, [decision(2), decision(3), other_conn]))
+    assert s.repeated_decisions == 1
+    assert "batch 2 from a: 1 decisions were stored already" in caplog.text
+    s.close()
+    assert count(tmp_path / "db", "decisions") == 4
