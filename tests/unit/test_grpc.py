@@ -12,7 +12,7 @@ from natlens.agent.ship.client import Shipper
 from natlens.collector.server import start
 from natlens.collector.store.db import Store
 from natlens.proto import natlens_pb2 as pb
-from natlens.proto.columns import unpack
+from natlens.proto.columns import pack, unpack
 
 from .test_store import decision, row
 
@@ -64,7 +64,19 @@ def test_agent_keeps_batches_while_collector_is_down_then_delivers(
     assert sqlite_utils.Database(tmp_path / "db")["decisions"].count == 20
 
 
-def test_a_bad_batch_is_refused_and_nothing_of_it_stored(tmp_path: Path) -> None:
+def misaligned_columns() -> pb.Batch:
+    b = pb.Batch(agent_id="a", boot_id="b", seq=2, node="n",
+                 columns=pack([row(2), row(3)]))
+    b.columns.client_ip.append("10.0.0.9")  # one address too many
+    return b
+
+
+@pytest.mark.parametrize("bad", [
+    pb.Batch(agent_id="a", boot_id="b", seq=2, node="n",
+             decisions=[decision(2), pb.Decision(vip="x")]),
+    misaligned_columns(),
+], ids=["message", "columns"])
+def test_a_bad_batch_is_refused_and_nothing_of_it_stored(tmp_path: Path, bad: pb.Batch) -> None:
     import grpc
 
     from natlens.proto import natlens_pb2_grpc as pb_grpc
@@ -74,9 +86,8 @@ def test_a_bad_batch_is_refused_and_nothing_of_it_stored(tmp_path: Path) -> None
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = pb_grpc.CollectorStub(ch)
-            good = pb.Batch(agent_id="a", boot_id="b", seq=1, node="n", decisions=[decision(1)])
-            bad = pb.Batch(agent_id="a", boot_id="b", seq=2, node="n",
-                           decisions=[decision(2), pb.Decision(vip="x")])
+            good = pb.Batch(agent_id="a", boot_id="b", seq=1, node="n",
+                            columns=pack([row(1)]))
             acks = []
             with pytest.raises(grpc.RpcError) as err:
                 for ack in stub.Upload(iter([good, bad]), timeout=10):
