@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from itertools import repeat
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
 from natlens.proto import natlens_pb2 as pb
@@ -40,12 +40,15 @@ class DecisionRow(NamedTuple):
 
 
 KEY_FIELDS = ("protocol", "vip", "vip_port", "endpoint_ip", "endpoint_port", "source", "event")
-# Per-row columns after the key, in DecisionRow order; counters may be sent empty.
+# Per-row columns: DecisionRow's order without the key, and the store's decision_rows order (its key
+# id and sample rate follow); the counters (OPTIONAL) may be sent empty.
 ROW_COLUMNS = ("time_ns", "client_ip", "client_port", "ct_id", "zone", "orig_packets",
                "orig_bytes", "reply_packets", "reply_bytes", "duration_ns")
-OPTIONAL = frozenset({"zone", "orig_packets", "orig_bytes", "reply_packets", "reply_bytes",
-                      "duration_ns"})
-_KEY = attrgetter(*KEY_FIELDS)
+OPTIONAL = ROW_COLUMNS[4:]
+# A message's (Decision, DecisionKey) key and row fields, and a DecisionRow's key.
+KEY_OF = attrgetter(*KEY_FIELDS)
+ROW_OF = attrgetter(*ROW_COLUMNS)
+_ROW_KEY = itemgetter(*(DecisionRow._fields.index(f) for f in KEY_FIELDS))
 
 
 class ColumnsError(ValueError):
@@ -61,7 +64,7 @@ def pack(rows: Iterable[DecisionRow]) -> pb.DecisionColumns:
     index: dict[tuple[Any, ...], int] = {}
     key_index = []
     for r in rows:
-        k = (r[1], r[4], r[5], r[6], r[7], r[10], r[11])
+        k = _ROW_KEY(r)
         i = index.get(k)
         if i is None:
             i = index[k] = len(index)
@@ -87,12 +90,8 @@ def count(batch: pb.Batch) -> int:
 def check(cols: pb.DecisionColumns) -> int:
     """The number of rows; raises ColumnsError unless every column lines up."""
     n = len(cols.time_ns)
-    for name in ("key_index", "client_ip", "client_port", "ct_id"):
-        if len(getattr(cols, name)) != n:
-            raise ColumnsError(f"decision column {name} has {len(getattr(cols, name))} "
-                               f"values for {n} decisions")
-    for name in OPTIONAL:
-        if len(getattr(cols, name)) not in (0, n):
+    for name in ("key_index", *ROW_COLUMNS[1:]):
+        if len(getattr(cols, name)) not in ((0, n) if name in OPTIONAL else (n,)):
             raise ColumnsError(f"decision column {name} has {len(getattr(cols, name))} "
                                f"values for {n} decisions")
     if n and max(cols.key_index) >= len(cols.keys):
@@ -115,7 +114,7 @@ def unpack(batch: pb.Batch) -> list[DecisionRow]:
     n = check(cols)
     if not n:
         return out
-    keys = [_KEY(k) for k in cols.keys]
+    keys = [KEY_OF(k) for k in cols.keys]
     per_row = [column(cols, name, n) for name in ROW_COLUMNS]
     for ki, *vals in zip(cols.key_index, *per_row, strict=True):
         k = keys[ki]

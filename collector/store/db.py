@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any
 
 import sqlite_utils
@@ -29,7 +28,7 @@ from natlens.collector.store.schema import (
     migrate,
 )
 from natlens.proto import natlens_pb2 as pb
-from natlens.proto.columns import ColumnsError, check, column, count
+from natlens.proto.columns import KEY_OF, OPTIONAL, ROW_OF, ColumnsError, check, column, count
 
 log = logging.getLogger("natlens.collector.store")
 
@@ -48,12 +47,6 @@ KEY_SELECT = (f"SELECT id FROM decision_keys WHERE "
 MAX_CACHED_KEYS = 1_000_000
 
 
-# A decision's fields in DECISION_ROW's order (key id and rate follow), and its key.
-_ROW_FIELDS = attrgetter("time_ns", "client_ip", "client_port", "ct_id", "zone",
-                         "orig_packets", "orig_bytes", "reply_packets", "reply_bytes",
-                         "duration_ns")
-_KEY_FIELDS = attrgetter("protocol", "vip", "vip_port", "endpoint_ip", "endpoint_port",
-                         "source", "event")
 _SAMPLED = (pb.EVENT_NEW, pb.EVENT_DESTROY)
 
 
@@ -217,11 +210,11 @@ class Store:
             if not one_epoch:
                 h = self.rules_at(node, t)
                 cache = self._keys.get((node, h, rate), {})
-            info = cache.get(_KEY_FIELDS(d))
+            info = cache.get(KEY_OF(d))
             if info is None:
-                info = self._new_key(node, h, rate, _KEY_FIELDS(d))
+                info = self._new_key(node, h, rate, KEY_OF(d))
                 cache = self._keys[(node, h, rate)]
-            rows.append(_ROW_FIELDS(d) + info)
+            rows.append(ROW_OF(d) + info)
         return rows
 
     def _column_rows(self, node: str, cols: pb.DecisionColumns,
@@ -232,7 +225,7 @@ class Store:
         times = list(cols.time_ns)
         if max(cols.client_port) > 65535:
             raise BatchRejected("decision with a port above 65535")
-        keys = [_KEY_FIELDS(k) for k in cols.keys]
+        keys = [KEY_OF(k) for k in cols.keys]
         epochs, _ = self._epochs.get(node, ([], []))
         first = min(times)
         i = bisect.bisect_right(epochs, first)
@@ -247,9 +240,7 @@ class Store:
                        for t, k in zip(times, cols.key_index, strict=True)]
             key_ids, sample_rates = [x[0] for x in per_row], [x[1] for x in per_row]
         return zip(times, cols.client_ip, cols.client_port, cols.ct_id,
-                   *(column(cols, c, n) for c in ("zone", "orig_packets", "orig_bytes",
-                                                   "reply_packets", "reply_bytes",
-                                                   "duration_ns")),
+                   *(column(cols, c, n) for c in OPTIONAL),
                    key_ids, sample_rates, strict=True)
 
     def _key_info(self, node: str, h: str, rate: int, raw: tuple[Any, ...]) -> tuple[int, int]:
