@@ -2,8 +2,9 @@
 raw sqlite3 executemany of ready-made row tuples into the same schema, same process.
 Batches as agents send them (decisions in columns) and as one message per decision
 (older agents); Store.ingest from two agents' streams at once (a thread each, as the
-gRPC server runs them). Median of 5 runs each, interleaved; then the process's RSS
-while 2 million decisions go in (it should stay flat).
+gRPC server runs them). Median of 5 runs each, interleaved; the size and the protobuf
+parse + serialise cost of a batch in each form; then the process's RSS while 2 million
+decisions go in (it should stay flat).
 Run: .venv/bin/python bench/ingest.py
 """
 
@@ -145,6 +146,14 @@ def main() -> None:
                      ("raw", "raw executemany of built tuples")):
         runs = ", ".join(f"{n / t / 1000:.0f}k" for t in times[k])
         print(f"{label}: {n / med[k]:,.0f}/s (ratio to raw {r / med[k]:.2f}; runs {runs})")
+    for label, form in (("columns", batches), ("messages", messages)):
+        wire = [b.SerializeToString() for b in form]
+        t = time.perf_counter()
+        for w in wire:
+            pb.Batch.FromString(w).SerializeToString()
+        dt = time.perf_counter() - t
+        print(f"wire, {label}: {len(wire[0]):,} bytes a batch; parse + serialise "
+              f"{dt / n * 1e6:.2f} us a decision")
     with tempfile.TemporaryDirectory() as d:
         rss = memory_while_ingesting(batches, Path(d) / "m.db")
     print(f"RSS (MB) after each 200,000 of {len(rss) * n:,} decisions: {rss}")
