@@ -10,7 +10,7 @@ Run: .venv/bin/python bench/source_cpu.py  (root; needs hping3, conntrack and bc
      RATE=5000 CONFIGS=netlink,pcap .venv/bin/python bench/source_cpu.py
        (hping3 paced to RATE SYNs/s; only the named configurations)
      FLOODERS=3 .venv/bin/python bench/source_cpu.py
-       (three hping3 at once, about 31,000 SYNs/s here; not with RATE)
+       (three hping3 at once; not with RATE)
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def calibrate(pod_ns: str, node_ns: str) -> None:
 def flood(pod_ns: str, node_ns: str, count: int = 0) -> float:
     """The flood; returns its rate in SYNs per second. With FLOODERS > 1, that many
     hping3 at once, each from its own range of source ports (one hping3 tops out at
-    14,000-19,000 SYNs/s here; three reach about 31,000)."""
+    14,000-19,000 SYNs/s here; BENCHMARKS.md gives what several reach)."""
     total = count or FLOOD
     cmd = ["ip", "netns", "exec", pod_ns, "hping3", "-q", "-S", "-p", "9999",
            "-i", f"u{PACE_US[0]}", "10.1.122.241"]
