@@ -30,7 +30,9 @@ proto-check: install
 bench: install
 	$(PY) bench/rules_parse.py
 	$(PY) bench/source_cpu.py
-	RATE=5000 CONFIGS=netlink,pcap $(PY) bench/source_cpu.py
+	RATE=0 CONFIGS="ebpf aggregate" $(PY) bench/source_cpu.py
+	RATE=5000 ANSWER=1 FLOOD=20000 CONFIGS=netlink,pcap $(PY) bench/source_cpu.py
+	$(PY) bench/ctnetlink_decode.py
 	$(PY) bench/pcap_import.py
 	$(PY) bench/ebpf_memory.py
 	$(PY) bench/ingest.py

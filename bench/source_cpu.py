@@ -1,16 +1,27 @@
 """CPU per DNAT event of each natlens source against `conntrack -E`, on the same flood.
 
-In the seed lab, hping3 sends FLOOD SYNs from front-tomcat to the ClusterIP as fast as
-it can (each a new conntrack entry and a DNAT decision on k8s-node2). Whole-machine
-busy CPU is read from /proc/stat around each run; a run with no watcher is the
-reference subtracted from the others. The agent's and the collector's own CPU are
-read from /proc/PID/stat as well. Each configuration runs RUNS times; medians and
-ratios to `conntrack -E` (and to the netlink source, when it runs) are printed.
-Run: .venv/bin/python bench/source_cpu.py  (root; needs hping3, conntrack and bcc)
-     RATE=5000 CONFIGS=netlink,pcap .venv/bin/python bench/source_cpu.py
-       (hping3 paced to RATE SYNs/s; only the named configurations)
-     FLOODERS=3 .venv/bin/python bench/source_cpu.py
-       (three hping3 at once; not with RATE)
+In the seed lab, bench/synflood.py sends FLOOD SYNs from front-tomcat to the ClusterIP
+at RATE per second (each a new conntrack entry and a DNAT decision on k8s-node2). The
+endpoints drop the SYNs unanswered (an nft rule in their own namespaces), so the flood
+costs the node one DNAT decision per connection and little else: about 15 us of CPU
+per SYN instead of 45-70 us with replies, which leaves room for a watcher at 30,000/s
+on two cores. A run with no watcher is the reference subtracted from the others; every
+window, the reference's included, ends TAIL seconds after the flood.
+
+CPU is measured exactly, not sampled. With tick-based accounting (this kernel:
+CONFIG_TICK_CPU_ACCOUNTING, HZ=250) the user and system columns of /proc/stat are
+4 ms samples, and a flood paced in 1 ms bursts lands on or between the ticks as a
+whole: the same run measured 1.8 us or 35 us per SYN. The idle column is the NO_HZ
+idle clock, exact, so whole-machine busy time is wall time x CPUs minus idle and
+iowait. The agent's and the collector's CPU come from their process CPU clocks
+(clock_gettime on the process's CPUCLOCK_SCHED: the scheduler's exact runtime).
+Each configuration runs RUNS times in a shuffled order; medians and ratios to
+`conntrack -E` (and to the netlink source, when it runs) are printed.
+Run: .venv/bin/python bench/source_cpu.py  (root; needs conntrack and bcc)
+     RATE=0 CONFIGS="ebpf aggregate" .venv/bin/python bench/source_cpu.py
+       (as fast as one sender goes: about 60,000 SYNs/s here)
+     RATE=5000 ANSWER=1 CONFIGS=netlink,pcap .venv/bin/python bench/source_cpu.py
+       (the endpoints answer, so the packet source sees whole handshakes)
 """
 
 from __future__ import annotations
@@ -26,17 +37,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import synflood  # bench/, beside this script
 
 from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
 
 FLOOD = int(os.environ.get("FLOOD", "60000"))
-RATE = int(os.environ.get("RATE", "0"))  # SYNs per second; 0: as fast as hping3 goes
+RATE = int(os.environ.get("RATE", "30000"))  # SYNs per second; 0: as fast as it goes
 RUNS = int(os.environ.get("RUNS", "3"))
-FLOODERS = int(os.environ.get("FLOODERS", "1"))  # hping3 processes at once
+ANSWER = os.environ.get("ANSWER") == "1"  # endpoints answer (SYN-ACK, then the RST)
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed-bill-service.yaml"
-TICK = os.sysconf("SC_CLK_TCK")
+VIP, VIP_PORT, TARGET_PORT = "10.1.122.241", 9999, 80
+CLIENT = "istio-demo/front-tomcat-v1-7f8c94c6c8-lfz5m"
 # Byte counters and timestamps (on by default) cost on every packet of every flow, not
 # per event; they are off here like for the conntrack -E run, and measured on their own.
 CONFIGS = {"ebpf aggregate": ["--source", "ebpf", "--no-ct-accounting"],
@@ -47,18 +62,20 @@ CONFIGS = {"ebpf aggregate": ["--source", "ebpf", "--no-ct-accounting"],
 DEFAULT = "ebpf aggregate,ebpf aggregate + accounting,ebpf --decisions,netlink"
 CONFIGS = {k: v for k, v in CONFIGS.items()
            if k in os.environ.get("CONFIGS", DEFAULT).split(",")}
+NCPU = os.cpu_count() or 1
+USER_HZ = os.sysconf("SC_CLK_TCK")
 
 
 def busy() -> float:
+    """Whole-machine busy seconds so far (any origin): wall x CPUs minus the exact idle."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
-    return (sum(v) - v[3] - v[4]) / TICK  # minus idle and iowait
+    return time.monotonic() * NCPU - (v[3] + v[4]) / USER_HZ
 
 
 def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+    """The process's exact CPU seconds, all threads (MAKE_PROCESS_CPUCLOCK(pid, SCHED))."""
+    return time.clock_gettime((~pid << 3) | 2)
 
 
 def clear(node_ns: str) -> None:
@@ -72,44 +89,57 @@ def clear(node_ns: str) -> None:
 
 
 READY = ("conntrack: subscribed", "source pcap: capturing")  # the agent's log says so
-PACE_US = [1]  # hping3's -i in microseconds; calibrate() sets it for RATE
 
 
-def calibrate(pod_ns: str, node_ns: str) -> None:
-    """hping3 sleeps ``-i`` plus its own overhead per SYN: measure the overhead once
-    and set the interval that gives RATE."""
-    if not RATE:
-        return
-    PACE_US[0] = 10**6 // RATE
-    for _ in range(2):
-        r = flood(pod_ns, node_ns, 3000)
-        overhead = 10**6 / r - PACE_US[0]
-        PACE_US[0] = max(int(10**6 / RATE - overhead), 1)
-    print(f"pace: hping3 -i u{PACE_US[0]} for {RATE}/s "
-          f"(calibration flood: {flood(pod_ns, node_ns, 3000):,.0f}/s)", flush=True)
+def silence_endpoints(st: topology.LabState) -> None:
+    """The endpoints drop the flood's SYNs: no handshake, no RST, one DNAT each."""
+    rule = ("table inet natlens_bench {\n chain pre {\n"
+            "  type filter hook prerouting priority -300;\n"
+            f"  tcp dport {TARGET_PORT} tcp flags & (syn | ack) == syn drop\n }}\n}}\n")
+    for name, ns in st.pods.items():
+        if name != CLIENT:
+            subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rule,
+                           text=True, check=True)
 
 
-def flood(pod_ns: str, node_ns: str, count: int = 0) -> float:
-    """The flood; returns its rate in SYNs per second. With FLOODERS > 1, that many
-    hping3 at once, each from its own range of source ports (one hping3 tops out at
-    14,000-19,000 SYNs/s here; BENCHMARKS.md gives what several reach)."""
-    total = count or FLOOD
-    cmd = ["ip", "netns", "exec", pod_ns, "hping3", "-q", "-S", "-p", "9999",
-           "-i", f"u{PACE_US[0]}", "10.1.122.241"]
-    t = time.monotonic()
-    if FLOODERS == 1:
-        subprocess.run([*cmd, "-c", str(total)], capture_output=True, timeout=600)
-    else:
-        step = 64000 // FLOODERS
-        shares = [total // FLOODERS + (i < total % FLOODERS) for i in range(FLOODERS)]
-        if max(shares) > step:
-            sys.exit(f"FLOOD {total} over {FLOODERS} flooders reuses source ports")
-        procs = [subprocess.Popen([*cmd, "-c", str(n), "-s", str(1024 + i * step)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for i, n in enumerate(shares)]
-        for proc in procs:
-            proc.wait(timeout=600)
-    return total / (time.monotonic() - t)
+class Flooder:
+    """bench/synflood.py in the client pod, started and ready (packets loaded) before
+    ``run`` starts the clock."""
+
+    def __init__(self, pod_ns: str, packets: Path) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", pod_ns, sys.executable, synflood.__file__, "send",
+             str(packets), VIP, str(RATE)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdin and self.proc.stdout
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("synflood did not start")
+
+    def run(self) -> tuple[float, float]:
+        """Send; the flood's rate in SYNs per second, and the sender's CPU seconds
+        (exact: the node's whole path for each SYN, conntrack events included, runs
+        in its system time)."""
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        f = self.proc.stdout.readline().split()  # sent N in SECONDS s cpu SECONDS s
+        self.proc.wait(timeout=60)
+        return int(f[1]) / float(f[3]), float(f[6])
+
+
+@dataclass
+class Run:
+    """One flood under one watcher (or none)."""
+
+    cpu: float           # whole machine, over the window
+    rate: float          # the flood's SYNs per second
+    flood: float = 0.0   # the sender's CPU: the kernel's per-SYN path, events included
+    own: float = 0.0     # the watcher's processes (conntrack; agent + collector)
+    agent: float = 0.0
+    collector: float = 0.0
+    counted: int = 0     # NEW events seen, or decisions counted
+    lost: int = 0        # losses the agent reported
+    made: int = 0        # entries the flood made in the node's table
 
 
 def table_count(node_ns: str) -> int:
@@ -135,37 +165,61 @@ def settle(count: Callable[[], int], timeout: float = 120) -> int:
     return last
 
 
-def run_baseline(pod: str, node: str) -> tuple[float, float]:
+TAIL = float(os.environ.get("TAIL", "6"))  # seconds every window runs past the flood
+
+
+class Window:
+    """Whole-machine CPU over a window that ends TAIL seconds after the flood, in every
+    run: the machine's background load then weighs the same on each (a window that
+    ended when the count settled would charge the slower-settling watchers for it).
+    Less this script's own CPU (its polling of files and databases)."""
+
+    def __init__(self) -> None:
+        self.t, self.own = busy(), time.process_time()
+        self.end = 0.0
+
+    def flood_done(self) -> None:
+        self.end = time.monotonic() + TAIL
+
+    def cpu(self) -> float:
+        left = self.end - time.monotonic()
+        if left < 0:
+            print(f"  (counting settled {-left:.1f} s after the window; TAIL={TAIL} "
+                  "is too short for this run)", flush=True)
+        time.sleep(max(left, 0))
+        return busy() - self.t - (time.process_time() - self.own)
+
+
+def run_baseline(pod: str, node: str, packets: Path) -> Run:
     clear(node)
-    t = busy()
-    rate = flood(pod, node)
-    time.sleep(1.5)  # the others' windows end 1.5 s after their count stops changing
-    return busy() - t, rate
+    fl = Flooder(pod, packets)
+    w = Window()
+    rate, flood = fl.run()
+    w.flood_done()
+    return Run(w.cpu(), rate, flood, made=FLOOD)
 
 
-def run_conntrack(pod: str, node: str, tmp: Path,
-                  events: list[str]) -> tuple[float, int, float]:
-    """`conntrack -E` with ``events`` (e.g. ``-e NEW``); returns CPU, NEW events seen
-    and the flood's rate."""
+def run_conntrack(pod: str, node: str, tmp: Path, packets: Path, events: list[str]) -> Run:
+    """`conntrack -E` with ``events`` (e.g. ``-e NEW``)."""
     out = tmp / "ct.txt"
     clear(node)
     p = subprocess.Popen(["ip", "netns", "exec", node, "conntrack", "-E", *events,
                           "-b", str(256 << 20)], stdout=out.open("w"),
                          stderr=subprocess.DEVNULL)
+    fl = Flooder(pod, packets)
     time.sleep(0.5)
-    t = busy()
-    rate = flood(pod, node)
+    w, c0 = Window(), proc_cpu(p.pid)  # `ip netns exec` execs conntrack: the same pid
+    rate, flood = fl.run()
+    w.flood_done()
     n = settle(lambda: out.read_text().count("[NEW]"))
-    cpu = busy() - t
+    cpu, c1 = w.cpu(), proc_cpu(p.pid)
     p.terminate()
     p.wait()
-    return cpu, n, rate
+    return Run(cpu, rate, flood, c1 - c0, counted=n, made=FLOOD)
 
 
-def run_agent(pod: str, node: str, tmp: Path, name: str,
-              args: list[str]) -> tuple[float, float, float, int, int, int, float]:
-    """(whole-machine CPU, agent CPU, collector CPU, decisions counted, lost, entries
-    the flood made in the kernel's table, flood rate)."""
+def run_agent(pod: str, node: str, tmp: Path, packets: Path, name: str,
+              args: list[str]) -> Run:
     db = tmp / f"{name.replace(' ', '_')}-{time.monotonic_ns()}.db"
     clear(node)
     bpffs = tmp / "bpffs"
@@ -213,12 +267,17 @@ def run_agent(pod: str, node: str, tmp: Path, name: str,
         if time.monotonic() > deadline or ag.poll() is not None:
             raise RuntimeError(f"agent not ready: {logs[1].read_text()[-500:]}")
         time.sleep(0.1)
+    fl = Flooder(pod, packets)
     time.sleep(1)
-    t, a0, c0 = busy(), proc_cpu(ag.pid), proc_cpu(col.pid)
-    rate = flood(pod, node)
-    made = table_count(node)
+    w, a0, c0 = Window(), proc_cpu(ag.pid), proc_cpu(col.pid)
+    rate, flood = fl.run()
+    w.flood_done()
+    if ANSWER:  # a reset flow leaves the table 10 s after its RST
+        made = table_count(node)
     n = settle(counted)
-    cpu, a1, c1 = busy() - t, proc_cpu(ag.pid), proc_cpu(col.pid)
+    cpu, a1, c1 = w.cpu(), proc_cpu(ag.pid), proc_cpu(col.pid)
+    if not ANSWER:  # unanswered SYNs stay 120 s: counted outside the window
+        made = table_count(node)
     ag.terminate()
     ag.wait()
     col.terminate()
@@ -236,72 +295,99 @@ def run_agent(pod: str, node: str, tmp: Path, name: str,
             rows = c.execute("SELECT source, reason, SUM(count) FROM lost_events "
                              "GROUP BY 1, 2").fetchall()
         print(f"    lost_events: {rows}", flush=True)
-    return cpu, a1 - a0, c1 - c0, n, lost(), made, rate
+    return Run(cpu, rate, flood, a1 - a0 + c1 - c0, a1 - a0, c1 - c0, n, lost(), made)
+
+
+def client_ip(pod_ns: str) -> str:
+    out = subprocess.run(["ip", "netns", "exec", pod_ns, "ip", "-4", "-o", "addr", "show",
+                          "dev", "eth0"], capture_output=True, text=True, check=True).stdout
+    return out.split()[3].split("/")[0]
 
 
 def main() -> None:
-    if RATE and FLOODERS > 1:
-        sys.exit("RATE paces one hping3: use it with FLOODERS=1")
     sc = load_scenario(SEED)
     st = topology.up(sc, str(SEED))
-    pod = st.pods["istio-demo/front-tomcat-v1-7f8c94c6c8-lfz5m"]
+    pod = st.pods[CLIENT]
     node = st.nodes["k8s-node2"]
-    calibrate(pod, node)
-    base: list[float] = []
-    rates: list[float] = []
-    ct: list[tuple[float, int, float]] = []
-    ct_all: list[tuple[float, int, float]] = []
-    res: dict[str, list[tuple[float, float, float, int, int, int, float]]] = {
-        k: [] for k in CONFIGS}
+    base: list[Run] = []
+    refs: dict[str, list[Run]] = {"conntrack -E -e NEW": [], "conntrack -E": []}
+    res: dict[str, list[Run]] = {k: [] for k in CONFIGS}
     try:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
+            if not ANSWER:
+                silence_endpoints(st)
+            packets = tmp / "syn.bin"
+            subprocess.run([sys.executable, synflood.__file__, "build", str(packets),
+                            client_ip(pod), VIP, str(VIP_PORT), str(FLOOD)], check=True)
             for i in range(RUNS):
-                b, rate = run_baseline(pod, node)
-                base.append(b)
-                rates.append(rate)
-                ct.append(run_conntrack(pod, node, tmp, ["-e", "NEW"]))
-                ct_all.append(run_conntrack(pod, node, tmp, []))
-                line = (f"run {i}: {rate:,.0f} SYN/s; baseline {b:.2f}s; conntrack -E -e NEW "
-                        f"{ct[-1][0]:.2f}s ({ct[-1][1]} events); conntrack -E "
-                        f"{ct_all[-1][0]:.2f}s")
+                base.append(run_baseline(pod, node, packets))
+                refs["conntrack -E -e NEW"].append(
+                    run_conntrack(pod, node, tmp, packets, ["-e", "NEW"]))
+                refs["conntrack -E"].append(run_conntrack(pod, node, tmp, packets, []))
+                line = f"run {i}: baseline {base[-1].cpu:.2f}s at {base[-1].rate:,.0f}/s"
+                for name, runs in refs.items():
+                    line += f"; {name} {runs[-1].cpu:.2f}s ({runs[-1].counted} NEW events)"
                 order = list(CONFIGS.items())
                 random.Random(i).shuffle(order)  # no configuration always runs first
                 for name, args in order:
-                    res[name].append(run_agent(pod, node, tmp, name, args))
-                    w, a, c, n, lo, _, r = res[name][-1]
-                    line += (f"; {name} {w:.2f}s (agent {a:.2f}s, collector {c:.2f}s, "
-                             f"{n} counted, {lo} lost, flood {r:,.0f}/s)")
+                    r = run_agent(pod, node, tmp, packets, name, args)
+                    res[name].append(r)
+                    line += (f"; {name} {r.cpu:.2f}s (agent {r.agent:.2f}s, collector "
+                             f"{r.collector:.2f}s, {r.counted} counted, {r.lost} lost, "
+                             f"flood {r.rate:,.0f}/s)")
                 print(line, flush=True)
     finally:
         topology.down(st)
-    b = statistics.median(base)
-    # per connection the flood made (not per event seen: at 20,000/s and more
-    # conntrack -E's socket overflows and it sees fewer, the kernel built them all)
-    ct_us = statistics.median((c - b) / FLOOD * 1e6 for c, _, _ in ct)
-    all_us = statistics.median((c - b) / FLOOD * 1e6 for c, _, _ in ct_all)
-    print(f"flood {FLOOD} SYNs, median {statistics.median(rates):,.0f}/s; CPU per new "
-          f"connection above the no-watcher reference: conntrack -E -e NEW {ct_us:.2f} us, "
-          f"conntrack -E (all events) {all_us:.2f} us")
-    print(f"  conntrack -E -e NEW saw {sorted(n for _, n, _ in ct)} NEW events (flood "
-          f"{statistics.median(r for *_, r in ct):,.0f}/s), conntrack -E "
-          f"{sorted(n for _, n, _ in ct_all)} (flood "
-          f"{statistics.median(r for *_, r in ct_all):,.0f}/s), of {FLOOD} connections each")
-    per_event = {name: statistics.median((r[0] - b) / r[3] * 1e6 for r in runs)
-                 for name, runs in res.items()}
+    report(base, refs, res)
+
+
+def report(base: list[Run], refs: dict[str, list[Run]], res: dict[str, list[Run]]) -> None:
+    """Per connection the flood made (not per event seen: when conntrack -E's socket
+    overflows it sees fewer, though the kernel built them all), above the no-watcher
+    runs, two ways: the whole machine, and exactly (the sender's added CPU, which holds
+    the kernel's work for the watcher, plus the watcher's own processes)."""
+    b = statistics.median(r.cpu for r in base)
+    bf = statistics.median(r.flood for r in base)
+
+    def us(runs: list[Run]) -> tuple[float, float]:
+        whole = statistics.median((r.cpu - b) / FLOOD * 1e6 for r in runs)
+        exact = statistics.median((r.flood - bf + r.own) / FLOOD * 1e6 for r in runs)
+        return whole, exact
+
+    ref = {name: us(runs) for name, runs in refs.items()}
+    print(f"flood {FLOOD} SYNs ({'answered' if ANSWER else 'unanswered'}), median "
+          f"{statistics.median(r.rate for r in base):,.0f}/s; no watcher: whole machine "
+          f"{b / FLOOD * 1e6:.2f} us per SYN, of which the sender {bf / FLOOD * 1e6:.2f} us")
+    for name, runs in refs.items():
+        whole, exact = ref[name]
+        print(f"  {name}: flood {statistics.median(r.rate for r in runs):,.0f}/s; added per "
+              f"connection: whole machine {whole:.2f} us, exact {exact:.2f} us (its process "
+              f"{statistics.median(r.own for r in runs) / FLOOD * 1e6:.2f} us); NEW events "
+              f"seen {sorted(r.counted for r in runs)} of {FLOOD}")
+    rounds = list(zip(base, refs["conntrack -E"], strict=True))
+    all_w, all_x = ref["conntrack -E"]
+    new_w, new_x = ref["conntrack -E -e NEW"]
+    netlink = us(res["netlink"]) if "netlink" in res else None
     for name, runs in res.items():
-        whole = per_event[name]
-        agent = statistics.median(r[1] / r[3] * 1e6 for r in runs)
-        coll = statistics.median(r[2] / r[3] * 1e6 for r in runs)
-        exact = all(r[3] == r[5] for r in runs)
-        lost = max(r[4] for r in runs)
-        rate = statistics.median(r[6] for r in runs)
-        print(f"  {name}: flood {rate:,.0f}/s; whole machine {whole:.2f} us/event (ratio "
-              f"{whole / ct_us:.2f} to -e NEW, {whole / all_us:.2f} to all events), "
-              f"agent {agent:.2f} us, collector {coll:.2f} us; counted == the kernel's table "
-              f"in every run: {exact}; max lost {lost}"
-              + (f"; ratio to the netlink source {whole / per_event['netlink']:.2f}"
-                 if "netlink" in per_event and name != "netlink" else ""))
+        whole, exact = us(runs)
+        agent = statistics.median(r.agent for r in runs) / FLOOD * 1e6
+        coll = statistics.median(r.collector for r in runs) / FLOOD * 1e6
+        exactly = all(r.counted == r.made == FLOOD for r in runs)
+        print(f"  {name}: flood {statistics.median(r.rate for r in runs):,.0f}/s; added per "
+              f"connection: whole machine {whole:.2f} us (ratio {whole / all_w:.2f} to "
+              f"conntrack -E, {whole / new_w:.2f} to -e NEW), exact {exact:.2f} us (ratio "
+              f"{exact / all_x:.2f}, {exact / new_x:.2f}); agent {agent:.2f} us, collector "
+              f"{coll:.2f} us; counted == the kernel's table == {FLOOD} in every run: "
+              f"{exactly}; max lost {max(r.lost for r in runs)}"
+              + (f"; whole-machine ratio to the netlink source {whole / netlink[0]:.2f}"
+                 if netlink and name != "netlink" else ""))
+        # Paired within each round (the reference and this configuration minutes apart):
+        # this machine's speed drifts between rounds by more than a watcher costs.
+        paired = sorted(round((r.cpu - b0.cpu) / (ct.cpu - b0.cpu), 2)
+                        for r, (b0, ct) in zip(runs, rounds, strict=True))
+        print(f"    whole-machine ratio to conntrack -E per round: {paired}, median "
+              f"{statistics.median(paired):.2f}")
 
 
 if __name__ == "__main__":

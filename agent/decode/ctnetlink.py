@@ -7,10 +7,11 @@ decoder is the agent's hot path. Layouts are from linux/netfilter/nfnetlink_conn
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
@@ -50,8 +51,7 @@ class DecodeError(ValueError):
     """A netlink message that does not have the shape the kernel promises."""
 
 
-@dataclass(frozen=True, slots=True)
-class Tuple:
+class Tuple(NamedTuple):
     src: str
     dst: str
     proto: int
@@ -59,9 +59,11 @@ class Tuple:
     dport: int
 
 
-@dataclass(frozen=True, slots=True)
-class CtEvent:
-    """One conntrack message: an event (new/destroy) or one entry of a table dump."""
+class CtEvent(NamedTuple):
+    """One conntrack message: an event (new/destroy) or one entry of a table dump.
+
+    Named tuples, not frozen dataclasses: built once per event, they cost a quarter as
+    much to make (bench/ctnetlink_decode.py)."""
 
     kind: str                  # new, update, destroy
     orig: Tuple
@@ -81,58 +83,99 @@ class CtEvent:
         return (self.orig.dst, self.orig.dport) != (self.reply.src, self.reply.sport)
 
 
-def attrs(buf: bytes | memoryview, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(type, payload start, payload end) of each netlink attribute in buf[start:end]."""
-    off = start
-    while off + 4 <= end:
-        length, typ = _NLA.unpack_from(buf, off)
-        if length < 4 or off + length > end:
-            raise DecodeError(f"attribute at {off} has bad length {length}")
-        yield typ & 0x3FFF, off + 4, off + length
-        off += (length + 3) & ~3
+@functools.lru_cache(maxsize=1 << 16)
+def address(raw: bytes) -> str:
+    """4 bytes (IPv4) or 16 (IPv6) as text, formatted once: a node's events name the
+    same ClusterIPs, endpoints and clients over and over."""
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 
 
-def _tuple(buf: bytes | memoryview, start: int, end: int) -> Tuple:
+def _bad(off: int, length: int) -> DecodeError:
+    return DecodeError(f"attribute at {off} has bad length {length}")
+
+
+# The decoders below walk attributes with inline loops, not through ``attrs``: a
+# generator per nesting level cost more than the rest of the decode
+# (bench/ctnetlink_decode.py).
+
+def _tuple(buf: bytes, start: int, end: int) -> Tuple:
+    unpack = _NLA.unpack_from
     src = dst = ""
     proto = sport = dport = 0
-    for typ, s, e in attrs(buf, start, end):
-        if typ == CTA_TUPLE_IP:
-            for t2, s2, e2 in attrs(buf, s, e):
-                if t2 in (CTA_IP_V4_SRC, CTA_IP_V4_DST) and e2 - s2 == 4:
-                    ip = socket.inet_ntop(socket.AF_INET, bytes(buf[s2:e2]))
-                elif t2 in (CTA_IP_V6_SRC, CTA_IP_V6_DST) and e2 - s2 == 16:
-                    ip = socket.inet_ntop(socket.AF_INET6, bytes(buf[s2:e2]))
-                else:
-                    continue
-                if t2 in (CTA_IP_V4_SRC, CTA_IP_V6_SRC):
-                    src = ip
-                else:
-                    dst = ip
-        elif typ == CTA_TUPLE_PROTO:
-            for t2, s2, e2 in attrs(buf, s, e):
-                if t2 == CTA_PROTO_NUM and e2 > s2:
-                    proto = buf[s2]
-                elif t2 == CTA_PROTO_SRC_PORT and e2 - s2 >= 2:
-                    sport = _BE16.unpack_from(buf, s2)[0]
-                elif t2 == CTA_PROTO_DST_PORT and e2 - s2 >= 2:
-                    dport = _BE16.unpack_from(buf, s2)[0]
+    off = start
+    while off + 4 <= end:
+        length, typ = unpack(buf, off)
+        if length < 4 or off + length > end:
+            raise _bad(off, length)
+        typ &= 0x3FFF
+        if typ in (CTA_TUPLE_IP, CTA_TUPLE_PROTO):
+            o2, e = off + 4, off + length
+            while o2 + 4 <= e:
+                l2, t2 = unpack(buf, o2)
+                if l2 < 4 or o2 + l2 > e:
+                    raise _bad(o2, l2)
+                t2 &= 0x3FFF
+                n = l2 - 4
+                if typ == CTA_TUPLE_IP:
+                    if (t2 == CTA_IP_V4_SRC and n == 4) or (t2 == CTA_IP_V6_SRC and n == 16):
+                        src = address(buf[o2 + 4:o2 + l2])
+                    elif (t2 == CTA_IP_V4_DST and n == 4) or (t2 == CTA_IP_V6_DST and n == 16):
+                        dst = address(buf[o2 + 4:o2 + l2])
+                elif t2 == CTA_PROTO_NUM and n > 0:
+                    proto = buf[o2 + 4]
+                elif t2 == CTA_PROTO_SRC_PORT and n >= 2:
+                    sport = _BE16.unpack_from(buf, o2 + 4)[0]
+                elif t2 == CTA_PROTO_DST_PORT and n >= 2:
+                    dport = _BE16.unpack_from(buf, o2 + 4)[0]
+                o2 += (l2 + 3) & ~3
+        off += (length + 3) & ~3
     if not src or not dst:
         raise DecodeError("tuple without addresses")
     return Tuple(src, dst, proto, sport, dport)
 
 
-def _counters(buf: bytes | memoryview, start: int, end: int) -> tuple[int, int]:
-    packets = nbytes = 0
-    for typ, s, e in attrs(buf, start, end):
-        if typ == CTA_COUNTERS_PACKETS and e - s == 8:
-            packets = _BE64.unpack_from(buf, s)[0]
-        elif typ == CTA_COUNTERS_BYTES and e - s == 8:
-            nbytes = _BE64.unpack_from(buf, s)[0]
-    return packets, nbytes
+# An IPv4 tuple nest as the kernel writes it (ctnetlink_dump_tuples): TUPLE_IP{V4_SRC,
+# V4_DST}, TUPLE_PROTO{NUM, SRC_PORT, DST_PORT}, 52 bytes with its header. Read with one
+# unpack when every header is where that layout puts it; any other shape goes through
+# ``_tuple``, which gives the same result for this one (tests/unit/test_ctnetlink.py).
+_V4_TUPLE = struct.Struct("=HHHHHH4sHH4sHHHHB3xHHH2xHHH2x")
+_V4_HEADERS = (52, 20, 1, 8, 1, 8, 2, 28, 2, 5, 1, 6, 2, 6, 3)
 
 
-def decode_ct(buf: bytes | memoryview, start: int, end: int, msg_type: int,
-              flags: int) -> CtEvent:
+def _tuple_v4(buf: bytes, off: int) -> Tuple | None:
+    """The tuple attribute at ``off`` in the kernel's IPv4 layout, or None."""
+    if off + 52 > len(buf):
+        return None
+    (l0, _, l1, t1, l2, t2, src, l3, t3, dst, l4, t4, l5, t5, proto, l6, t6, sport, l7, t7,
+     dport) = _V4_TUPLE.unpack_from(buf, off)
+    if (l0, l1, t1 & 0x3FFF, l2, t2, l3, t3, l4, t4 & 0x3FFF, l5, t5, l6, t6, l7,
+            t7) != _V4_HEADERS:
+        return None
+    return Tuple(address(src), address(dst), proto, socket.ntohs(sport), socket.ntohs(dport))
+
+
+def _pair(buf: bytes, start: int, end: int, first: int, second: int,
+          size: int, fmt: struct.Struct) -> tuple[int, int]:
+    """Two values of a nested attribute (counters: packets, bytes; timestamps: start,
+    stop), each read only when its payload is ``size`` bytes."""
+    unpack = _NLA.unpack_from
+    a = b = 0
+    off = start
+    while off + 4 <= end:
+        length, typ = unpack(buf, off)
+        if length < 4 or off + length > end:
+            raise _bad(off, length)
+        typ &= 0x3FFF
+        if length - 4 == size:
+            if typ == first:
+                a = fmt.unpack_from(buf, off + 4)[0]
+            elif typ == second:
+                b = fmt.unpack_from(buf, off + 4)[0]
+        off += (length + 3) & ~3
+    return a, b
+
+
+def decode_ct(buf: bytes, start: int, end: int, msg_type: int, flags: int) -> CtEvent:
     """Decode the body (after nlmsghdr) of one ctnetlink message."""
     sub = msg_type & 0xFF
     kind = ("destroy" if sub == IPCTNL_MSG_CT_DELETE
@@ -140,25 +183,29 @@ def decode_ct(buf: bytes | memoryview, start: int, end: int, msg_type: int,
     orig = reply = None
     ct_id = zone = 0
     op = ob = rp = rb = ts0 = ts1 = 0
-    for typ, s, e in attrs(buf, start + 4, end):  # skip struct nfgenmsg
+    unpack = _NLA.unpack_from
+    off = start + 4  # skip struct nfgenmsg
+    while off + 4 <= end:
+        length, typ = unpack(buf, off)
+        if length < 4 or off + length > end:
+            raise _bad(off, length)
+        typ &= 0x3FFF
+        s, e = off + 4, off + length
         if typ == CTA_TUPLE_ORIG:
-            orig = _tuple(buf, s, e)
+            orig = (length == 52 and _tuple_v4(buf, off)) or _tuple(buf, s, e)
         elif typ == CTA_TUPLE_REPLY:
-            reply = _tuple(buf, s, e)
+            reply = (length == 52 and _tuple_v4(buf, off)) or _tuple(buf, s, e)
         elif typ == CTA_ID and e - s == 4:
             ct_id = _BE32.unpack_from(buf, s)[0]
         elif typ == CTA_ZONE and e - s >= 2:
             zone = _BE16.unpack_from(buf, s)[0]
         elif typ == CTA_COUNTERS_ORIG:
-            op, ob = _counters(buf, s, e)
+            op, ob = _pair(buf, s, e, CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES, 8, _BE64)
         elif typ == CTA_COUNTERS_REPLY:
-            rp, rb = _counters(buf, s, e)
+            rp, rb = _pair(buf, s, e, CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES, 8, _BE64)
         elif typ == CTA_TIMESTAMP:
-            for t2, s2, e2 in attrs(buf, s, e):
-                if t2 == CTA_TIMESTAMP_START and e2 - s2 == 8:
-                    ts0 = _BE64.unpack_from(buf, s2)[0]
-                elif t2 == CTA_TIMESTAMP_STOP and e2 - s2 == 8:
-                    ts1 = _BE64.unpack_from(buf, s2)[0]
+            ts0, ts1 = _pair(buf, s, e, CTA_TIMESTAMP_START, CTA_TIMESTAMP_STOP, 8, _BE64)
+        off += (length + 3) & ~3
     if orig is None or reply is None:
         raise DecodeError("conntrack message without both tuples")
     return CtEvent(kind, orig, reply, ct_id, zone, op, ob, rp, rb, ts0, ts1)
@@ -174,23 +221,27 @@ class NetlinkError:
     errno: int
 
 
-def messages(buf: bytes | memoryview) -> Iterator[CtEvent | Done | NetlinkError]:
-    """Every message in one recv() buffer (a buffer holds one or more messages)."""
+def messages(buf: bytes) -> list[CtEvent | Done | NetlinkError]:
+    """Every message in one recv() buffer (a buffer holds one or more messages; an
+    event datagram, one). A list, not a generator: built once per datagram, at flood
+    rates the generator's own overhead showed."""
+    out: list[CtEvent | Done | NetlinkError] = []
     off, n = 0, len(buf)
     while off + 16 <= n:
         length, msg_type, flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)
         if length < 16 or off + length > n:
             raise DecodeError(f"netlink message at {off} has bad length {length}")
         if msg_type == NLMSG_DONE:
-            yield Done()
+            out.append(Done())
         elif msg_type == NLMSG_ERROR:
             err = struct.unpack_from("=i", buf, off + 16)[0] if length >= 20 else 0
-            yield NetlinkError(-err)
+            out.append(NetlinkError(-err))
         elif msg_type >> 8 == NFNL_SUBSYS_CTNETLINK:
-            yield decode_ct(buf, off + 16, off + length, msg_type, flags)
+            out.append(decode_ct(buf, off + 16, off + length, msg_type, flags))
         off += (length + 3) & ~3
     if off != n and off < n:
         raise DecodeError(f"{n - off} trailing bytes after the last message")
+    return out
 
 
 def dump_request(seq: int, family: int = socket.AF_UNSPEC) -> bytes:

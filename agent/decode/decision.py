@@ -1,4 +1,7 @@
-"""A conntrack event becomes a decision row (packed into the wire's columns per batch)."""
+"""A conntrack event becomes a decision row (packed into the wire's columns per batch).
+
+``row`` is the one place that says how: the netlink decoder's events and the eBPF
+filter's ring records (which skip building an event) both go through it."""
 
 from __future__ import annotations
 
@@ -7,18 +10,30 @@ from natlens.agent.decode.pairing import Pair
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import DecisionRow
 
+_DESTROY = pb.EVENT_DESTROY
+
+
+def row(proto: int, client: str, client_port: int, vip: str, vip_port: int, endpoint: str,
+        endpoint_port: int, ct_id: int, zone: int, source: pb.Source, event: pb.Event,
+        start_ns: int, stop_ns: int, now_ns: int, orig_packets: int = 0, orig_bytes: int = 0,
+        reply_packets: int = 0, reply_bytes: int = 0) -> DecisionRow:
+    """``now_ns`` is used when conntrack timestamps are off (``start_ns`` 0); counters
+    and the duration are a DESTROY's only."""
+    name = PROTOCOLS.get(proto) or str(proto)
+    if event != _DESTROY:
+        return DecisionRow(start_ns or now_ns, name, client, client_port, vip, vip_port,
+                           endpoint, endpoint_port, ct_id, zone, source, event)
+    duration = stop_ns - start_ns if start_ns and stop_ns >= start_ns else 0
+    return DecisionRow(start_ns or now_ns, name, client, client_port, vip, vip_port,
+                       endpoint, endpoint_port, ct_id, zone, source, event, orig_packets,
+                       orig_bytes, reply_packets, reply_bytes, duration)
+
 
 def to_decision(ev: CtEvent, event: pb.Event, source: pb.Source, now_ns: int) -> DecisionRow:
-    """``now_ns`` is used when conntrack timestamps are off (start_ns == 0)."""
     o, r = ev.orig, ev.reply
-    proto = PROTOCOLS.get(o.proto, str(o.proto))
-    if event != pb.EVENT_DESTROY:
-        return DecisionRow(ev.start_ns or now_ns, proto, o.src, o.sport, o.dst, o.dport,
-                           r.src, r.sport, ev.ct_id, ev.zone, source, event)
-    duration = ev.stop_ns - ev.start_ns if ev.start_ns and ev.stop_ns >= ev.start_ns else 0
-    return DecisionRow(ev.start_ns or now_ns, proto, o.src, o.sport, o.dst, o.dport,
-                       r.src, r.sport, ev.ct_id, ev.zone, source, event, ev.orig_packets,
-                       ev.orig_bytes, ev.reply_packets, ev.reply_bytes, duration)
+    return row(o.proto, o.src, o.sport, o.dst, o.dport, r.src, r.sport, ev.ct_id, ev.zone,
+               source, event, ev.start_ns, ev.stop_ns, now_ns, ev.orig_packets,
+               ev.orig_bytes, ev.reply_packets, ev.reply_bytes)
 
 
 def from_pair(p: Pair) -> DecisionRow:

@@ -44,6 +44,17 @@ class Batcher:
             if self._n >= self.max_records:
                 self._flush_locked()
 
+    def add_decisions(self, rows: list[DecisionRow]) -> None:
+        """Many at once (copied): batches still close at ``max_records``."""
+        with self._lock:
+            while rows:
+                room = self.max_records - self._n
+                self._rows.extend(rows[:room])
+                self._n += min(room, len(rows))
+                rows = rows[room:]
+                if self._n >= self.max_records:
+                    self._flush_locked()
+
     def add_rules(self, r: pb.RuleSnapshot) -> None:
         self._add("rules", r)
 

@@ -30,8 +30,11 @@ from typing import Any
 
 import numpy
 
-from natlens.agent.decode.ctnetlink import PROTOCOLS, CtEvent, Tuple
+from natlens.agent.decode import decision
+from natlens.agent.decode.ctnetlink import PROTOCOLS, address
 from natlens.agent.sources.netlink import seen_before
+from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import DecisionRow
 
 PROGRAM = Path(__file__).with_name("ebpf_filter.c")
 # Names of the stats array's slots, in the order of the enum in ebpf_filter.c.
@@ -57,22 +60,23 @@ BATCH = 8192
 _TUPLE = "16s16sHHBx"
 RECORD = struct.Struct("=QBB6x" + _TUPLE + _TUPLE + "4x6QIH2x")
 RING_PAGES = 4096  # 16 MiB: about 110,000 records before the ring is full
+# The filter wakes the agent once per this many records per CPU (and the agent drains
+# the ring every poll anyway): 256 x 128 CPUs is under a third of the ring.
+WAKE_EVERY = 256
 
 
-def decode_record(data: bytes) -> tuple[int, CtEvent]:
-    """A ring-buffer record (struct decision_rec): the boot-clock time it passed the
-    filter, and the event, as the netlink decoder would have built it."""
-    (boot, kind, family, osrc, odst, osport, odport, oproto, rsrc, rdst, rsport, rdport,
-     rproto, opk, oby, rpk, rby, start, stop, ct_id, zone) = RECORD.unpack_from(data)
-    fam, n = (socket.AF_INET6, 16) if family == socket.AF_INET6 else (socket.AF_INET, 4)
-
-    def ntop(b: bytes) -> str:
-        return socket.inet_ntop(fam, b[:n])
-
-    orig = Tuple(ntop(osrc), ntop(odst), oproto, socket.ntohs(osport), socket.ntohs(odport))
-    reply = Tuple(ntop(rsrc), ntop(rdst), rproto, socket.ntohs(rsport), socket.ntohs(rdport))
-    return boot, CtEvent("destroy" if kind else "new", orig, reply, ct_id, zone, opk, oby,
-                         rpk, rby, start, stop)
+def decode_record(data: bytes, offset_ns: int) -> DecisionRow:
+    """A ring-buffer record (struct decision_rec) straight to a decision row, with no
+    ``CtEvent`` on the way; ``offset_ns`` turns the boot clock into wall-clock time
+    (``boot_offset_ns``)."""
+    (boot, kind, family, osrc, odst, osport, odport, proto, rsrc, _, rsport, _, _,
+     opk, oby, rpk, rby, start, stop, ct_id, zone) = RECORD.unpack_from(data)
+    n = 16 if family == socket.AF_INET6 else 4
+    ntohs = socket.ntohs
+    return decision.row(proto, address(osrc[:n]), ntohs(osport), address(odst[:n]),
+                        ntohs(odport), address(rsrc[:n]), ntohs(rsport), ct_id, zone,
+                        pb.SOURCE_EBPF, pb.EVENT_DESTROY if kind else pb.EVENT_NEW, start,
+                        stop, boot + offset_ns, opk, oby, rpk, rby)
 
 
 def read_batched(fd: int, key_size: int, words: int,
@@ -256,7 +260,8 @@ class EbpfFilter:
             with captured_output() as err:
                 self.bpf = BPF(text=program_text(pin).encode(),
                                cflags=[f"-DMAX_KEYS={max_keys}", f"-DMAX_SEEN={max_seen}",
-                                       f"-DRING_PAGES={RING_PAGES}", "-Wno-unused-value"])
+                                       f"-DRING_PAGES={RING_PAGES}",
+                                       f"-DWAKE_EVERY={WAKE_EVERY}", "-Wno-unused-value"])
                 self.fn = self.bpf.load_func(b"ct_filter", BPF.SOCKET_FILTER)
         except Exception as e:  # bcc raises bare Exception; the reason is on fd 2
             raise BpfUnavailable(f"eBPF program did not load: {compile_reason(err, e)}") from e
@@ -273,6 +278,7 @@ class EbpfFilter:
             meta[ctypes.c_uint32(0)] = ctypes.c_uint64(secrets.randbits(63) | 1)
         self.epoch = f"{meta[ctypes.c_uint32(0)].value:016x}"
         self._ring = False
+        self._offset = boot_offset_ns()
         self.configure(decisions, sample)
 
     def configure(self, decisions: bool, sample: int = 1, seed: int | None = None) -> None:
@@ -284,20 +290,24 @@ class EbpfFilter:
         cfg[ctypes.c_uint32(0)] = leaf
         self.sample = sample
 
-    def open_decisions(self, handle: Callable[[int, CtEvent], None]) -> None:
-        """Decision mode: ``handle(boot_ns, event)`` for each record ``poll`` consumes."""
+    def open_decisions(self, handle: Callable[[DecisionRow], None]) -> None:
+        """Decision mode: ``handle(row)`` for each record ``poll`` consumes."""
+        string_at = ctypes.string_at
 
         def on_record(_ctx: Any, data: int, size: int) -> int:
-            handle(*decode_record(ctypes.string_at(data, size)))
+            handle(decode_record(string_at(data, size), self._offset))
             return 0
 
         self.bpf[b"decisions"].open_ring_buffer(on_record)
         self._ring = True
 
     def poll(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for decision records and hand them over."""
+        """Wait up to ``timeout`` seconds, or until the filter wakes us (every
+        WAKE_EVERY records on a CPU), then hand over every record in the ring."""
         if self._ring:
+            self._offset = boot_offset_ns()  # the wall clock may have been stepped
             self.bpf.ring_buffer_poll(int(timeout * 1000))
+            self.bpf.ring_buffer_consume()  # what came without a wake-up
 
     def attach(self, sock: socket.socket) -> None:
         """Before bind(): no event may reach the socket unfiltered."""

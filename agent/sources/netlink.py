@@ -147,7 +147,7 @@ class ConntrackSource:
                 self._drops_seen = drops
                 continue
             try:
-                decoded = list(messages(data))
+                decoded = messages(data)
             except DecodeError:
                 decoded = []
                 yield Overflow(1, "malformed")

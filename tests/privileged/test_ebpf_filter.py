@@ -4,6 +4,7 @@ to ctnetlink's layout (BPF_PROG_TEST_RUN), checked against the Python decoder.""
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,10 @@ from hypothesis import strategies as st
 
 from natlens.agent.decode import ctnetlink as c
 from natlens.agent.decode.ctnetlink import CtEvent, Tuple
+from natlens.agent.decode.decision import to_decision
 from natlens.agent.sources.ebpf import CounterKey, CounterValue, EbpfFilter
+from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import DecisionRow
 from tests.ctmsg import message
 
 from .bpf_run import test_run as run
@@ -34,13 +38,13 @@ def bpffs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         subprocess.run(["umount", str(d)], check=True)
 
 
-RECORDS: list[tuple[int, CtEvent]] = []  # (boot-clock ns, event) from the ring
+RECORDS: list[DecisionRow] = []  # decoded from the ring
 
 
 @pytest.fixture(scope="module")
 def loaded(bpffs: Path) -> Iterator[EbpfFilter]:
     f = EbpfFilter(str(bpffs / "node"), decisions=True)
-    f.open_decisions(lambda boot, ev: RECORDS.append((boot, ev)))
+    f.open_decisions(RECORDS.append)
     try:
         yield f
     finally:
@@ -57,21 +61,26 @@ def filt(loaded: EbpfFilter) -> EbpfFilter:
     return loaded
 
 
-def records(f: EbpfFilter) -> list[CtEvent]:
+def records(f: EbpfFilter) -> list[DecisionRow]:
     f.poll(0)
-    out = [ev for _, ev in RECORDS]
+    out = list(RECORDS)
     RECORDS.clear()
     return out
+
+
+def expect(ev: CtEvent, got: DecisionRow) -> DecisionRow:
+    """The row the netlink source makes of ``ev``, at ``got``'s time when the event has
+    no timestamps (then both use the time the record was read)."""
+    event = pb.EVENT_DESTROY if ev.kind == "destroy" else pb.EVENT_NEW
+    return to_decision(ev, event, pb.SOURCE_EBPF, got.time_ns)
 
 
 def test_dnat_new_event_is_counted_and_passed(filt: EbpfFilter) -> None:
     m = message("new", V4_ORIG, V4_REPLY, 7)
     assert run(filt.fn.fd, m) == 0  # nothing for the socket: the record goes to the ring
-    filt.poll(0)
-    ((boot, r),) = RECORDS
-    RECORDS.clear()
-    assert r == CtEvent("new", Tuple(*V4_ORIG), Tuple(*V4_REPLY), 7, 0)
-    assert boot > 0
+    (r,) = records(filt)
+    assert r == expect(CtEvent("new", Tuple(*V4_ORIG), Tuple(*V4_REPLY), 7, 0), r)
+    assert abs(r.time_ns - time.time_ns()) < 5e9  # the boot clock made wall-clock time
     assert filt.read_counters() == {
         CounterKey("tcp", "10.1.122.241", 9999, "10.244.2.74", 80): CounterValue(connections=1)}
     assert filt.read_stats()["passed"] == 1
@@ -99,7 +108,7 @@ def test_ipv6_and_every_protocol(filt: EbpfFilter, proto: int, name: str) -> Non
     reply = ("fd00:10:244:2::74", "fd00:10:244:1::169", proto, 5353, 40000)
     run(filt.fn.fd, message("new", orig, reply, 11, zone=3))
     (r,) = records(filt)
-    assert r == CtEvent("new", Tuple(*orig), Tuple(*reply), 11, 3)
+    assert r == expect(CtEvent("new", Tuple(*orig), Tuple(*reply), 11, 3), r)
     assert filt.read_counters() == {
         CounterKey(name, "fd00:10:96::a", 53, "fd00:10:244:2::74", 5353):
             CounterValue(connections=1)}
@@ -111,9 +120,9 @@ def test_destroy_adds_bytes_packets_and_duration(filt: EbpfFilter) -> None:
     run(filt.fn.fd, message("destroy", V4_ORIG, V4_REPLY, 12, counters=(3, 180, 2, 320),
                             ts=(1_000_000_000, 1_250_000_000)))
     new, end = records(filt)
-    assert (new.kind, end.kind) == ("new", "destroy")
+    assert (new.event, end.event) == (pb.EVENT_NEW, pb.EVENT_DESTROY)
     assert (end.orig_packets, end.orig_bytes, end.reply_packets, end.reply_bytes,
-            end.start_ns, end.stop_ns) == (3, 180, 2, 320, 1_000_000_000, 1_250_000_000)
+            end.time_ns, end.duration_ns) == (3, 180, 2, 320, 1_000_000_000, 250_000_000)
     (v,) = filt.read_counters().values()
     assert v == CounterValue(1, 1, 3, 180, 2, 320, 250_000_000)
     assert not filt.seen_checker()(0, 12, 0)  # ended: no longer in the seen set
@@ -134,7 +143,7 @@ def test_sampling_keeps_one_in_n_and_is_stable_per_connection(filt: EbpfFilter) 
         orig = (f"10.244.{1 + i // 60000}.169", "10.1.122.241", 6, 1024 + i % 60000, 9999)
         reply = ("10.244.2.74", orig[0], 6, 80, orig[3])
         run(filt.fn.fd, message("new", orig, reply, i))
-    passed = {(r.orig.src, r.orig.sport) for r in records(filt)}
+    passed = {(r.client_ip, r.client_port) for r in records(filt)}
     expected, sd = n / rate, (n * (1 / rate) * (1 - 1 / rate)) ** 0.5
     assert abs(len(passed) - expected) < 4 * sd
     # The same connection's DESTROY is selected exactly when its NEW was.
@@ -167,7 +176,7 @@ def test_kernel_and_python_agree_on_what_is_a_dnat_decision(
     got = records(filt)
     assert bool(got) == ev.is_dnat
     if got:  # the kernel's parse and the Python decoder's: the same event, every field
-        assert got == [ev]
+        assert got == [expect(ev, got[0])]
 
 
 @settings(max_examples=300, deadline=None,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from natlens.agent.decode import ctnetlink as c
-from tests.ctmsg import message
+from tests.ctmsg import message, tuple_attr
 
 SEED_ORIG = ("10.244.1.169", "10.1.122.241", 6, 40000, 9999)
 SEED_REPLY = ("10.244.2.74", "10.244.1.169", 6, 80, 40000)
@@ -90,3 +90,34 @@ def test_dump_request_layout() -> None:
     req = c.dump_request(42)
     length, typ, flags, seq, _ = struct.unpack_from("=IHHII", req)
     assert (length, typ, flags & c.NLM_F_DUMP, seq) == (20, 0x101, c.NLM_F_DUMP, 42)
+
+
+def test_addresses_of_the_two_families_never_share_a_cached_name() -> None:
+    """IPv4 10.1.2.3 and IPv6 a01:203:: begin with the same four bytes."""
+    v4 = c.address(bytes([10, 1, 2, 3]))
+    v6 = c.address(bytes([10, 1, 2, 3]) + bytes(12))
+    assert (v4, v6, c.address(bytes([10, 1, 2, 3]))) == ("10.1.2.3", "a01:203::", "10.1.2.3")
+
+
+@given(st.tuples(v4, v4), ports, ports, st.sampled_from([6, 17, 132]),
+       st.integers(0, 51), st.binary(min_size=1, max_size=4), st.booleans())
+def test_ipv4_fast_path_reads_what_the_attribute_walk_reads(
+        ips: tuple[str, str], sport: int, dport: int, proto: int, pos: int, junk: bytes,
+        corrupt: bool) -> None:
+    """The one-unpack reading of the kernel's IPv4 tuple layout gives the attribute
+    walk's result, and declines (None) rather than misreads any other layout."""
+    attr = bytearray(tuple_attr(c.CTA_TUPLE_ORIG, *ips, proto, sport, dport))
+    assert len(attr) == 52
+    if corrupt:
+        attr[pos:pos + len(junk)] = junk
+        attr = attr[:52].ljust(52, b"\0")
+    buf = bytes(attr)
+    fast = c._tuple_v4(buf, 0)
+    try:
+        walked: c.Tuple | None = c._tuple(buf, 4, 52)
+    except c.DecodeError:
+        walked = None
+    if fast is not None:
+        assert fast == walked
+    if not corrupt:
+        assert fast == walked == c.Tuple(*ips, proto, sport, dport)
