@@ -6,7 +6,9 @@ endpoints drop the SYNs unanswered (an nft rule in their own namespaces), so the
 costs the node one DNAT decision per connection and little else: about 15 us of CPU
 per SYN instead of 45-70 us with replies, which leaves room for a watcher at 30,000/s
 on two cores. A run with no watcher is the reference subtracted from the others; every
-window, the reference's included, ends TAIL seconds after the flood.
+window, the reference's included, ends TAIL seconds after the flood. Each round also
+floods under a ctnetlink listener whose classic BPF filter keeps nothing: what the
+kernel spends on conntrack events for any listener, the floor under every watcher.
 
 CPU is measured exactly, not sampled. With tick-based accounting (this kernel:
 CONFIG_TICK_CPU_ACCOUNTING, HZ=250) the user and system columns of /proc/stat are
@@ -26,12 +28,14 @@ Run: .venv/bin/python bench/source_cpu.py  (root; needs conntrack and bcc)
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import signal
 import socket
 import sqlite3
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -42,6 +46,7 @@ from pathlib import Path
 
 import synflood  # bench/, beside this script
 
+from natlens import netns
 from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
 
@@ -218,6 +223,28 @@ def run_conntrack(pod: str, node: str, tmp: Path, packets: Path, events: list[st
     return Run(cpu, rate, flood, c1 - c0, counted=n, made=FLOOD)
 
 
+FLOOR = "listener that keeps nothing"
+
+
+def run_floor(pod: str, node: str, packets: Path) -> Run:
+    """The kernel's cost of conntrack events for any listener: a ctnetlink socket on
+    the NEW and DESTROY groups whose classic BPF filter (``ret #0``) drops every
+    message before it is queued. No watcher can cost less than this."""
+    clear(node)
+    ret0 = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))  # BPF_RET|BPF_K
+    prog = struct.pack("@HP", 1, ctypes.addressof(ret0))  # struct sock_fprog, native
+    with netns.entered(node):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, 26, prog)  # SO_ATTACH_FILTER, before bind
+        sock.bind((0, 1 | 4))  # NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY
+        fl = Flooder(pod, packets)
+        w = Window()
+        rate, flood = fl.run()
+        w.flood_done()
+        return Run(w.cpu(), rate, flood, made=FLOOD)
+
+
 def run_agent(pod: str, node: str, tmp: Path, packets: Path, name: str,
               args: list[str]) -> Run:
     db = tmp / f"{name.replace(' ', '_')}-{time.monotonic_ns()}.db"
@@ -310,7 +337,7 @@ def main() -> None:
     pod = st.pods[CLIENT]
     node = st.nodes["k8s-node2"]
     base: list[Run] = []
-    refs: dict[str, list[Run]] = {"conntrack -E -e NEW": [], "conntrack -E": []}
+    refs: dict[str, list[Run]] = {"conntrack -E -e NEW": [], "conntrack -E": [], FLOOR: []}
     res: dict[str, list[Run]] = {k: [] for k in CONFIGS}
     try:
         with tempfile.TemporaryDirectory() as d:
@@ -325,6 +352,7 @@ def main() -> None:
                 refs["conntrack -E -e NEW"].append(
                     run_conntrack(pod, node, tmp, packets, ["-e", "NEW"]))
                 refs["conntrack -E"].append(run_conntrack(pod, node, tmp, packets, []))
+                refs[FLOOR].append(run_floor(pod, node, packets))
                 line = f"run {i}: baseline {base[-1].cpu:.2f}s at {base[-1].rate:,.0f}/s"
                 for name, runs in refs.items():
                     line += f"; {name} {runs[-1].cpu:.2f}s ({runs[-1].counted} NEW events)"
@@ -359,14 +387,16 @@ def report(base: list[Run], refs: dict[str, list[Run]], res: dict[str, list[Run]
     print(f"flood {FLOOD} SYNs ({'answered' if ANSWER else 'unanswered'}), median "
           f"{statistics.median(r.rate for r in base):,.0f}/s; no watcher: whole machine "
           f"{b / FLOOD * 1e6:.2f} us per SYN, of which the sender {bf / FLOOD * 1e6:.2f} us")
+    all_w, all_x = ref["conntrack -E"]
     for name, runs in refs.items():
         whole, exact = ref[name]
         print(f"  {name}: flood {statistics.median(r.rate for r in runs):,.0f}/s; added per "
-              f"connection: whole machine {whole:.2f} us, exact {exact:.2f} us (its process "
-              f"{statistics.median(r.own for r in runs) / FLOOD * 1e6:.2f} us); NEW events "
-              f"seen {sorted(r.counted for r in runs)} of {FLOOD}")
+              f"connection: whole machine {whole:.2f} us, exact {exact:.2f} us "
+              + (f"(ratio {whole / all_w:.2f} / {exact / all_x:.2f} to conntrack -E: the "
+                 "kernel's part, which no watcher avoids)" if name == FLOOR else
+                 f"(its process {statistics.median(r.own for r in runs) / FLOOD * 1e6:.2f} "
+                 f"us); NEW events seen {sorted(r.counted for r in runs)} of {FLOOD}"))
     rounds = list(zip(base, refs["conntrack -E"], strict=True))
-    all_w, all_x = ref["conntrack -E"]
     new_w, new_x = ref["conntrack -E -e NEW"]
     netlink = us(res["netlink"]) if "netlink" in res else None
     for name, runs in res.items():
