@@ -21,6 +21,7 @@ from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 
 from natlens import netns
 from natlens.agent.decode import ctnetlink as c
+from natlens.agent.sources.netlink import ConntrackSource
 
 N = int(os.environ.get("N", "5000"))
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
@@ -35,11 +36,8 @@ NAT = """table ip bench {
 
 def capture(ns: str) -> list[bytes]:
     """Every conntrack event message of N DNAT'd connections and the flush after."""
-    groups = (1 << (c.NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (c.NFNLGRP_CONNTRACK_DESTROY - 1))
+    src = ConntrackSource(ns)  # the agent's subscription; read raw below
     with netns.entered(ns):
-        sub = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, c.NETLINK_NETFILTER)
-        sub.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE
-        sub.bind((0, groups))
         srv = socket.socket()
         srv.bind(("127.0.0.1", 8080))
         srv.listen(4096)
@@ -51,13 +49,14 @@ def capture(ns: str) -> list[bytes]:
         srv.close()
     subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-F"], capture_output=True,
                    check=True)
-    sub.setblocking(False)
     out = []
-    while True:
-        try:
-            out.append(sub.recv(65536))
-        except BlockingIOError:
-            return out
+    try:
+        while True:
+            out.append(src.sock.recv(65536))  # non-blocking: one event per datagram
+    except BlockingIOError:
+        return out
+    finally:
+        src.close()
 
 
 def natlens_decode(msgs: list[bytes]) -> list[Any]:

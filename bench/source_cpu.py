@@ -3,9 +3,9 @@
 In the seed lab, bench/synflood.py sends FLOOD SYNs from front-tomcat to the ClusterIP
 at RATE per second (each a new conntrack entry and a DNAT decision on k8s-node2). The
 endpoints drop the SYNs unanswered (an nft rule in their own namespaces), so the flood
-costs the node one DNAT decision per connection and little else: about 15 us of CPU
-per SYN instead of 45-70 us with replies, which leaves room for a watcher at 30,000/s
-on two cores. A run with no watcher is the reference subtracted from the others; every
+costs the node one DNAT decision per connection and little else (the no-watcher line
+prints its CPU per SYN; ANSWER=1 gives the same with replies), which leaves room for a
+watcher at 30,000/s on two cores. A run with no watcher is the reference subtracted from the others; every
 window, the reference's included, ends TAIL seconds after the flood. Each round also
 floods under a ctnetlink listener whose classic BPF filter keeps nothing: what the
 kernel spends on conntrack events for any listener, the floor under every watcher.
@@ -13,7 +13,7 @@ kernel spends on conntrack events for any listener, the floor under every watche
 CPU is measured exactly, not sampled. With tick-based accounting (this kernel:
 CONFIG_TICK_CPU_ACCOUNTING, HZ=250) the user and system columns of /proc/stat are
 4 ms samples, and a flood paced in 1 ms bursts lands on or between the ticks as a
-whole: the same run measured 1.8 us or 35 us per SYN. The idle column is the NO_HZ
+whole (by hand, the same paced flood twice: 1.8 us and 35 us per SYN). The idle column is the NO_HZ
 idle clock, exact, so whole-machine busy time is wall time x CPUs minus idle and
 iowait. The agent's and the collector's CPU come from their process CPU clocks
 (clock_gettime on the process's CPUCLOCK_SCHED: the scheduler's exact runtime).
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import synflood  # bench/, beside this script
 
-from natlens import netns
+from natlens.agent.sources.netlink import ConntrackSource
 from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
 
@@ -224,6 +224,7 @@ def run_conntrack(pod: str, node: str, tmp: Path, packets: Path, events: list[st
 
 
 FLOOR = "listener that keeps nothing"
+SO_ATTACH_FILTER = 26
 
 
 def run_floor(pod: str, node: str, packets: Path) -> Run:
@@ -233,16 +234,17 @@ def run_floor(pod: str, node: str, packets: Path) -> Run:
     clear(node)
     ret0 = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))  # BPF_RET|BPF_K
     prog = struct.pack("@HP", 1, ctypes.addressof(ret0))  # struct sock_fprog, native
-    with netns.entered(node):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
-    with sock:
-        sock.setsockopt(socket.SOL_SOCKET, 26, prog)  # SO_ATTACH_FILTER, before bind
-        sock.bind((0, 1 | 4))  # NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY
+    # The agent's own subscription, with this filter attached before it binds
+    src = ConntrackSource(node, attach=lambda s: s.setsockopt(
+        socket.SOL_SOCKET, SO_ATTACH_FILTER, prog))
+    try:
         fl = Flooder(pod, packets)
         w = Window()
         rate, flood = fl.run()
         w.flood_done()
         return Run(w.cpu(), rate, flood, made=FLOOD)
+    finally:
+        src.close()
 
 
 def run_agent(pod: str, node: str, tmp: Path, packets: Path, name: str,

@@ -1,7 +1,7 @@
 """A SYN flood from a raw socket, exact in count and paced to a rate, for the benchmarks.
 
 hping3 paces with a timer signal per packet (setitimer and SIGALRM: a quarter of its
-CPU in `perf`), cannot send an exact count with ``--flood``, and one process tops out
+CPU in one `perf record` by hand), cannot send an exact count with ``--flood``, and one process tops out
 at 14,000-19,000 SYNs/s here. This sends ready-made packets (built once with scapy,
 outside any measured window) with one ``sendto`` each, in bursts of a millisecond's
 worth, and sleeps to the next burst. The whole path through the node (bridge,

@@ -1,7 +1,7 @@
 """Decode ctnetlink (nfnetlink conntrack) messages into conntrack events.
 
 Hand-written on purpose: bench/ctnetlink_decode.py measures it against pyroute2's
-NFCTSocket decoder on the same messages (figures in BENCHMARKS.md); at flood rates the
+``nfct_msg`` decoder on the same messages (figures in BENCHMARKS.md); at flood rates the
 decoder is the agent's hot path. Layouts are from linux/netfilter/nfnetlink_conntrack.h.
 """
 
