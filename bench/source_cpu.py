@@ -5,8 +5,9 @@ at RATE per second (each a new conntrack entry and a DNAT decision on k8s-node2)
 endpoints drop the SYNs unanswered (an nft rule in their own namespaces), so the flood
 costs the node one DNAT decision per connection and little else (the no-watcher line
 prints its CPU per SYN; ANSWER=1 gives the same with replies), which leaves room for a
-watcher at 30,000/s on two cores. A run with no watcher is the reference subtracted from the others; every
-window, the reference's included, ends TAIL seconds after the flood. Each round also
+watcher at 30,000/s on two cores. A run with no watcher is the reference subtracted
+from the others; every window, the reference's included, ends TAIL seconds after the
+flood. Each round also
 floods under a ctnetlink listener whose classic BPF filter keeps nothing: what the
 kernel spends on conntrack events for any listener, the floor under every watcher.
 

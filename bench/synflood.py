@@ -1,11 +1,12 @@
 """A SYN flood from a raw socket, exact in count and paced to a rate, for the benchmarks.
 
 hping3 paces with a timer signal per packet (setitimer and SIGALRM: a quarter of its
-CPU in one `perf record` by hand), cannot send an exact count with ``--flood``, and one process tops out
-at 14,000-19,000 SYNs/s here. This sends ready-made packets (built once with scapy,
-outside any measured window) with one ``sendto`` each, in bursts of a millisecond's
-worth, and sleeps to the next burst. The whole path through the node (bridge,
-netfilter, conntrack, DNAT) runs in the sender's own system time, as with hping3.
+CPU in one `perf record` by hand), cannot send an exact count with ``--flood``, and
+one process tops out at 14,000-19,000 SYNs/s here. This sends ready-made packets
+(built once with scapy, outside any measured window) with one ``sendto`` each, in
+bursts of a millisecond's worth, and sleeps to the next burst. The whole path through
+the node (bridge, netfilter, conntrack, DNAT) runs in the sender's own system time, as
+with hping3.
 
   python bench/synflood.py build FILE SRC VIP PORT COUNT   (the packets, 40 bytes each)
   ip netns exec POD python bench/synflood.py send FILE VIP RATE
