@@ -25,6 +25,8 @@ Run: .venv/bin/python bench/source_cpu.py  (root; needs conntrack and bcc)
        (as fast as one sender goes: about 60,000 SYNs/s here)
      RATE=5000 ANSWER=1 CONFIGS=netlink,pcap .venv/bin/python bench/source_cpu.py
        (the endpoints answer, so the packet source sees whole handshakes)
+     BEFORE=67d10bd CONFIGS=netlink .venv/bin/python bench/source_cpu.py
+       (also the agent and collector of that commit, in the same rounds)
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ CONFIGS = {"ebpf aggregate": ["--source", "ebpf", "--no-ct-accounting"],
 DEFAULT = "ebpf aggregate,ebpf aggregate + accounting,ebpf --decisions,netlink"
 CONFIGS = {k: v for k, v in CONFIGS.items()
            if k in os.environ.get("CONFIGS", DEFAULT).split(",")}
+# A commit: every configuration also runs with the agent and collector as they were
+# there, interleaved in the same rounds (this machine's speed drifts between runs by
+# more than most changes buy).
+BEFORE = os.environ.get("BEFORE", "")
+ROOT = Path(__file__).resolve().parent.parent
 NCPU = os.cpu_count() or 1
 USER_HZ = os.sysconf("SC_CLK_TCK")
 
@@ -248,8 +255,25 @@ def run_floor(pod: str, node: str, packets: Path) -> Run:
         src.close()
 
 
+def tree_at(commit: str, tmp: Path) -> Path:
+    """A directory that, first on PYTHONPATH, makes ``natlens`` the code of ``commit``
+    (ahead of the editable install, whose finder Python asks last)."""
+    src = tmp / f"src-{commit}"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    pkg = tmp / f"py-{commit}" / "natlens"
+    pkg.mkdir(parents=True)
+    for item in (src / "natlens").iterdir():
+        (pkg / item.name).symlink_to(item)
+    for sub in ("agent", "collector", "proto", "lab"):
+        (pkg / sub).symlink_to(src / sub)
+    return pkg.parent
+
+
 def run_agent(pod: str, node: str, tmp: Path, packets: Path, name: str,
-              args: list[str]) -> Run:
+              args: list[str], tree: Path | None = None) -> Run:
     db = tmp / f"{name.replace(' ', '_')}-{time.monotonic_ns()}.db"
     clear(node)
     bpffs = tmp / "bpffs"
@@ -259,16 +283,18 @@ def run_agent(pod: str, node: str, tmp: Path, packets: Path, name: str,
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     nat = [sys.executable, "-m", "natlens"]
+    env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
     logs = (tmp / "collector.log", tmp / "agent.log")
     col = subprocess.Popen([*nat, "collector", "--insecure",
                             "--db", str(db), "--listen", f"127.0.0.1:{port}"],
-                           stdout=subprocess.PIPE, stderr=logs[0].open("w"), text=True)
+                           stdout=subprocess.PIPE, stderr=logs[0].open("w"), text=True,
+                           env=env)
     assert col.stdout and col.stdout.readline().startswith("listening")
     ag = subprocess.Popen([*nat, "agent", "--insecure",
                            "--collector", f"127.0.0.1:{port}", "--node", "n",
                            "--netns", node, "--pin-root", str(bpffs),
                            "--counters-interval", "1", *args],
-                          stderr=logs[1].open("w"))
+                          stderr=logs[1].open("w"), env=env)
 
     def counted() -> int:
         try:
@@ -341,10 +367,14 @@ def main() -> None:
     node = st.nodes["k8s-node2"]
     base: list[Run] = []
     refs: dict[str, list[Run]] = {"conntrack -E -e NEW": [], "conntrack -E": [], FLOOR: []}
-    res: dict[str, list[Run]] = {k: [] for k in CONFIGS}
+    configs: dict[str, tuple[list[str], str]] = {k: (v, "") for k, v in CONFIGS.items()}
+    if BEFORE:
+        configs.update({f"{k} @{BEFORE}": (v, BEFORE) for k, v in CONFIGS.items()})
+    res: dict[str, list[Run]] = {k: [] for k in configs}
     try:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
+            trees = {BEFORE: tree_at(BEFORE, tmp)} if BEFORE else {}
             if not ANSWER:
                 silence_endpoints(st)
             packets = tmp / "syn.bin"
@@ -359,10 +389,10 @@ def main() -> None:
                 line = f"run {i}: baseline {base[-1].cpu:.2f}s at {base[-1].rate:,.0f}/s"
                 for name, runs in refs.items():
                     line += f"; {name} {runs[-1].cpu:.2f}s ({runs[-1].counted} NEW events)"
-                order = list(CONFIGS.items())
+                order = list(configs.items())
                 random.Random(i).shuffle(order)  # no configuration always runs first
-                for name, args in order:
-                    r = run_agent(pod, node, tmp, packets, name, args)
+                for name, (args, commit) in order:
+                    r = run_agent(pod, node, tmp, packets, name, args, trees.get(commit))
                     res[name].append(r)
                     line += (f"; {name} {r.cpu:.2f}s (agent {r.agent:.2f}s, collector "
                              f"{r.collector:.2f}s, {r.counted} counted, {r.lost} lost, "
