@@ -359,13 +359,6 @@ class Agent:
                 if ring is not None:
                     ring.poll(0.2)
                     self._take_kernel_rows()
-                    short = ring.take_short()
-                    if short:  # the program and the decoder are out of step: a bug
-                        self.stats["lost"] += short
-                        log.error("ebpf: %d ring records too short to decode", short)
-                        self._record_lost(pb.LostEvents(
-                            time_ns=time.time_ns(), source=pb.SOURCE_EBPF,
-                            reason="malformed", count=short))
                     self._read(src, 0.0)
                 elif self._read(src, 0.2):
                     # One datagram per event: let a few milliseconds of them queue up

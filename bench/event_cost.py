@@ -10,6 +10,9 @@ per connection the flood made, to
 - ``event build``: stacks through ctnetlink_conntrack_event, the kernel building each
   event message and broadcasting it to the listening sockets (filters run there);
 - ``socket read``: stacks through netlink_recvmsg, a reader copying messages out;
+- ``filter``: natlens's eBPF program (bpf_prog_*_ct_filter) and what it calls, under
+  the natlens agent in aggregate mode (its own processes are measured exactly by
+  source_cpu.py);
 - ``conntrack process``: every sample of the `conntrack -E` process, kernel or user;
 - ``busy``: every sample that is not the idle loop.
 
@@ -65,6 +68,8 @@ def charge(data: Path) -> dict[str, float]:
         for name, mark in MARKS.items():
             if mark in syms:
                 ns[name] += period
+        if any(x.startswith("bpf_prog_") and x.endswith("_ct_filter") for x in syms):
+            ns["filter"] += period
         if comm == "conntrack":
             ns["conntrack process"] += period
     return {k: v / 1e3 / sc.FLOOD for k, v in ns.items()}
@@ -107,10 +112,20 @@ def under_conntrack(node: str, pod: str, packets: Path, data: Path, tmp: Path) -
         p.wait()
 
 
+def under_natlens(node: str, pod: str, packets: Path, data: Path, tmp: Path) -> float:
+    nl = sc.Natlens(node, tmp, "aggregate", ["--source", "ebpf", "--no-ct-accounting"])
+    try:
+        nl.watching()
+        return flood_sampled(pod, packets, data)
+    finally:
+        nl.stop()
+
+
 def main() -> None:
     st = topology.up(load_scenario(sc.SEED), str(sc.SEED))
     pod, node = st.pods[sc.CLIENT], st.nodes["k8s-node2"]
-    got: dict[str, list[dict[str, float]]] = {"none": [], "floor": [], "conntrack -E": []}
+    got: dict[str, list[dict[str, float]]] = {"none": [], "floor": [], "conntrack -E": [],
+                                              "natlens aggregate": []}
     try:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
@@ -127,8 +142,10 @@ def main() -> None:
                         rate = flood_sampled(pod, packets, data)
                     elif mode == "floor":
                         rate = under_floor(node, pod, packets, data)
-                    else:
+                    elif mode == "conntrack -E":
                         rate = under_conntrack(node, pod, packets, data, tmp)
+                    else:
+                        rate = under_natlens(node, pod, packets, data, tmp)
                     got[mode].append(charge(data))
                     print(f"run {i} {mode}: {rate:,.0f}/s "
                           + ", ".join(f"{k} {v:.2f} us" for k, v in got[mode][-1].items()),
@@ -156,6 +173,10 @@ def report(got: dict[str, list[dict[str, float]]]) -> None:
           f"build {build:.2f} us: {build / ct_added:.2f} of what conntrack -E adds is "
           f"paid for any listener ({floor_added / ct_added:.2f} with the rest of its "
           "added time)")
+    agg = med("natlens aggregate", "busy") - base
+    print(f"  natlens aggregate adds {agg:.2f} us ({agg / ct_added:.2f} of conntrack -E): "
+          f"event build {med('natlens aggregate', 'event build'):.2f}, of which its filter "
+          f"{med('natlens aggregate', 'filter'):.2f} us")
 
 
 if __name__ == "__main__":

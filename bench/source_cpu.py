@@ -272,33 +272,46 @@ def tree_at(commit: str, tmp: Path) -> Path:
     return pkg.parent
 
 
-def run_agent(pod: str, node: str, tmp: Path, packets: Path, name: str,
-              args: list[str], tree: Path | None = None) -> Run:
-    db = tmp / f"{name.replace(' ', '_')}-{time.monotonic_ns()}.db"
-    clear(node)
-    bpffs = tmp / "bpffs"
-    bpffs.mkdir(exist_ok=True)
-    subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    nat = [sys.executable, "-m", "natlens"]
-    env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
-    logs = (tmp / "collector.log", tmp / "agent.log")
-    col = subprocess.Popen([*nat, "collector", "--insecure",
-                            "--db", str(db), "--listen", f"127.0.0.1:{port}"],
-                           stdout=subprocess.PIPE, stderr=logs[0].open("w"), text=True,
-                           env=env)
-    assert col.stdout and col.stdout.readline().startswith("listening")
-    ag = subprocess.Popen([*nat, "agent", "--insecure",
-                           "--collector", f"127.0.0.1:{port}", "--node", "n",
-                           "--netns", node, "--pin-root", str(bpffs),
-                           "--counters-interval", "1", *args],
-                          stderr=logs[1].open("w"), env=env)
+class Natlens:
+    """A collector and an agent (``args``) on ``node``, started; ``watching`` waits
+    until the agent has subscribed. ``tree``: run them from that code (``tree_at``)."""
 
-    def counted() -> int:
+    def __init__(self, node: str, tmp: Path, name: str, args: list[str],
+                 tree: Path | None = None) -> None:
+        self.db = tmp / f"{name.replace(' ', '_')}-{time.monotonic_ns()}.db"
+        self.bpffs = tmp / "bpffs"
+        self.bpffs.mkdir(exist_ok=True)
+        subprocess.run(["mount", "-t", "bpf", "bpf", str(self.bpffs)], check=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        nat = [sys.executable, "-m", "natlens"]
+        env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
+        self.logs = (tmp / "collector.log", tmp / "agent.log")
+        self.col = subprocess.Popen([*nat, "collector", "--insecure", "--db", str(self.db),
+                                     "--listen", f"127.0.0.1:{port}"],
+                                    stdout=subprocess.PIPE, stderr=self.logs[0].open("w"),
+                                    text=True, env=env)
+        assert self.col.stdout and self.col.stdout.readline().startswith("listening")
+        self.ag = subprocess.Popen([*nat, "agent", "--insecure",
+                                    "--collector", f"127.0.0.1:{port}", "--node", "n",
+                                    "--netns", node, "--pin-root", str(self.bpffs),
+                                    "--counters-interval", "1", *args],
+                                   stderr=self.logs[1].open("w"), env=env)
+
+    def watching(self) -> None:
+        """Flood only once the agent watches: bcc compiles the program first (4 s or
+        more on a busy machine), and connections made before it subscribes are in the
+        table, not in its counts (the startup dump stores them as a snapshot)."""
+        deadline = time.monotonic() + 60
+        while not any(m in self.logs[1].read_text() for m in READY):
+            if time.monotonic() > deadline or self.ag.poll() is not None:
+                raise RuntimeError(f"agent not ready: {self.logs[1].read_text()[-500:]}")
+            time.sleep(0.1)
+
+    def counted(self) -> int:
         try:
-            with sqlite3.connect(db) as c:
+            with sqlite3.connect(self.db) as c:
                 n = c.execute("SELECT COUNT(*) FROM decisions WHERE event='new' AND "
                               "source IN ('netlink', 'pcap')").fetchone()[0]
                 if "counters" in {r[0] for r in c.execute(
@@ -309,20 +322,25 @@ def run_agent(pod: str, node: str, tmp: Path, packets: Path, name: str,
         except sqlite3.Error:
             return 0
 
-    def lost() -> int:
+    def lost(self) -> int:
         """Every loss the agent reported (overflow, capture drops, map full, malformed)."""
-        with sqlite3.connect(db) as c:
+        with sqlite3.connect(self.db) as c:
             return int(c.execute("SELECT COALESCE(SUM(count),0) FROM lost_events"
                                  ).fetchone()[0])
 
-    # Flood only once the agent watches: bcc compiles the program first (4 s or more on a
-    # busy machine), and connections made before it subscribes are in the table, not
-    # in its counts (the startup dump stores them as a snapshot, not counted).
-    deadline = time.monotonic() + 60
-    while not any(m in logs[1].read_text() for m in READY):
-        if time.monotonic() > deadline or ag.poll() is not None:
-            raise RuntimeError(f"agent not ready: {logs[1].read_text()[-500:]}")
-        time.sleep(0.1)
+    def stop(self) -> None:
+        for p in (self.ag, self.col):
+            p.terminate()
+            p.wait()
+        subprocess.run(["umount", str(self.bpffs)], check=True)
+
+
+def run_agent(pod: str, node: str, tmp: Path, packets: Path, name: str,
+              args: list[str], tree: Path | None = None) -> Run:
+    clear(node)
+    nl = Natlens(node, tmp, name, args, tree)
+    nl.watching()
+    ag, col, logs, db, counted = nl.ag, nl.col, nl.logs, nl.db, nl.counted
     fl = Flooder(pod, packets)
     time.sleep(1)
     w, a0, c0 = Window(), proc_cpu(ag.pid), proc_cpu(col.pid)
@@ -334,12 +352,8 @@ def run_agent(pod: str, node: str, tmp: Path, packets: Path, name: str,
     cpu, a1, c1 = w.cpu(), proc_cpu(ag.pid), proc_cpu(col.pid)
     if not ANSWER:  # unanswered SYNs stay 120 s: counted outside the window
         made = table_count(node)
-    ag.terminate()
-    ag.wait()
-    col.terminate()
-    col.wait()
+    nl.stop()
     n = counted()  # after the agent's last shipment
-    subprocess.run(["umount", str(bpffs)], check=True)
     if n != made:
         print(f"  {' '.join(args)}: counted {n}, the kernel's table held {made} entries "
               "right after the flood; the logs' warnings and errors:", flush=True)
@@ -351,7 +365,7 @@ def run_agent(pod: str, node: str, tmp: Path, packets: Path, name: str,
             rows = c.execute("SELECT source, reason, SUM(count) FROM lost_events "
                              "GROUP BY 1, 2").fetchall()
         print(f"    lost_events: {rows}", flush=True)
-    return Run(cpu, rate, flood, a1 - a0 + c1 - c0, a1 - a0, c1 - c0, n, lost(), made)
+    return Run(cpu, rate, flood, a1 - a0 + c1 - c0, a1 - a0, c1 - c0, n, nl.lost(), made)
 
 
 def client_ip(pod_ns: str) -> str:

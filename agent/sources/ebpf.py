@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import mmap
 import os
 import re
 import secrets
@@ -33,9 +32,7 @@ import numpy
 
 from natlens.agent.decode import decision
 from natlens.agent.decode.ctnetlink import PROTOCOLS, address
-from natlens.agent.sources import ringbuf
 from natlens.agent.sources.netlink import seen_before
-from natlens.agent.sources.ringbuf import RingReader
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import DecisionRow
 
@@ -72,13 +69,8 @@ def decode_record(data: bytes, offset_ns: int) -> DecisionRow:
     """A ring-buffer record (struct decision_rec) straight to a decision row, with no
     ``CtEvent`` on the way; ``offset_ns`` turns the boot clock into wall-clock time
     (``boot_offset_ns``)."""
-    return record_row(RECORD.unpack_from(data), offset_ns)
-
-
-def record_row(fields: tuple[Any, ...], offset_ns: int) -> DecisionRow:
-    """``RECORD``'s fields (the ring reader unpacks many at a time) as a decision row."""
     (boot, kind, family, osrc, odst, osport, odport, proto, rsrc, _, rsport, _, _,
-     opk, oby, rpk, rby, start, stop, ct_id, zone) = fields
+     opk, oby, rpk, rby, start, stop, ct_id, zone) = RECORD.unpack_from(data)
     n = 16 if family == socket.AF_INET6 else 4
     ntohs = socket.ntohs
     return decision.row(proto, address(osrc[:n]), ntohs(osport), address(odst[:n]),
@@ -288,11 +280,7 @@ class EbpfFilter:
             self.fresh = True
             meta[ctypes.c_uint32(0)] = ctypes.c_uint64(secrets.randbits(63) | 1)
         self.epoch = f"{meta[ctypes.c_uint32(0)].value:016x}"
-        self.ring_pages = ring_pages
         self._ring = False
-        self._reader: RingReader | None = None
-        self._short_total = 0
-        self._handle: Callable[[DecisionRow], None] = lambda _row: None
         self._offset = boot_offset_ns()
         self.configure(decisions, sample)
 
@@ -305,41 +293,22 @@ class EbpfFilter:
         cfg[ctypes.c_uint32(0)] = leaf
         self.sample = sample
 
-    def open_decisions(self, handle: Callable[[DecisionRow], None],
-                       mapped: bool | None = None) -> None:
-        """Decision mode: ``handle(row)`` for each record ``poll`` consumes.
+    def open_decisions(self, handle: Callable[[DecisionRow], None]) -> None:
+        """Decision mode: ``handle(row)`` for each record ``poll`` consumes."""
+        string_at = ctypes.string_at
 
-        ``mapped`` (default: where ``ringbuf.usable()``): read the ring through its
-        memory map, all ready records per poll; else through bcc, a Python callback
-        per record (slower: BENCHMARKS.md)."""
-        table = self.bpf[b"decisions"]
-        if mapped if mapped is not None else ringbuf.usable():
-            self._reader = RingReader(table.map_fd, self.ring_pages * mmap.PAGESIZE)
-            self._handle = handle
-        else:
-            string_at = ctypes.string_at
+        def on_record(_ctx: Any, data: int, size: int) -> int:
+            handle(decode_record(string_at(data, size), self._offset))
+            return 0
 
-            def on_record(_ctx: Any, data: int, size: int) -> int:
-                handle(decode_record(string_at(data, size), self._offset))
-                return 0
-
-            table.open_ring_buffer(on_record)
+        self.bpf[b"decisions"].open_ring_buffer(on_record)
         self._ring = True
 
     def poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds, or until the filter wakes us (every
         WAKE_EVERY records on a CPU), then hand over every record in the ring."""
-        if not self._ring:
-            return
-        self._offset = offset = boot_offset_ns()  # the wall clock may have been stepped
-        reader = self._reader
-        if reader is not None:
-            reader.wait(timeout)
-            handle = self._handle
-            while got := reader.drain(RECORD):
-                for fields in got:
-                    handle(record_row(fields, offset))
-        else:
+        if self._ring:
+            self._offset = boot_offset_ns()  # the wall clock may have been stepped
             self.bpf.ring_buffer_poll(int(timeout * 1000))
             self.bpf.ring_buffer_consume()  # what came without a wake-up
 
@@ -364,20 +333,8 @@ class EbpfFilter:
         return out
 
     def read_stats(self) -> dict[str, int]:
-        """The filter's counts by name, and records the ring reader could not decode
-        (``ring_short``: a program and a decoder out of step)."""
-        out = {name: int(sum(self.stats_map[ctypes.c_uint32(i)]))
-               for i, name in enumerate(STATS)}
-        out["ring_short"] = self._short_total + (self._reader.short if self._reader else 0)
-        return out
-
-    def take_short(self) -> int:
-        """Ring records too short to decode since the last call (lost decisions)."""
-        if self._reader is None or not self._reader.short:
-            return 0
-        n, self._reader.short = self._reader.short, 0
-        self._short_total += n
-        return n
+        return {name: int(sum(self.stats_map[ctypes.c_uint32(i)]))
+                for i, name in enumerate(STATS)}
 
     def seen_checker(self) -> Callable[[int, int, int], bool]:
         """known(zone, ct_id, start_ns) against the pinned seen map (``seen_before``)."""
@@ -401,6 +358,4 @@ class EbpfFilter:
         self.seen[self.seen.Key(ct_id=ct_id, zone=zone)] = ctypes.c_uint64(at)
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
         self.bpf.cleanup()
