@@ -21,6 +21,7 @@ of what `conntrack -E` adds is the least any ctnetlink watcher can cost relative
 it. Medians of RUNS rounds. perf samples every CPU's clock 4,000 times a second, so
 these are estimates; source_cpu.py's figures are exact.
 Run: .venv/bin/python bench/event_cost.py   (root; needs perf, conntrack; RATE=30000)
+     MODES="natlens aggregate" .venv/bin/python bench/event_cost.py   (the filter alone)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
 
 RUNS = int(os.environ.get("RUNS", "3"))
+MODES = os.environ.get("MODES", "none,floor,conntrack -E,natlens aggregate").split(",")
 IDLE = ("pv_native_safe_halt", "default_idle", "cpu_idle_poll", "native_safe_halt")
 MARKS = {"event build": "ctnetlink_conntrack_event", "socket read": "netlink_recvmsg"}
 
@@ -124,8 +126,7 @@ def under_natlens(node: str, pod: str, packets: Path, data: Path, tmp: Path) -> 
 def main() -> None:
     st = topology.up(load_scenario(sc.SEED), str(sc.SEED))
     pod, node = st.pods[sc.CLIENT], st.nodes["k8s-node2"]
-    got: dict[str, list[dict[str, float]]] = {"none": [], "floor": [], "conntrack -E": [],
-                                              "natlens aggregate": []}
+    got: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     try:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
@@ -159,6 +160,11 @@ def report(got: dict[str, list[dict[str, float]]]) -> None:
     def med(mode: str, key: str) -> float:
         return statistics.median(r.get(key, 0.0) for r in got[mode])
 
+    if "natlens aggregate" in got:
+        print(f"natlens aggregate: its filter {med('natlens aggregate', 'filter'):.2f} us "
+              "per connection (sampled)")
+    if not {"none", "floor", "conntrack -E", "natlens aggregate"} <= set(got):
+        return
     base = med("none", "busy")
     ct_added = med("conntrack -E", "busy") - base
     floor_added = med("floor", "busy") - base
