@@ -6,6 +6,8 @@ the table is flushed: every NEW and DESTROY message the kernel sends is kept as 
 came off the event socket. Both decoders then read every message into the same fields
 (both tuples, id, zone, counters, timestamps); medians of ROUNDS, and the ratio.
 Run: .venv/bin/python bench/ctnetlink_decode.py   (root; N=5000 ROUNDS=5)
+     BEFORE=67d10bd .venv/bin/python bench/ctnetlink_decode.py
+       (also natlens's decoder as it was at that commit, in the same rounds)
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import os
 import socket
 import statistics
 import subprocess
+import sys
 import time
+import types
+from pathlib import Path
 from typing import Any
 
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
@@ -24,6 +29,7 @@ from natlens.agent.decode import ctnetlink as c
 from natlens.agent.sources.netlink import ConntrackSource
 
 N = int(os.environ.get("N", "5000"))
+BEFORE = os.environ.get("BEFORE", "")
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 NAT = """table ip bench {
  chain out {
@@ -59,8 +65,19 @@ def capture(ns: str) -> list[bytes]:
         src.close()
 
 
-def natlens_decode(msgs: list[bytes]) -> list[Any]:
-    return [ev for m in msgs for ev in c.messages(m)]
+def natlens_decode(msgs: list[bytes], mod: Any = c) -> list[Any]:
+    return [ev for m in msgs for ev in mod.messages(m)]
+
+
+def decoder_at(commit: str) -> Any:
+    """agent/decode/ctnetlink.py as it was at ``commit``, as a module of its own."""
+    src = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent), "show",
+                          f"{commit}:agent/decode/ctnetlink.py"],
+                         capture_output=True, text=True, check=True).stdout
+    mod = types.ModuleType(f"ctnetlink_{commit}")
+    sys.modules[mod.__name__] = mod  # its dataclasses look their module up
+    exec(compile(src, f"{commit}:ctnetlink.py", "exec"), mod.__dict__)
+    return mod
 
 
 def _tuple(t: Any) -> tuple[Any, ...]:
@@ -110,15 +127,28 @@ def main() -> None:
     sizes = sorted(len(m) for m in msgs)
     print(f"{len(msgs)} messages from the kernel ({dnat} DNAT), "
           f"{sizes[0]}-{sizes[-1]} bytes (median {statistics.median(sizes):.0f})")
-    times: dict[str, list[float]] = {"natlens": [], "pyroute2": []}
+    decoders: dict[str, Any] = {"natlens": natlens_decode, "pyroute2": pyroute2_decode}
+    if BEFORE:
+        old = decoder_at(BEFORE)
+        assert [tuple(e) for e in natlens_decode(msgs, old)] == [tuple(e) for e in ours]
+        decoders[f"natlens @{BEFORE}"] = lambda m: natlens_decode(m, old)
+    times: dict[str, list[float]] = {name: [] for name in decoders}
     for _ in range(ROUNDS):
-        for name, fn in (("natlens", natlens_decode), ("pyroute2", pyroute2_decode)):
+        for name, fn in decoders.items():
             t = time.process_time()
             fn(msgs)
             times[name].append((time.process_time() - t) / len(msgs) * 1e6)
-    a, b = statistics.median(times["natlens"]), statistics.median(times["pyroute2"])
+    med = {name: statistics.median(v) for name, v in times.items()}
+    a, b = med["natlens"], med["pyroute2"]
     print(f"per message, median of {ROUNDS}: natlens {a:.2f} us, pyroute2 {b:.2f} us "
           f"(natlens / pyroute2 = {a / b:.3f})")
+    if BEFORE:
+        before = med[f"natlens @{BEFORE}"]
+        paired = statistics.median(x / y for x, y in zip(times["natlens"],
+                                                           times[f"natlens @{BEFORE}"],
+                                                           strict=True))
+        print(f"natlens @{BEFORE} {before:.2f} us; now / then, paired per round: "
+              f"{paired:.2f}")
 
 
 if __name__ == "__main__":
