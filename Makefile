@@ -33,6 +33,7 @@ bench: install
 	RATE=0 CONFIGS="ebpf aggregate" $(PY) bench/source_cpu.py
 	RATE=5000 ANSWER=1 FLOOD=20000 CONFIGS=netlink,pcap $(PY) bench/source_cpu.py
 	$(PY) bench/ctnetlink_decode.py
+	$(PY) bench/event_cost.py
 	$(PY) bench/pcap_import.py
 	$(PY) bench/ebpf_memory.py
 	$(PY) bench/ingest.py

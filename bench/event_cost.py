@@ -20,7 +20,7 @@ The event build is paid once any listener exists, whatever the listener does; it
 of what `conntrack -E` adds is the least any ctnetlink watcher can cost relative to
 it. Medians of RUNS rounds. perf samples every CPU's clock 4,000 times a second, so
 these are estimates; source_cpu.py's figures are exact.
-Run: .venv/bin/python bench/event_cost.py   (root; needs perf, conntrack; RATE=30000)
+Run: .venv/bin/python bench/event_cost.py   (root; needs perf from linux-perf; RATE=30000)
      MODES="natlens aggregate" .venv/bin/python bench/event_cost.py   (the filter alone)
 """
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -124,6 +125,8 @@ def under_natlens(node: str, pod: str, packets: Path, data: Path, tmp: Path) -> 
 
 
 def main() -> None:
+    if shutil.which("perf") is None:
+        sys.exit("event_cost: perf not found; install linux-perf (Debian) to run this")
     st = topology.up(load_scenario(sc.SEED), str(sc.SEED))
     pod, node = st.pods[sc.CLIENT], st.nodes["k8s-node2"]
     got: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
