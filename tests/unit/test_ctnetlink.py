@@ -149,12 +149,3 @@ def test_same_length_other_order_is_planned_again() -> None:
         assert isinstance(ev, c.CtEvent)
         assert (ev.ct_id, ev.zone, ev.orig, ev.reply) == (41, 3, c.Tuple(*SEED_ORIG),
                                                            c.Tuple(*SEED_REPLY))
-
-
-def test_messages_read_in_place_from_a_shared_buffer() -> None:
-    """The agent decodes each datagram where recvmmsg put it, in one bytearray."""
-    one = message("new", SEED_ORIG, SEED_REPLY, 1)
-    buf = bytearray(4096)
-    buf[1000:1000 + len(one)] = one
-    (ev,) = c.messages(buf, 1000, 1000 + len(one))
-    assert isinstance(ev, c.CtEvent) and ev.ct_id == 1 and ev.orig.src == SEED_ORIG[0]
