@@ -12,7 +12,8 @@ per connection the flood made, to
 - ``socket read``: stacks through netlink_recvmsg, a reader copying messages out;
 - ``filter``: natlens's eBPF program (bpf_prog_*_ct_filter) and what it calls, under
   the natlens agent in aggregate mode (its own processes are measured exactly by
-  source_cpu.py);
+  source_cpu.py); ``seen map``, the part of that in the LRU map of conntrack ids
+  (htab_lru_map_update_elem, what a restarted agent reconciles against);
 - ``conntrack process``: every sample of the `conntrack -E` process, kernel or user;
 - ``busy``: every sample that is not the idle loop.
 
@@ -73,6 +74,8 @@ def charge(data: Path) -> dict[str, float]:
                 ns[name] += period
         if any(x.startswith("bpf_prog_") and x.endswith("_ct_filter") for x in syms):
             ns["filter"] += period
+            if "htab_lru_map_update_elem" in syms:
+                ns["seen map"] += period
         if comm == "conntrack":
             ns["conntrack process"] += period
     return {k: v / 1e3 / sc.FLOOD for k, v in ns.items()}
@@ -165,7 +168,8 @@ def report(got: dict[str, list[dict[str, float]]]) -> None:
 
     if "natlens aggregate" in got:
         print(f"natlens aggregate: its filter {med('natlens aggregate', 'filter'):.2f} us "
-              "per connection (sampled)")
+              f"per connection (sampled), of which the seen map "
+              f"{med('natlens aggregate', 'seen map'):.2f} us")
     if not {"none", "floor", "conntrack -E", "natlens aggregate"} <= set(got):
         return
     base = med("none", "busy")
