@@ -318,10 +318,21 @@ def _counter_sums(db: sqlite_utils.Database, q: ReportQuery, p: Plan) -> list[tu
         args))
 
 
+SAMPLED_Z = 4.0  # standard errors in a sampled count's stated error
+
+
 def scaled_error(k: int, rate: int) -> float:
-    """Three standard errors of k·rate as an estimate of n, when each of n connections
-    is kept with probability 1/rate: Var(k·rate) = n(rate−1) ≈ k·rate·(rate−1)."""
-    return 3.0 * math.sqrt(k * rate * (rate - 1))
+    """Four standard errors of k·rate as an estimate of n, when each of n connections
+    is kept with probability 1/rate: Var(k·rate) = n(rate−1), estimated from the
+    sample as (k + 16)·rate·(rate−1).
+
+    Four, not three: the report says the true count lies within this, and at three an
+    unbiased sampler lands outside for about 1 endpoint in 370 (the test suite met
+    one, at 3.26); at four, about 1 in 16,000. The 16 (four squared) added to k keeps
+    the estimate from understating the spread when few decisions were kept: with k
+    itself, n = 2,000 sampled 1 in 100 fell outside 208 times in 100,000, with k + 16
+    never (tests/unit/test_stats.py)."""
+    return SAMPLED_Z * math.sqrt((k + SAMPLED_Z ** 2) * rate * (rate - 1))
 
 
 def _sampled(db: sqlite_utils.Database, where: str,

@@ -108,3 +108,26 @@ def test_verdicts() -> None:
     assert j.undeclared == [{"endpoint": "c:80", "observed": 1}]
     j = judge([("a:80", 1.0)], {"a:80": 50})
     assert verdict(j, None, 0.001) == "consistent"
+
+
+def _outside(n: int, rate: int, shrink: float = 1.0) -> int:
+    """Of 100,000 seeded samplings (each of n kept with probability 1/rate), how many
+    scaled counts miss n by more than ``shrink`` times the stated error."""
+    from natlens.collector.report.build import scaled_error
+
+    k = np.random.default_rng(7).binomial(n, 1 / rate, size=100_000)
+    err = np.array([scaled_error(int(x), rate) for x in k]) * shrink
+    return int(np.sum(np.abs(k * rate - n) > err))
+
+
+@pytest.mark.parametrize("n,rate", [(25_000, 10), (50_000, 2), (2_000, 100), (300, 100),
+                                    (100, 10)])
+def test_a_sampled_count_s_stated_error_covers_an_unbiased_sampler(n: int, rate: int) -> None:
+    """Four standard errors promise about 6.3 misses in 100,000; few kept decisions
+    (k near 20, or 3) must not make it understate."""
+    assert _outside(n, rate) <= 40  # 4 sd of a Poisson(6.3) count above it
+
+
+def test_three_standard_errors_would_miss_one_endpoint_in_370() -> None:
+    """Why the report states four: at three, about 270 in 100,000 fall outside."""
+    assert 150 <= _outside(25_000, 10, shrink=3 / 4) <= 450
