@@ -28,13 +28,10 @@ Run: .venv/bin/python bench/event_cost.py   (root; needs perf from linux-perf; R
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
 import shutil
 import signal
-import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -44,7 +41,6 @@ from pathlib import Path
 import source_cpu as sc  # bench/, beside this script
 import synflood
 
-from natlens.agent.sources.netlink import ConntrackSource
 from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
 
@@ -96,10 +92,7 @@ def flood_sampled(pod: str, packets: Path, data: Path) -> float:
 
 
 def under_floor(node: str, pod: str, packets: Path, data: Path) -> float:
-    ret0 = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))
-    prog = struct.pack("@HP", 1, ctypes.addressof(ret0))
-    src = ConntrackSource(node, attach=lambda s: s.setsockopt(
-        socket.SOL_SOCKET, sc.SO_ATTACH_FILTER, prog))
+    src = sc.floor_listener(node)
     try:
         return flood_sampled(pod, packets, data)
     finally:
@@ -107,9 +100,7 @@ def under_floor(node: str, pod: str, packets: Path, data: Path) -> float:
 
 
 def under_conntrack(node: str, pod: str, packets: Path, data: Path, tmp: Path) -> float:
-    p = subprocess.Popen(["ip", "netns", "exec", node, "conntrack", "-E", "-b",
-                          str(256 << 20)], stdout=(tmp / "ct.txt").open("w"),
-                         stderr=subprocess.DEVNULL)
+    p = sc.conntrack_events(node, tmp / "ct.txt", [])
     time.sleep(0.5)
     try:
         return flood_sampled(pod, packets, data)
@@ -189,7 +180,8 @@ def report(got: dict[str, list[dict[str, float]]]) -> None:
     agg = med("natlens aggregate", "busy") - base
     print(f"  natlens aggregate adds {agg:.2f} us ({agg / ct_added:.2f} of conntrack -E): "
           f"event build {med('natlens aggregate', 'event build'):.2f}, of which its filter "
-          f"{med('natlens aggregate', 'filter'):.2f} us")
+          f"{med('natlens aggregate', 'filter'):.2f} us (its seen map "
+          f"{med('natlens aggregate', 'seen map'):.2f} us)")
 
 
 if __name__ == "__main__":

@@ -214,13 +214,19 @@ def run_baseline(pod: str, node: str, packets: Path) -> Run:
     return Run(w.cpu(), rate, flood, made=FLOOD)
 
 
+def conntrack_events(node: str, out: Path, events: list[str]) -> subprocess.Popen[bytes]:
+    """`conntrack -E` in ``node`` (with ``events``, e.g. ``-e NEW``), printing to ``out``,
+    with a 256 MiB socket buffer."""
+    return subprocess.Popen(["ip", "netns", "exec", node, "conntrack", "-E", *events,
+                             "-b", str(256 << 20)], stdout=out.open("w"),
+                            stderr=subprocess.DEVNULL)
+
+
 def run_conntrack(pod: str, node: str, tmp: Path, packets: Path, events: list[str]) -> Run:
     """`conntrack -E` with ``events`` (e.g. ``-e NEW``)."""
     out = tmp / "ct.txt"
     clear(node)
-    p = subprocess.Popen(["ip", "netns", "exec", node, "conntrack", "-E", *events,
-                          "-b", str(256 << 20)], stdout=out.open("w"),
-                         stderr=subprocess.DEVNULL)
+    p = conntrack_events(node, out, events)
     fl = Flooder(pod, packets)
     time.sleep(0.5)
     w, c0 = Window(), proc_cpu(p.pid)  # `ip netns exec` execs conntrack: the same pid
@@ -237,16 +243,21 @@ FLOOR = "listener that keeps nothing"
 SO_ATTACH_FILTER = 26
 
 
-def run_floor(pod: str, node: str, packets: Path) -> Run:
-    """The kernel's cost of conntrack events for any listener: a ctnetlink socket on
-    the NEW and DESTROY groups whose classic BPF filter (``ret #0``) drops every
-    message before it is queued. No watcher can cost less than this."""
-    clear(node)
+def floor_listener(node: str) -> ConntrackSource:
+    """The agent's own subscription (NEW and DESTROY groups) with a classic BPF filter
+    (``ret #0``) attached before it binds, dropping every message before it is queued:
+    what the kernel spends on conntrack events for any listener."""
     ret0 = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))  # BPF_RET|BPF_K
     prog = struct.pack("@HP", 1, ctypes.addressof(ret0))  # struct sock_fprog, native
-    # The agent's own subscription, with this filter attached before it binds
-    src = ConntrackSource(node, attach=lambda s: s.setsockopt(
+    return ConntrackSource(node, attach=lambda s: s.setsockopt(
         socket.SOL_SOCKET, SO_ATTACH_FILTER, prog))
+
+
+def run_floor(pod: str, node: str, packets: Path) -> Run:
+    """The kernel's cost of conntrack events for any listener (``floor_listener``).
+    No watcher can cost less than this."""
+    clear(node)
+    src = floor_listener(node)
     try:
         fl = Flooder(pod, packets)
         w = Window()

@@ -330,8 +330,9 @@ def scaled_error(k: int, rate: int) -> float:
     unbiased sampler lands outside for about 1 endpoint in 370 (the test suite met
     one, at 3.26); at four, about 1 in 16,000. The 16 (four squared) added to k keeps
     the estimate from understating the spread when few decisions were kept: with k
-    itself, n = 2,000 sampled 1 in 100 fell outside 208 times in 100,000, with k + 16
-    never (tests/unit/test_stats.py)."""
+    itself, n = 2,000 sampled 1 in 100 fell outside 208 times in 100,000 (the
+    simulation of tests/unit/test_stats.py, run by hand with k), with k + 16 never
+    (that test)."""
     return SAMPLED_Z * math.sqrt((k + SAMPLED_Z ** 2) * rate * (rate - 1))
 
 
