@@ -1,7 +1,8 @@
 """The agent as a pipeline: source → decode → batch → ship, plus the rules watcher.
 
 Threads: the source loop (reads ctnetlink, builds decisions, ticks the batcher), the
-rules watcher (polls the node's rules and emits a snapshot when the hash changes) and
+rules watcher (re-reads the node's rules when nf_tables' generation moved, or every
+interval where it cannot tell, and emits a snapshot when the hash changes) and
 the shipper. Stopping drains the socket, flushes and waits for the collector's acks.
 """
 
@@ -18,6 +19,7 @@ from natlens.agent.decode.pairing import Pairer
 from natlens.agent.health.metrics import SOURCE_NAMES, agent_registry
 from natlens.agent.health.server import Health, serve
 from natlens.agent.privileges import describe, keep_only, needed
+from natlens.agent.rules.generation import Generation, iptables_version, tracks
 from natlens.agent.rules.live import RulesUnavailable, read_rules, to_snapshot
 from natlens.agent.ship.batch import Batcher
 from natlens.agent.ship.client import Shipper
@@ -125,6 +127,11 @@ class Agent:
                                else None, degrade=self._degrade)
         self._stop = threading.Event()
         self._rules_hash = ""
+        self._rules_mode = ""
+        self._gen: Generation | None = None  # None: read the rules every interval
+        self._gen_at_read: int | None = None  # the generation the last read saw
+        self._iptables_v = ""
+        self.rules_reads = 0
         self.seen = SeenIds()
         self.stats = {"new": 0, "destroy": 0, "snapshot": 0, "recovered": 0, "lost": 0,
                       "non_dnat": 0}
@@ -179,17 +186,49 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
 
+    def _open_generation(self) -> None:
+        """While the agent can still enter the namespace: the socket that tells the rules
+        watcher whether anything changed (agent/rules/generation.py)."""
+        try:
+            self._gen = Generation(self.cfg.netns)
+            self._gen.read()
+        except (OSError, ValueError) as e:
+            if self._gen is not None:
+                self._gen.close()
+            self._gen = None
+            log.warning("rules: nf_tables generation unreadable (%s); the rules are read "
+                        "every %.1f s", e, self.cfg.rules_interval)
+        self._iptables_v = iptables_version()
+
+    def _generation(self) -> int | None:
+        if self._gen is None:
+            return None
+        try:
+            return self._gen.read()
+        except (OSError, ValueError) as e:
+            log.warning("rules: nf_tables generation unreadable (%s); the rules are read "
+                        "every %.1f s from now on", e, self.cfg.rules_interval)
+            self._gen.close()
+            self._gen = None
+            return None
+
     def _watch_rules(self) -> None:
         while not self._stop.wait(self.cfg.rules_interval):
+            if (self._gen_at_read is not None and tracks(self._rules_mode, self._iptables_v)
+                    and self._generation() == self._gen_at_read):
+                continue  # no nf_tables commit since the last read: nothing to read
             self._emit_rules()
 
     def _emit_rules(self) -> bool:
         t0 = time.time_ns()
+        gen = self._generation()  # before the read: a commit during it reads again
+        self.rules_reads += 1
         try:
             model = read_rules(self.cfg.netns)
         except RulesUnavailable as e:
             log.error("rules: %s", e)
             return False
+        self._gen_at_read, self._rules_mode = gen, model.mode
         self.health.ready = True
         if model.hash != self._rules_hash:
             log.info("rules: %s mode, %d service ports, %s", model.mode, len(model.services),
@@ -253,6 +292,7 @@ class Agent:
     def _run_capture(self) -> int:
         """``--source pcap``: decisions from packets, paired before and after DNAT."""
         cap = LiveCapture(self.cfg.netns, self.cfg.rcvbuf)
+        self._open_generation()
         self.source_pb = pb.SOURCE_PCAP
         log.info("source pcap: capturing every interface of %s (filter: %s)",
                  self.cfg.netns or "this namespace", CAPTURE_FILTER)
@@ -327,6 +367,7 @@ class Agent:
         ring = filt if filt is not None and self.cfg.decisions else None
         if ring is not None:
             ring.open_decisions(self._kernel_rows.append)
+        self._open_generation()
         # Set up: from here on the agent reads rules and its own maps. Before any thread
         # that could start a program exists (capabilities are per thread).
         if not self.cfg.keep_privileges:
@@ -389,7 +430,8 @@ class Agent:
             log.error("shutdown: %d batches not acknowledged by %s within %.0fs",
                       self.shipper.pending, self.cfg.collector, self.cfg.drain_timeout)
         self.shipper.stop()
-        log.info("stopped: %s", ", ".join(f"{k}={v}" for k, v in self.stats.items()))
+        log.info("stopped: %s; rules read %d times", ", ".join(
+            f"{k}={v}" for k, v in self.stats.items()), self.rules_reads)
         return 0 if ok else 1
 
     def _take_kernel_rows(self) -> None:

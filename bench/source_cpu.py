@@ -298,8 +298,17 @@ class Natlens:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        nat = [sys.executable, "-m", "natlens"]
+        # -P: without it `-m` puts the working directory first on sys.path, and run
+        # from the checkout that is this tree's natlens, whatever PYTHONPATH says (until
+        # this was found, every BEFORE run measured this tree twice).
+        nat = [sys.executable, "-P", "-m", "natlens"]
         env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
+        if tree:
+            where = subprocess.run([sys.executable, "-P", "-c", "import natlens.agent; "
+                                    "print(natlens.agent.__file__)"], env=env, text=True,
+                                   capture_output=True, check=True).stdout.strip()
+            if not where.startswith(str(tree)):
+                raise RuntimeError(f"the agent of {tree} would run from {where}")
         self.logs = (tmp / "collector.log", tmp / "agent.log")
         self.col = subprocess.Popen([*nat, "collector", "--insecure", "--db", str(self.db),
                                      "--listen", f"127.0.0.1:{port}"],

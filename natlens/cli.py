@@ -89,7 +89,9 @@ def cli() -> None:
               "CAP_SYS_ADMIN with --netns, remain).")
 @click.option("--agent-id", default="", help="Stable id of this agent (default: the node).")
 @click.option("--rules-interval", type=click.FloatRange(0.1, 3600), default=2.0,
-              show_default=True, help="Seconds between reads of the node's rules.")
+              show_default=True, help="Seconds between checks of the node's rules: they are "
+              "read again when nf_tables' generation moved (every check on legacy iptables "
+              "and IPVS nodes).")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
 @click.option("--batch-age", type=click.FloatRange(0.01, 60), default=1.0, show_default=True,
               help="Seconds before a partly filled batch is sent.")

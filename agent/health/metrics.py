@@ -30,6 +30,9 @@ class _AgentCollector(Collector):
                                   "collector (each retried with backoff)", sh.send_errors)
         yield CounterMetricFamily("natlens_agent_batches_acked", "Batches the collector "
                                   "acknowledged", sh.acked)
+        yield CounterMetricFamily("natlens_agent_rules_reads", "Reads of the node's rules "
+                                  "(skipped while nf_tables' generation stays put)",
+                                  a.rules_reads)
         events = CounterMetricFamily("natlens_agent_events", "Conntrack events read, by "
                                      "kind", labels=["kind"])
         for kind, n in sorted(a.stats.items()):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -116,3 +117,53 @@ def test_disabled_conntrack_events_are_said_not_silent(lab: dict[str, Any],
         agent.terminate()
         agent.wait(timeout=60)
     assert "events are disabled in " + node in log.read_text()
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_rules_are_read_again_only_when_the_nftables_generation_moves(
+        lab: dict[str, Any], tmp_path: Path) -> None:
+    """iptables here is the nf_tables backend: a quiet node is not re-read every
+    interval; any commit (even one kube-proxy's model does not see) is."""
+    ns, health, db = lab["nodes"]["k8s-node2"], free_port(), tmp_path / "natlens.db"
+    port = free_port()
+    collector = start(["collector", "--insecure", "--db", str(db), "--listen",
+                       f"127.0.0.1:{port}"], tmp_path / "collector.log")
+    assert collector.stdout and collector.stdout.readline().startswith("listening")
+    agent = start(["agent", "--insecure", "--collector", f"127.0.0.1:{port}", "--node",
+                   "k8s-node2", "--netns", ns, "--source", "netlink", "--rules-interval", "0.1",
+                   "--health-listen", f"127.0.0.1:{health}"], tmp_path / "agent.log")
+
+    def snapshots() -> int:
+        try:
+            with sqlite3.connect(db, timeout=5) as c:
+                return int(c.execute("SELECT COUNT(DISTINCT hash) FROM rule_snapshots"
+                                     ).fetchone()[0])
+        except sqlite3.Error:
+            return 0
+
+    def ipt(*args: str) -> None:
+        subprocess.run(["ip", "netns", "exec", ns, "iptables", "-w", "-t", "nat", *args],
+                       check=True)
+    try:
+        wait_for(lambda: snapshots() == 1)
+        time.sleep(2)  # 20 intervals, no commit
+        assert _metric(health, "natlens_agent_rules_reads_total") == 1
+        ipt("-N", "NATLENS-TEST")  # a commit the declared model does not see
+        wait_for(lambda: _metric(health, "natlens_agent_rules_reads_total") == 2)
+        ipt("-F", "KUBE-SVC-PK4BNTKC2JYVE7B2")  # one the model does
+        wait_for(lambda: snapshots() == 2)
+        time.sleep(1)
+        assert _metric(health, "natlens_agent_rules_reads_total") == 3
+    finally:
+        agent.terminate()
+        assert agent.wait(timeout=60) == 0, (tmp_path / "agent.log").read_text()
+        collector.terminate()
+        collector.wait(timeout=30)
+    assert "rules read 3 times" in (tmp_path / "agent.log").read_text()
