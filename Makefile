@@ -34,6 +34,8 @@ bench: install
 	RATE=5000 ANSWER=1 FLOOD=20000 CONFIGS=netlink,pcap $(PY) bench/source_cpu.py
 	$(PY) bench/ctnetlink_decode.py
 	$(PY) bench/event_cost.py
+	$(PY) bench/filter_runtime.py
+	$(PY) bench/idle_agent.py
 	$(PY) bench/pcap_import.py
 	$(PY) bench/ebpf_memory.py
 	$(PY) bench/ingest.py

@@ -501,6 +501,29 @@ _register()
 
 # ---------------------------------------------------------------- entry point
 
+# Errors that are the user's to fix, said in one line. Named, not imported: importing
+# them all made every command, the agent included, load the collector's statistics
+# (scipy, numpy) for their error classes. A class can only have been raised if its
+# module was imported.
+KNOWN_ERRORS = (
+    ("natlens.agent.rules.iptables", "RulesParseError"),
+    ("natlens.agent.rules.ipvs", "IpvsParseError"),
+    ("natlens.agent.rules.nftables", "NftParseError"),
+    ("natlens.agent.rules.live", "RulesUnavailable"),
+    ("natlens.collector.server", "ListenError"),
+    ("natlens.collector.store.schema", "SchemaError"),
+    ("natlens.lab.run", "RunError"),
+    ("natlens.lab.scenario", "ScenarioError"),
+    ("natlens.lab.topology", "LabError"),
+    ("natlens.security", "SecurityError"),
+)
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    return (CliError, *(getattr(sys.modules[m], name) for m, name in KNOWN_ERRORS
+                        if m in sys.modules))
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     # gRPC's core logs every failed TLS handshake to stderr at INFO, once per retry;
     # the agent says why it cannot deliver in its own log. GRPC_VERBOSITY overrides.
@@ -508,19 +531,6 @@ def main(argv: list[str] | None = None) -> NoReturn:
     # numpy's BLAS would start a thread pool at import: before the agent drops its
     # capabilities (per thread), and of no use to natlens' small arrays.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from natlens.agent.rules.iptables import RulesParseError
-    from natlens.agent.rules.ipvs import IpvsParseError
-    from natlens.agent.rules.live import RulesUnavailable
-    from natlens.agent.rules.nftables import NftParseError
-    from natlens.collector.server import ListenError
-    from natlens.collector.store.schema import SchemaError
-    from natlens.lab.run import RunError
-    from natlens.lab.scenario import ScenarioError
-    from natlens.lab.topology import LabError
-    from natlens.security import SecurityError
-
-    known = (CliError, RulesParseError, IpvsParseError, NftParseError, RulesUnavailable,
-             ListenError, SchemaError, RunError, ScenarioError, LabError, SecurityError)
     try:
         rv = cli.main(args=argv, prog_name="natlens", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -535,13 +545,15 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("natlens: interrupted", err=True)
         sys.exit(130)
-    except known as e:
-        click.echo(f"natlens: error: {e}", err=True)
-        sys.exit(1)
-    except PermissionError as e:
-        click.echo(f"natlens: error: {e.strerror}: {e.filename or ''} (run as root?)", err=True)
-        sys.exit(1)
-    except OSError as e:
-        click.echo(f"natlens: error: {e}", err=True)
+    except Exception as e:
+        if isinstance(e, known_errors()):
+            click.echo(f"natlens: error: {e}", err=True)
+        elif isinstance(e, PermissionError):
+            click.echo(f"natlens: error: {e.strerror}: {e.filename or ''} (run as root?)",
+                       err=True)
+        elif isinstance(e, OSError):
+            click.echo(f"natlens: error: {e}", err=True)
+        else:
+            raise
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)

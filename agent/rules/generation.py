@@ -1,7 +1,7 @@
 """Whether the node's rules changed since they were last read: nf_tables' generation.
 
 Reading the rules runs ``nft``, ``iptables-save`` and ``ip6tables-save``, three
-processes every rules interval even when nothing changed (bench/rules_poll.py measures
+processes every rules interval even when nothing changed (bench/idle_agent.py measures
 what that costs an idle node). The kernel numbers every committed nf_tables transaction
 in a namespace; asking for that number (NFT_MSG_GETGEN) is one netlink round trip. It
 moves with kube-proxy's nftables mode, and with its iptables mode when iptables is the

@@ -100,3 +100,21 @@ def test_print_bpf_shows_the_program_with_the_node_pin_dir() -> None:
     assert r.returncode == 0, r.stderr
     assert "int ct_filter(struct __sk_buff *skb)" in r.stdout
     assert '"/sys/fs/bpf/t/n1@lab-x/counters"' in r.stdout
+
+
+def test_every_named_user_error_is_an_exception_class() -> None:
+    import importlib
+
+    from natlens.cli import KNOWN_ERRORS
+    for module, name in KNOWN_ERRORS:
+        cls = getattr(importlib.import_module(module), name)
+        assert isinstance(cls, type) and issubclass(cls, Exception), (module, name)
+
+
+def test_the_agent_does_not_load_the_collectors_statistics() -> None:
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "natlens", "agent", "--help"],
+                       capture_output=True, text=True, check=True)
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()}
+    assert not loaded & {"scipy", "natlens.collector.report.build", "natlens.lab.run"}

@@ -1,5 +1,8 @@
-"""What a watching agent costs a quiet node: rules read every interval, or only when
-nf_tables' generation moved.
+"""What a watching agent costs a quiet node: CPU, processes, memory, start-up.
+
+Two changes are judged here. The rules are read only when nf_tables' generation moved,
+not every interval; and the CLI no longer imports every command's error classes, which
+made the agent load the collector's statistics (scipy, numpy) at start.
 
 In the seed lab (iptables mode on the nf_tables backend), with no traffic: the agent
 and collector of this tree, and those of BEFORE (the last commit that ran ``nft``,
@@ -7,10 +10,12 @@ and collector of this tree, and those of BEFORE (the last commit that ran ``nft`
 seconds, interleaved over RUNS rounds with a window with no agent at all. Reported:
 whole-machine busy CPU above the no-agent window (the dump processes are children, so
 only the machine sees them), the agent's and collector's own CPU, in milliseconds
-per second, and processes started on the machine per second; medians. Over
+per second, processes started on the machine per second, the agent's and collector's
+resident memory at the window's end, and the seconds from start until the agent
+subscribed (bcc compiles the filter in that time); medians. Over
 source_cpu.py's 8-second flood window this idle cost is charged to the flood's
 connections, so it is part of every ratio there.
-Run: .venv/bin/python bench/rules_poll.py   (root; BEFORE=1ab0562 WINDOW=20 RUNS=3
+Run: .venv/bin/python bench/idle_agent.py   (root; BEFORE=1ab0562 WINDOW=20 RUNS=3
      INTERVAL=2, the agent's default --rules-interval)
 """
 
@@ -42,11 +47,22 @@ def forks() -> int:
         return next(int(ln.split()[1]) for ln in f if ln.startswith("processes "))
 
 
-def window(nl: sc.Natlens | None) -> tuple[float, float, float, float]:
-    """Machine busy, agent and collector CPU seconds, and processes started, over
-    WINDOW seconds."""
+def rss(pid: int) -> float:
+    """Resident memory, MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
+
+
+Sample = tuple[float, float, float, float, float, float, float]
+
+
+def window(nl: sc.Natlens | None, t0: float) -> Sample:
+    """Machine busy, agent and collector CPU seconds, processes started, over WINDOW
+    seconds; agent and collector RSS at its end; seconds from ``t0`` until ready."""
+    ready = 0.0
     if nl is not None:
         nl.watching()
+        ready = time.monotonic() - t0
         time.sleep(2)  # past the start-up reads and the first counters
     a0 = sc.proc_cpu(nl.ag.pid) if nl else 0.0
     c0 = sc.proc_cpu(nl.col.pid) if nl else 0.0
@@ -55,13 +71,14 @@ def window(nl: sc.Natlens | None) -> tuple[float, float, float, float]:
     b1, f1 = sc.busy(), forks()
     a1 = sc.proc_cpu(nl.ag.pid) if nl else 0.0
     c1 = sc.proc_cpu(nl.col.pid) if nl else 0.0
-    return b1 - b0, a1 - a0, c1 - c0, f1 - f0
+    mem = (rss(nl.ag.pid), rss(nl.col.pid)) if nl else (0.0, 0.0)
+    return b1 - b0, a1 - a0, c1 - c0, f1 - f0, *mem, ready
 
 
 def main() -> None:
     st = topology.up(load_scenario(sc.SEED), str(sc.SEED))
     node = st.nodes["k8s-node2"]
-    got: dict[str, list[tuple[float, float, float, float]]] = {
+    got: dict[str, list[Sample]] = {
         "no agent": [], "this tree": [], f"@{BEFORE}": []}
     try:
         with tempfile.TemporaryDirectory() as d:
@@ -71,17 +88,19 @@ def main() -> None:
                 for name in got:
                     sc.clear(node)
                     if name == "no agent":
-                        got[name].append(window(None))
+                        got[name].append(window(None, 0.0))
                     else:
+                        t0 = time.monotonic()
                         nl = sc.Natlens(node, tmp, name, ARGS, trees[name])
                         try:
-                            got[name].append(window(nl))
+                            got[name].append(window(nl, t0))
                         finally:
                             nl.stop()
-                    b, a, c, f = got[name][-1]
+                    b, a, c, f, ra, rc, ready = got[name][-1]
                     print(f"run {i} {name}: machine {b / WINDOW * 1e3:.1f} ms/s, agent "
                           f"{a / WINDOW * 1e3:.1f}, collector {c / WINDOW * 1e3:.1f}, "
-                          f"{f / WINDOW:.1f} processes/s", flush=True)
+                          f"{f / WINDOW:.1f} processes/s; RSS agent {ra:.0f} MiB, "
+                          f"collector {rc:.0f} MiB; ready after {ready:.1f} s", flush=True)
     finally:
         topology.down(st)
     base = statistics.median(r[0] for r in got["no agent"]) / WINDOW * 1e3
@@ -89,8 +108,10 @@ def main() -> None:
           f"medians (machine with no agent: {base:.1f} ms/s busy):")
     for name in list(got)[1:]:
         m = [statistics.median(r[k] for r in got[name]) / WINDOW * 1e3 for k in range(4)]
+        ra, rc, ready = (statistics.median(r[k] for r in got[name]) for k in (4, 5, 6))
         print(f"  {name}: adds {m[0] - base:.1f} ms/s to the machine; agent {m[1]:.1f} ms/s, "
-              f"collector {m[2]:.1f} ms/s; {m[3] / 1e3:.1f} processes started per second")
+              f"collector {m[2]:.1f} ms/s; {m[3] / 1e3:.1f} processes started per second; "
+              f"RSS agent {ra:.0f} MiB, collector {rc:.0f} MiB; ready after {ready:.1f} s")
 
 
 if __name__ == "__main__":
