@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from natlens.agent.decode.decision import from_pair, to_decision
+from natlens.agent.decode.decision import from_pair, from_values, to_decision
 from natlens.agent.decode.pairing import Pairer
 from natlens.agent.health.metrics import SOURCE_NAMES, agent_registry
 from natlens.agent.health.server import Health, serve
@@ -111,6 +111,7 @@ class SeenIds:
 
 
 READ_CHUNK = 512  # decisions read from the socket per batcher call
+_NEW, _DESTROY = pb.EVENT_NEW, pb.EVENT_DESTROY
 GATHER_S = 0.005  # after a read, how long events may queue before the next
 
 
@@ -449,37 +450,42 @@ class Agent:
         """Everything queued on the socket; how many messages that was."""
         overflowed = n = 0
         rows: list[DecisionRow] = []  # handed to the batcher in chunks, not one by one
-        for ev in src.events(timeout):
-            n += 1
+        stats, seen, source = self.stats, self.seen, self.source_pb
+        track = self.filter is None  # else the filter's seen map holds the ids
+        for got in src.events(timeout):
             now = time.time_ns()  # after the read: no later than the kernel made the entry
-            if isinstance(ev, Overflow):
-                if ev.reason == "enobufs" and self.filter is None:
-                    overflowed += ev.lost
+            if isinstance(got, Overflow):
+                n += 1
+                if got.reason == "enobufs" and self.filter is None:
+                    overflowed += got.lost
                 else:
                     # Malformed messages, or (not expected: the eBPF filter hands the
                     # socket nothing) an overflow under the filter, whose events the
                     # kernel counters already hold: a recovery dump would count twice.
-                    self.stats["lost"] += ev.lost
-                    log.error("conntrack: %d events lost (%s)", ev.lost, ev.reason)
-                    self._record_lost(pb.LostEvents(time_ns=now, source=self.source_pb,
-                                                        reason=ev.reason, count=ev.lost))
+                    stats["lost"] += got.lost
+                    log.error("conntrack: %d events lost (%s)", got.lost, got.reason)
+                    self._record_lost(pb.LostEvents(time_ns=now, source=source,
+                                                    reason=got.reason, count=got.lost))
                 continue
-            if not ev.is_dnat:
-                self.stats["non_dnat"] += 1
-                continue
-            if ev.kind == "new":
-                if self.filter is None:
-                    self.seen.add(ev.zone, ev.ct_id, now)
-                self.stats["new"] += 1
-                rows.append(to_decision(ev, pb.EVENT_NEW, self.source_pb, now))
-            elif ev.kind == "destroy":
-                if self.filter is None:
-                    self.seen.forget(ev.zone, ev.ct_id, ev.stop_ns)
-                self.stats["destroy"] += 1
-                rows.append(to_decision(ev, pb.EVENT_DESTROY, self.source_pb, now))
+            n += len(got)
+            for v in got:
+                # (kind, osrc, odst, proto, osport, odport, rsrc, rsport, ct_id, zone, ...)
+                if v[2] == v[6] and v[5] == v[7]:
+                    stats["non_dnat"] += 1  # not rewritten: the reply comes from the VIP
+                    continue
+                if v[0] == "new":
+                    if track:
+                        seen.add(v[9], v[8], now)
+                    stats["new"] += 1
+                    rows.append(from_values(v, _NEW, source, now))
+                elif v[0] == "destroy":
+                    if track:
+                        seen.forget(v[9], v[8], v[15])
+                    stats["destroy"] += 1
+                    rows.append(from_values(v, _DESTROY, source, now))
             if len(rows) >= READ_CHUNK:
                 self.batcher.add_decisions(rows)
-                rows.clear()
+                rows = []
         if rows:
             self.batcher.add_decisions(rows)
         if overflowed:

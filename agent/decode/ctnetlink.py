@@ -13,7 +13,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
@@ -228,8 +228,8 @@ _MAX_LAYOUTS = 256  # shapes a node sends are few; a flood of odd ones must not 
 _DEFAULT = (0,)
 
 
-def decode_ct(buf: bytes, start: int, end: int, msg_type: int, flags: int) -> CtEvent:
-    """Decode the body (after nlmsghdr) of one ctnetlink message."""
+def _slots(buf: bytes, start: int, end: int, msg_type: int, flags: int) -> tuple[Any, ...]:
+    """One message body's _SLOTS, through the layout of its shape (planned if new)."""
     key = (end - start, msg_type, flags & NLM_F_CREATE)
     lay = _LAYOUTS.get(key)
     if lay is None or lay.headers.unpack_from(buf, start) != lay.expect:
@@ -237,14 +237,39 @@ def decode_ct(buf: bytes, start: int, end: int, msg_type: int, flags: int) -> Ct
         if len(_LAYOUTS) >= _MAX_LAYOUTS:
             _LAYOUTS.clear()
         _LAYOUTS[key] = lay
-    (osrc, odst, oproto, osport, odport, rsrc, rdst, rproto, rsport, rdport, ct_id, zone,
-     op, ob, rp, rb, ts0, ts1) = lay.pick(lay.values.unpack_from(buf, start) + _DEFAULT)
-    sub = msg_type & 0xFF
-    kind = ("destroy" if sub == IPCTNL_MSG_CT_DELETE
+    return lay.pick(lay.values.unpack_from(buf, start) + _DEFAULT)
+
+
+def _kind(msg_type: int, flags: int) -> str:
+    return ("destroy" if msg_type & 0xFF == IPCTNL_MSG_CT_DELETE
             else "new" if flags & NLM_F_CREATE else "update")
-    return CtEvent(kind, Tuple(address(osrc), address(odst), oproto, osport, odport),
+
+
+def decode_ct(buf: bytes, start: int, end: int, msg_type: int, flags: int) -> CtEvent:
+    """Decode the body (after nlmsghdr) of one ctnetlink message."""
+    (osrc, odst, oproto, osport, odport, rsrc, rdst, rproto, rsport, rdport, ct_id, zone,
+     op, ob, rp, rb, ts0, ts1) = _slots(buf, start, end, msg_type, flags)
+    return CtEvent(_kind(msg_type, flags),
+                   Tuple(address(osrc), address(odst), oproto, osport, odport),
                    Tuple(address(rsrc), address(rdst), rproto, rsport, rdport),
                    ct_id, zone, op, ob, rp, rb, ts0, ts1)
+
+
+# An event as ``event_values`` gives it: kind, then what a decision row needs, the
+# addresses still raw (4 or 16 bytes).
+Values = tuple[str, bytes, bytes, int, int, int, bytes, int, int, int, int, int, int, int,
+               int, int]
+
+
+def event_values(buf: bytes, start: int, end: int, msg_type: int, flags: int) -> Values:
+    """Decode the body (after nlmsghdr) of one ctnetlink message to (kind, osrc, odst,
+    proto, osport, odport, rsrc, rsport, ct_id, zone, orig packets, orig bytes, reply
+    packets, reply bytes, start_ns, stop_ns) and build no event: the netlink source's
+    path to a decision row (``decision.from_values``), as the eBPF ring's is."""
+    (osrc, odst, oproto, osport, odport, rsrc, _rdst, _rproto, rsport, _rdport, ct_id, zone,
+     op, ob, rp, rb, ts0, ts1) = _slots(buf, start, end, msg_type, flags)
+    return (_kind(msg_type, flags), osrc, odst, oproto, osport, odport, rsrc, rsport, ct_id,
+            zone, op, ob, rp, rb, ts0, ts1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +286,20 @@ def messages(buf: bytes) -> list[CtEvent | Done | NetlinkError]:
     """Every message in one recv() buffer (a buffer holds one or more messages; an
     event datagram, one). A list, not a generator: built once per datagram, at flood
     rates the generator's own overhead showed."""
-    out: list[CtEvent | Done | NetlinkError] = []
+    return _walk(buf, decode_ct)
+
+
+def event_messages(buf: bytes) -> list[Values | Done | NetlinkError]:
+    """``messages``, with each ctnetlink message as ``event_values``."""
+    return _walk(buf, event_values)
+
+
+D = TypeVar("D")
+
+
+def _walk(buf: bytes, decode: Callable[[bytes, int, int, int, int], D]
+          ) -> list[D | Done | NetlinkError]:
+    out: list[D | Done | NetlinkError] = []
     off, n = 0, len(buf)
     while off + 16 <= n:
         length, msg_type, flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)
@@ -273,7 +311,7 @@ def messages(buf: bytes) -> list[CtEvent | Done | NetlinkError]:
             err = struct.unpack_from("=i", buf, off + 16)[0] if length >= 20 else 0
             out.append(NetlinkError(-err))
         elif msg_type >> 8 == NFNL_SUBSYS_CTNETLINK:
-            out.append(decode_ct(buf, off + 16, off + length, msg_type, flags))
+            out.append(decode(buf, off + 16, off + length, msg_type, flags))
         off += (length + 3) & ~3
     if off != n and off < n:
         raise DecodeError(f"{n - off} trailing bytes after the last message")

@@ -1,11 +1,12 @@
 """A conntrack event becomes a decision row (packed into the wire's columns per batch).
 
-``row`` is the one place that says how: the netlink decoder's events and the eBPF
-filter's ring records (which skip building an event) both go through it."""
+``row`` is the one place that says how: the netlink decoder's events, its raw values
+and the eBPF filter's ring records (those two skip building an event) all go through
+it."""
 
 from __future__ import annotations
 
-from natlens.agent.decode.ctnetlink import PROTOCOLS, CtEvent
+from natlens.agent.decode.ctnetlink import PROTOCOLS, CtEvent, Values, address
 from natlens.agent.decode.pairing import Pair
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import DecisionRow
@@ -34,6 +35,14 @@ def to_decision(ev: CtEvent, event: pb.Event, source: pb.Source, now_ns: int) ->
     return row(o.proto, o.src, o.sport, o.dst, o.dport, r.src, r.sport, ev.ct_id, ev.zone,
                source, event, ev.start_ns, ev.stop_ns, now_ns, ev.orig_packets,
                ev.orig_bytes, ev.reply_packets, ev.reply_bytes)
+
+
+def from_values(v: Values, event: pb.Event, source: pb.Source, now_ns: int) -> DecisionRow:
+    """``to_decision`` for ``ctnetlink.event_values``, with no event built between."""
+    (_, osrc, odst, proto, osport, odport, rsrc, rsport, ct_id, zone, op, ob, rp, rb, ts0,
+     ts1) = v
+    return row(proto, address(osrc), osport, address(odst), odport, address(rsrc), rsport,
+               ct_id, zone, source, event, ts0, ts1, now_ns, op, ob, rp, rb)
 
 
 def from_pair(p: Pair) -> DecisionRow:

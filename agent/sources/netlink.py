@@ -26,7 +26,9 @@ from natlens.agent.decode.ctnetlink import (
     DecodeError,
     Done,
     NetlinkError,
+    Values,
     dump_request,
+    event_messages,
     messages,
 )
 
@@ -130,8 +132,9 @@ class ConntrackSource:
         with netns.entered(self.ns):
             return socket_drops(self.inode)
 
-    def events(self, timeout: float) -> Iterator[CtEvent | Overflow]:
-        """Everything queued now, waiting up to ``timeout`` seconds for the first."""
+    def events(self, timeout: float) -> Iterator[list[Values] | Overflow]:
+        """Everything queued now, a list of ``event_values`` per datagram, waiting up to
+        ``timeout`` seconds for the first."""
         if not self._poll.poll(int(timeout * 1000)):
             return
         while True:
@@ -147,13 +150,11 @@ class ConntrackSource:
                 self._drops_seen = drops
                 continue
             try:
-                decoded = messages(data)
+                decoded = event_messages(data)
             except DecodeError:
-                decoded = []
                 yield Overflow(1, "malformed")
-            for m in decoded:
-                if isinstance(m, CtEvent):
-                    yield m
+                continue
+            yield [m for m in decoded if isinstance(m, tuple)]
 
     def dump(self) -> list[CtEvent]:
         """The whole conntrack table, read on a separate socket."""

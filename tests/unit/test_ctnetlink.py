@@ -149,3 +149,34 @@ def test_same_length_other_order_is_planned_again() -> None:
         assert isinstance(ev, c.CtEvent)
         assert (ev.ct_id, ev.zone, ev.orig, ev.reply) == (41, 3, c.Tuple(*SEED_ORIG),
                                                            c.Tuple(*SEED_REPLY))
+
+
+@settings(max_examples=300)
+@given(st.one_of(st.tuples(v4, v4, v4), st.tuples(v6, v6, v6)), ports, ports,
+       st.sampled_from([6, 17, 132]), st.sampled_from(["new", "destroy"]),
+       st.one_of(st.none(), st.integers(0, 65535)), st.integers(0, 2**32 - 1),
+       st.tuples(*[st.integers(0, 2**64 - 1)] * 4),
+       st.tuples(st.integers(0, 2**62), st.integers(0, 2**62)), st.booleans())
+def test_the_netlink_source_rows_are_the_events_rows(
+        ips: tuple[str, str, str], sport: int, eport: int, proto: int, kind: str,
+        zone: int | None, ct_id: int, counters: tuple[int, int, int, int],
+        ts: tuple[int, int], not_nat: bool) -> None:
+    """``event_values`` + ``from_values`` (the agent's netlink path, no event built)
+    give the row ``decode_ct`` + ``to_decision`` give, for NEW and DESTROY alike."""
+    from natlens.agent.decode.decision import from_values, to_decision
+    from natlens.proto import natlens_pb2 as pb
+
+    client, vip, ep = ips
+    if not_nat:  # the reply comes from the address and port the client asked for
+        ep, eport = vip, 9999
+    buf = message(kind, (client, vip, proto, sport, 9999), (ep, client, proto, eport, sport),
+                  ct_id, counters, ts, zone=zone)
+    (ev,) = c.messages(buf)
+    (vals,) = c.event_messages(buf)
+    assert isinstance(ev, c.CtEvent) and isinstance(vals, tuple)
+    assert vals[0] == ev.kind
+    event = pb.EVENT_DESTROY if kind == "destroy" else pb.EVENT_NEW
+    assert (from_values(vals, event, pb.SOURCE_NETLINK, 123)
+            == to_decision(ev, event, pb.SOURCE_NETLINK, 123))
+    # the agent's DNAT test on raw values (odst, odport) != (rsrc, rsport)
+    assert (vals[2] != vals[6] or vals[5] != vals[7]) == ev.is_dnat
