@@ -286,25 +286,27 @@ def messages(buf: bytes) -> list[CtEvent | Done | NetlinkError]:
     """Every message in one recv() buffer (a buffer holds one or more messages; an
     event datagram, one). A list, not a generator: built once per datagram, at flood
     rates the generator's own overhead showed."""
-    return _walk(buf, decode_ct)
+    return _walk(buf, decode_ct, 0, len(buf))
 
 
-def event_messages(buf: bytes) -> list[Values | Done | NetlinkError]:
-    """``messages``, with each ctnetlink message as ``event_values``."""
-    return _walk(buf, event_values)
+def event_messages(buf: bytes | bytearray, start: int = 0, end: int | None = None
+                   ) -> list[Values | Done | NetlinkError]:
+    """``messages`` of ``buf[start:end]`` (read in place), with each ctnetlink message
+    as ``event_values``."""
+    return _walk(buf, event_values, start, len(buf) if end is None else end)
 
 
 D = TypeVar("D")
 
 
-def _walk(buf: bytes, decode: Callable[[bytes, int, int, int, int], D]
-          ) -> list[D | Done | NetlinkError]:
+def _walk(buf: bytes | bytearray, decode: Callable[[Any, int, int, int, int], D], off: int,
+          n: int) -> list[D | Done | NetlinkError]:
     out: list[D | Done | NetlinkError] = []
-    off, n = 0, len(buf)
+    start = off
     while off + 16 <= n:
         length, msg_type, flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)
         if length < 16 or off + length > n:
-            raise DecodeError(f"netlink message at {off} has bad length {length}")
+            raise DecodeError(f"netlink message at {off - start} has bad length {length}")
         if msg_type == NLMSG_DONE:
             out.append(Done())
         elif msg_type == NLMSG_ERROR:

@@ -31,6 +31,7 @@ from natlens.agent.decode.ctnetlink import (
     event_messages,
     messages,
 )
+from natlens.agent.sources.multirecv import MultiRecv
 
 SO_RCVBUFFORCE = 33
 DEFAULT_RCVBUF = 64 << 20
@@ -40,7 +41,8 @@ RECV_SIZE = 1 << 20
 @dataclass(frozen=True, slots=True)
 class Overflow:
     """Events lost: dropped by the kernel for this socket (``enobufs``, counted from
-    /proc/net/netlink) or received but undecodable (``malformed``)."""
+    /proc/net/netlink), received but undecodable (``malformed``), or longer than a
+    receive slot (``truncated``)."""
 
     lost: int
     reason: str = "enobufs"
@@ -119,8 +121,10 @@ class ConntrackSource:
             groups = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
             self.sock.bind((0, groups))
         self.inode = os.fstat(self.sock.fileno()).st_ino
-        # One buffer for every read: recv(1 MiB) allocates and shrinks a 1 MiB object
-        # per call (bench/recv_buffer.py: 20.5 µs against 2.8 µs per datagram).
+        # Events: many datagrams per system call into one buffer reused for every read
+        # (bench/recv_buffer.py; BENCHMARKS.md, "recvmmsg"). The dump's reads: one
+        # buffer too, as recv(1 MiB) allocates and shrinks a 1 MiB object per call.
+        self._multi = MultiRecv(self.sock.fileno())
         self._buf = bytearray(RECV_SIZE)
         self._view = memoryview(self._buf)
         self._drops_seen = self._drops()
@@ -133,15 +137,14 @@ class ConntrackSource:
             return socket_drops(self.inode)
 
     def events(self, timeout: float) -> Iterator[list[Values] | Overflow]:
-        """Everything queued now, a list of ``event_values`` per datagram, waiting up to
-        ``timeout`` seconds for the first."""
+        """Everything queued now, a list of ``event_values`` per system call (up to
+        64 datagrams, one event each), waiting up to ``timeout`` seconds for the first."""
         if not self._poll.poll(int(timeout * 1000)):
             return
+        multi = self._multi
         while True:
             try:
-                data = bytes(self._view[:self.sock.recv_into(self._buf)])
-            except BlockingIOError:
-                return
+                got = multi.receive()
             except OSError as e:
                 if e.errno != errno.ENOBUFS:
                     raise
@@ -149,12 +152,20 @@ class ConntrackSource:
                 yield Overflow(max(drops - self._drops_seen, 1))
                 self._drops_seen = drops
                 continue
-            try:
-                decoded = event_messages(data)
-            except DecodeError:
-                yield Overflow(1, "malformed")
-                continue
-            yield [m for m in decoded if isinstance(m, tuple)]
+            if multi.truncated:
+                yield Overflow(multi.truncated, "truncated")
+                multi.truncated = 0
+            if not got:
+                return
+            buf, out = multi.buf, []  # decoded in place, before the next receive
+            for off, n in got:
+                try:
+                    decoded = event_messages(buf, off, off + n)
+                except DecodeError:
+                    yield Overflow(1, "malformed")
+                    continue
+                out += [m for m in decoded if isinstance(m, tuple)]
+            yield out
 
     def dump(self) -> list[CtEvent]:
         """The whole conntrack table, read on a separate socket."""
