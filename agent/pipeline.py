@@ -113,6 +113,7 @@ class SeenIds:
 READ_CHUNK = 512  # decisions read from the socket per batcher call
 _NEW, _DESTROY = pb.EVENT_NEW, pb.EVENT_DESTROY
 GATHER_S = 0.005  # after a read, how long events may queue before the next
+IDLE_WAIT_S = 1.0  # the source loop's longest sleep
 
 
 class Agent:
@@ -395,14 +396,18 @@ class Agent:
         watcher = threading.Thread(target=self._watch_rules, name="rules", daemon=True)
         watcher.start()
         next_counters = time.monotonic()
+        # How long the loop sleeps when nothing comes: events wake it at once; a quiet
+        # node (and the aggregate mode's socket, to which the filter passes nothing)
+        # wakes it once a second, not five times (bench/idle_agent.py).
+        wait = min(IDLE_WAIT_S, self.cfg.batch_age)
         try:
             while not self._stop.is_set():
                 self.health.beat()
                 if ring is not None:
-                    ring.poll(0.2)
+                    ring.poll(wait)
                     self._take_kernel_rows()
                     self._read(src, 0.0)
-                elif self._read(src, 0.2):
+                elif self._read(src, wait):
                     # One datagram per event: let a few milliseconds of them queue up
                     # rather than wake for each (at 30,000/s a wake-up per event cost
                     # the agent more than decoding it).

@@ -141,7 +141,9 @@ class Shipper:
             with self._cond:
                 todo = [(o, b) for o, b in self._unacked.values() if o > sent_upto]
                 if not todo:
-                    self._cond.wait(0.2)
+                    # Woken by a new batch, by stop(), or when the call ended (_run);
+                    # the timeout is only a backstop, so a quiet agent sleeps.
+                    self._cond.wait(5.0)
                     continue
             for o, b in todo:
                 sent_upto = o
@@ -193,6 +195,8 @@ class Shipper:
                               self.pending)
             finally:
                 ended.set()
+                with self._cond:
+                    self._cond.notify_all()  # the request generator returns
                 self._call = None
                 channel.close()
             if self._stop.wait(delay * random.uniform(0.5, 1.5)):
