@@ -191,39 +191,41 @@ class Agent:
     def _open_generation(self) -> None:
         """While the agent can still enter the namespace: the socket that tells the rules
         watcher whether anything changed (agent/rules/generation.py)."""
+        self._iptables_v = iptables_version()
         try:
             self._gen = Generation(self.cfg.netns)
-            self._gen.read()
-        except (OSError, ValueError) as e:
-            if self._gen is not None:
-                self._gen.close()
-            self._gen = None
-            log.warning("rules: nf_tables generation unreadable (%s); the rules are read "
-                        "every %.1f s", e, self.cfg.rules_interval)
-        self._iptables_v = iptables_version()
+        except OSError as e:
+            self._unreadable(e)
+
+    def _unreadable(self, e: Exception) -> None:
+        log.warning("rules: nf_tables generation unreadable (%s); the rules are read "
+                    "every %.1f s", e, self.cfg.rules_interval)
+        if self._gen is not None:
+            self._gen.close()
+        self._gen = None
 
     def _generation(self) -> int | None:
+        """The namespace's nf_tables generation; None when it cannot be read."""
         if self._gen is None:
             return None
         try:
             return self._gen.read()
         except (OSError, ValueError) as e:
-            log.warning("rules: nf_tables generation unreadable (%s); the rules are read "
-                        "every %.1f s from now on", e, self.cfg.rules_interval)
-            self._gen.close()
-            self._gen = None
+            self._unreadable(e)
             return None
 
     def _watch_rules(self) -> None:
         while not self._stop.wait(self.cfg.rules_interval):
-            if (self._gen_at_read is not None and tracks(self._rules_mode, self._iptables_v)
-                    and self._generation() == self._gen_at_read):
+            gen = self._generation()
+            if (gen is not None and gen == self._gen_at_read
+                    and tracks(self._rules_mode, self._iptables_v)):
                 continue  # no nf_tables commit since the last read: nothing to read
-            self._emit_rules()
+            self._emit_rules(gen)
 
-    def _emit_rules(self) -> bool:
+    def _emit_rules(self, gen: int | None) -> bool:
+        """Read the rules; ``gen``: the generation read before (a commit during the read
+        makes the next check read again)."""
         t0 = time.time_ns()
-        gen = self._generation()  # before the read: a commit during it reads again
         self.rules_reads += 1
         try:
             model = read_rules(self.cfg.netns)
@@ -304,7 +306,7 @@ class Agent:
                      describe(kept))
         self._start_serving()
         cap.start_link_monitor()
-        if not self._emit_rules():
+        if not self._emit_rules(self._generation()):
             log.error("rules: starting without a declared model; every connection to a "
                       "new destination is paired as if it were a VIP until they are read")
         threading.Thread(target=self._watch_rules, name="rules", daemon=True).start()
@@ -377,7 +379,7 @@ class Agent:
             log.info("privileges: kept %s; dropped the rest (bounding set too)",
                      describe(kept))
         self._start_serving()
-        rules_ok = self._emit_rules()
+        rules_ok = self._emit_rules(self._generation())
         if not rules_ok:
             log.error("rules: starting without a declared model; decisions are kept and "
                       "will be judged once the rules can be read")

@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 import source_cpu as sc  # bench/, beside this script
-import synflood
 
 from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
@@ -128,10 +127,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
             sc.silence_endpoints(st)
-            packets = tmp / "syn.bin"
-            subprocess.run([sys.executable, synflood.__file__, "build", str(packets),
-                            sc.client_ip(pod), sc.VIP, str(sc.VIP_PORT), str(sc.FLOOD)],
-                           check=True)
+            packets = sc.build_flood(pod, tmp)
             for i in range(RUNS):
                 for mode in got:
                     sc.clear(node)

@@ -17,13 +17,11 @@ import ctypes
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import source_cpu as sc  # bench/, beside this script
-import synflood
 
 from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
@@ -117,10 +115,7 @@ def main() -> None:
             if BEFORE:
                 trees[f"@{BEFORE}"] = sc.tree_at(BEFORE, tmp)
             sc.silence_endpoints(st)
-            packets = tmp / "syn.bin"
-            subprocess.run([sys.executable, synflood.__file__, "build", str(packets),
-                            sc.client_ip(pod), sc.VIP, str(sc.VIP_PORT), str(sc.FLOOD)],
-                           check=True)
+            packets = sc.build_flood(pod, tmp)
             for i in range(RUNS):
                 for name in names:
                     per, runs = one(pod, node, tmp, packets, name, trees[name])

@@ -390,6 +390,14 @@ def run_agent(pod: str, node: str, tmp: Path, packets: Path, name: str,
     return Run(cpu, rate, flood, a1 - a0 + c1 - c0, a1 - a0, c1 - c0, n, nl.lost(), made)
 
 
+def build_flood(pod: str, tmp: Path) -> Path:
+    """FLOOD SYNs from the client pod ``pod`` to the seed VIP, built once (synflood.py)."""
+    packets = tmp / "syn.bin"
+    subprocess.run([sys.executable, synflood.__file__, "build", str(packets), client_ip(pod),
+                    VIP, str(VIP_PORT), str(FLOOD)], check=True)
+    return packets
+
+
 def client_ip(pod_ns: str) -> str:
     out = subprocess.run(["ip", "netns", "exec", pod_ns, "ip", "-4", "-o", "addr", "show",
                           "dev", "eth0"], capture_output=True, text=True, check=True).stdout
@@ -413,9 +421,7 @@ def main() -> None:
             trees = {BEFORE: tree_at(BEFORE, tmp)} if BEFORE else {}
             if not ANSWER:
                 silence_endpoints(st)
-            packets = tmp / "syn.bin"
-            subprocess.run([sys.executable, synflood.__file__, "build", str(packets),
-                            client_ip(pod), VIP, str(VIP_PORT), str(FLOOD)], check=True)
+            packets = build_flood(pod, tmp)
             for i in range(RUNS):
                 base.append(run_baseline(pod, node, packets))
                 refs["conntrack -E -e NEW"].append(

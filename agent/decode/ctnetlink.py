@@ -46,6 +46,9 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _NLA = struct.Struct("=HH")
 
 
+Buffer = bytes | bytearray  # a datagram copied out, or read in place (recvmmsg's slots)
+
+
 class DecodeError(ValueError):
     """A netlink message that does not have the shape the kernel promises."""
 
@@ -119,7 +122,7 @@ class _Layout(NamedTuple):
     pick: Callable[[tuple[Any, ...]], tuple[Any, ...]]  # values + defaults -> _SLOTS
 
 
-def _header(buf: bytes, off: int, end: int, seen: list[int]) -> tuple[int, int]:
+def _header(buf: Buffer, off: int, end: int, seen: list[int]) -> tuple[int, int]:
     length, typ = _NLA.unpack_from(buf, off)
     if length < 4 or off + length > end:
         raise _bad(off, length)
@@ -127,7 +130,7 @@ def _header(buf: bytes, off: int, end: int, seen: list[int]) -> tuple[int, int]:
     return length, typ & 0x3FFF
 
 
-def _plan_tuple(buf: bytes, start: int, end: int, p: str, seen: list[int]) -> Fields:
+def _plan_tuple(buf: Buffer, start: int, end: int, p: str, seen: list[int]) -> Fields:
     """Where a tuple nest's addresses, protocol and ports are (slots prefixed ``p``)."""
     got: Fields = {}
     off = start
@@ -156,7 +159,7 @@ def _plan_tuple(buf: bytes, start: int, end: int, p: str, seen: list[int]) -> Fi
     return got
 
 
-def _plan_pair(buf: bytes, start: int, end: int, first: int, second: int,
+def _plan_pair(buf: Buffer, start: int, end: int, first: int, second: int,
                slots: tuple[str, str], seen: list[int]) -> Fields:
     """Counters (packets, bytes) or timestamps (start, stop): u64 values only."""
     got: Fields = {}
@@ -176,7 +179,7 @@ def _replace(fields: Fields, prefix: str, names: tuple[str, ...], new: Fields) -
     fields.update(new)
 
 
-def _plan(buf: bytes, start: int, end: int) -> _Layout:
+def _plan(buf: Buffer, start: int, end: int) -> _Layout:
     """Walk one message body (after nlmsghdr) and compile how to read its shape."""
     seen: list[int] = []
     fields: Fields = {}
@@ -228,7 +231,7 @@ _MAX_LAYOUTS = 256  # shapes a node sends are few; a flood of odd ones must not 
 _DEFAULT = (0,)
 
 
-def _slots(buf: bytes, start: int, end: int, msg_type: int, flags: int) -> tuple[Any, ...]:
+def _slots(buf: Buffer, start: int, end: int, msg_type: int, flags: int) -> tuple[Any, ...]:
     """One message body's _SLOTS, through the layout of its shape (planned if new)."""
     key = (end - start, msg_type, flags & NLM_F_CREATE)
     lay = _LAYOUTS.get(key)
@@ -245,7 +248,7 @@ def _kind(msg_type: int, flags: int) -> str:
             else "new" if flags & NLM_F_CREATE else "update")
 
 
-def decode_ct(buf: bytes, start: int, end: int, msg_type: int, flags: int) -> CtEvent:
+def decode_ct(buf: Buffer, start: int, end: int, msg_type: int, flags: int) -> CtEvent:
     """Decode the body (after nlmsghdr) of one ctnetlink message."""
     (osrc, odst, oproto, osport, odport, rsrc, rdst, rproto, rsport, rdport, ct_id, zone,
      op, ob, rp, rb, ts0, ts1) = _slots(buf, start, end, msg_type, flags)
@@ -261,7 +264,7 @@ Values = tuple[str, bytes, bytes, int, int, int, bytes, int, int, int, int, int,
                int, int]
 
 
-def event_values(buf: bytes, start: int, end: int, msg_type: int, flags: int) -> Values:
+def event_values(buf: Buffer, start: int, end: int, msg_type: int, flags: int) -> Values:
     """Decode the body (after nlmsghdr) of one ctnetlink message to (kind, osrc, odst,
     proto, osport, odport, rsrc, rsport, ct_id, zone, orig packets, orig bytes, reply
     packets, reply bytes, start_ns, stop_ns) and build no event: the netlink source's
@@ -289,7 +292,7 @@ def messages(buf: bytes) -> list[CtEvent | Done | NetlinkError]:
     return _walk(buf, decode_ct, 0, len(buf))
 
 
-def event_messages(buf: bytes | bytearray, start: int = 0, end: int | None = None
+def event_messages(buf: Buffer, start: int = 0, end: int | None = None
                    ) -> list[Values | Done | NetlinkError]:
     """``messages`` of ``buf[start:end]`` (read in place), with each ctnetlink message
     as ``event_values``."""
@@ -299,7 +302,7 @@ def event_messages(buf: bytes | bytearray, start: int = 0, end: int | None = Non
 D = TypeVar("D")
 
 
-def _walk(buf: bytes | bytearray, decode: Callable[[Any, int, int, int, int], D], off: int,
+def _walk(buf: Buffer, decode: Callable[[Buffer, int, int, int, int], D], off: int,
           n: int) -> list[D | Done | NetlinkError]:
     out: list[D | Done | NetlinkError] = []
     start = off

@@ -51,7 +51,6 @@ class MultiRecv:
         self.fd, self.vlen, self.size = fd, vlen, size
         self.truncated = 0  # datagrams longer than ``size``: lost, counted here
         self.buf = bytearray(vlen * size)
-        self.view = memoryview(self.buf)
         base = ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
         self._iov = (_Iovec * vlen)(*(_Iovec(base + i * size, size) for i in range(vlen)))
         self._hdrs = (_Mmsghdr * vlen)()
