@@ -351,10 +351,22 @@ class Natlens:
                                  ).fetchone()[0])
 
     def stop(self) -> None:
-        for p in (self.ag, self.col):
-            p.terminate()
-            p.wait()
-        subprocess.run(["umount", str(self.bpffs)], check=True)
+        """SIGTERM both; one still running 30 s later is killed and reported (a hang
+        is a defect to see, not to wait on), and bpffs is unmounted either way."""
+        hung = []
+        try:
+            for name, p in (("agent", self.ag), ("collector", self.col)):
+                p.terminate()
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    hung.append(f"natlens {name}")
+                    p.kill()
+                    p.wait()
+        finally:
+            subprocess.run(["umount", str(self.bpffs)], check=True)
+        if hung:
+            raise RuntimeError(f"did not exit within 30 s of SIGTERM: {', '.join(hung)}")
 
 
 def run_agent(pod: str, node: str, tmp: Path, packets: Path, name: str,
@@ -493,6 +505,28 @@ def report(base: list[Run], refs: dict[str, list[Run]], res: dict[str, list[Run]
                         for r, (b0, ct) in zip(runs, rounds, strict=True))
         print(f"    whole-machine ratio to conntrack -E per round: {paired}, median "
               f"{statistics.median(paired):.2f}")
+        lo_w, hi_w = interval(base, refs["conntrack -E"], runs, lambda r: r.cpu)
+        lo_x, hi_x = interval(base, refs["conntrack -E"], runs, lambda r: r.flood + r.own)
+        print(f"    90% interval of the ratio to conntrack -E, rounds resampled: whole "
+              f"machine {lo_w:.2f}-{hi_w:.2f}, exact {lo_x:.2f}-{hi_x:.2f}")
+
+
+def interval(base: list[Run], ref: list[Run], runs: list[Run], cpu: Callable[[Run], float],
+             draws: int = 2000) -> tuple[float, float]:
+    """The 5th and 95th percentiles of the ratio (median added CPU of ``runs`` over that
+    of ``ref``, above the median of ``base``) when whole rounds are drawn with
+    replacement: how far the ratio could move on this machine's noise alone."""
+    rng = random.Random(0)
+    n = len(base)
+    ratios = []
+    for _ in range(draws):
+        pick = [rng.randrange(n) for _ in range(n)]
+        b = statistics.median(cpu(base[i]) for i in pick)
+        den = statistics.median(cpu(ref[i]) - b for i in pick)
+        if den > 0:
+            ratios.append(statistics.median(cpu(runs[i]) - b for i in pick) / den)
+    ratios.sort()
+    return ratios[len(ratios) // 20], ratios[len(ratios) * 19 // 20]
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Any
 
 from natlens.agent.decode import ctnetlink as c
 
+CTA_STATUS = 3
 CTA_ZONE = 18
 
 
@@ -34,10 +35,11 @@ def message(kind: str, orig: tuple[Any, ...], reply: tuple[Any, ...], ct_id: int
     """One ctnetlink NEW/DESTROY event; tuples are (src, dst, proto, sport, dport)."""
     sub = c.IPCTNL_MSG_CT_DELETE if kind == "destroy" else c.IPCTNL_MSG_CT_NEW
     flags = c.NLM_F_CREATE | 0x200 if kind == "new" else 0
-    attrs = (tuple_attr(c.CTA_TUPLE_ORIG, *orig) + tuple_attr(c.CTA_TUPLE_REPLY, *reply)
-             + nla(c.CTA_ID, struct.pack(">I", ct_id)))
+    # In the kernel's order (ctnetlink_conntrack_event): tuples, zone, id, status.
+    attrs = tuple_attr(c.CTA_TUPLE_ORIG, *orig) + tuple_attr(c.CTA_TUPLE_REPLY, *reply)
     if zone is not None:
         attrs += nla(CTA_ZONE, struct.pack(">H", zone))
+    attrs += nla(c.CTA_ID, struct.pack(">I", ct_id)) + nla(CTA_STATUS, struct.pack(">I", 0x1aa))
     if kind == "destroy":
         attrs += nla(c.CTA_COUNTERS_ORIG, nla(c.CTA_COUNTERS_PACKETS,
                                               struct.pack(">Q", counters[0]))

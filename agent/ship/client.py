@@ -181,6 +181,11 @@ class Shipper:
                                 self.spool.remove(ack.boot_id, ack.seq)
                         self._cond.notify_all()
             except grpc.RpcError as e:
+                # The exception is the call itself, and its traceback holds the frames
+                # that hold the call: a cycle that only the garbage collector frees, maybe
+                # at interpreter exit, when the call's __del__ can wait forever for a lock
+                # that a stopped gRPC thread still holds (an agent hung after "stopped:").
+                e.__traceback__ = None
                 if self._stop.is_set():
                     break
                 self.send_errors += 1
@@ -197,7 +202,7 @@ class Shipper:
                 ended.set()
                 with self._cond:
                     self._cond.notify_all()  # the request generator returns
-                self._call = None
+                self._call = call = None
                 channel.close()
             if self._stop.wait(delay * random.uniform(0.5, 1.5)):
                 break

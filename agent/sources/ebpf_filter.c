@@ -281,6 +281,11 @@ int ct_filter(struct __sk_buff *skb) {
             u32 id = 0;
             bpf_skb_load_bytes(skb, p, &id, 4);
             m->ct_id = bpf_ntohl(id);
+            // A NEW event needs nothing after its id: the kernel writes the two tuples,
+            // CTA_ZONE, CTA_ID, then status, timeout, protocol state and the like
+            // (ctnetlink_conntrack_event), which the walk would only step over.
+            if (!destroy)
+                break;
         } else if (atype == CTA_ZONE) {
             u16 z = 0;
             bpf_skb_load_bytes(skb, p, &z, 2);

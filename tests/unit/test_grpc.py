@@ -1,9 +1,11 @@
 """A real gRPC server and the agent's shipper over loopback: acks, resends, outages."""
 
+import gc
 import logging
 import socket
 from pathlib import Path
 
+import grpc
 import pytest
 import sqlite_utils
 
@@ -110,3 +112,28 @@ def test_batcher_flushes_on_age() -> None:
     now[0] = 1.5
     b.tick()
     assert [x.seq for x in out] == [1] and unpack(out[0]) == [row(1)]
+
+
+def test_a_stopped_shipper_leaves_no_call_for_the_garbage_collector(tmp_path: Path) -> None:
+    """A cancelled call is its own exception; through the traceback it held itself in a
+    cycle, freed only by the collector, possibly at exit, where its __del__ waited for a
+    lock of a stopped gRPC thread: an agent hung after logging "stopped:"."""
+    store = Store(str(tmp_path / "db"))
+    server, port = start(store, "127.0.0.1:0")
+    gc.collect()
+    gc.disable()
+    try:
+        shipper = Shipper(f"127.0.0.1:{port}")
+        shipper.start()
+        b = Batcher("a", "k8s-node2", shipper.submit, max_records=10)
+        for i in range(20):
+            b.add_decision(row(i + 1))
+        b.flush()
+        assert shipper.drain(10)
+        shipper.stop()
+        left = [o for o in gc.get_objects() if isinstance(o, grpc.Call)]
+    finally:
+        gc.enable()
+        server.stop(0)
+        store.close()
+    assert left == []
