@@ -19,10 +19,13 @@ idle clock, exact, so whole-machine busy time is wall time x CPUs minus idle and
 iowait. The agent's and the collector's CPU come from their process CPU clocks
 (clock_gettime on the process's CPUCLOCK_SCHED: the scheduler's exact runtime).
 Each configuration runs RUNS times in a shuffled order; medians and ratios to
-`conntrack -E` (and to the netlink source, when it runs) are printed.
+`conntrack -E` (and to the netlink source, when it runs) are printed, with a 90%
+interval from resampling the rounds (this machine's speed moves 2x within seconds).
 Run: .venv/bin/python bench/source_cpu.py  (root; needs conntrack and bcc)
      RATE=0 CONFIGS="ebpf aggregate" .venv/bin/python bench/source_cpu.py
        (as fast as one sender goes: about 60,000 SYNs/s here)
+     RATE=0 ANSWER=1 RUNS=12 CONFIGS="ebpf aggregate" .venv/bin/python bench/source_cpu.py
+       (the issue's flood: SYNs at listening endpoints, 20,000-30,000/s here)
      RATE=5000 ANSWER=1 CONFIGS=netlink,pcap .venv/bin/python bench/source_cpu.py
        (the endpoints answer, so the packet source sees whole handshakes)
      BEFORE=67d10bd CONFIGS=netlink .venv/bin/python bench/source_cpu.py
