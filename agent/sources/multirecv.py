@@ -39,9 +39,10 @@ _recvmmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_Mmsghdr), ctypes.c_uint, cty
                       ctypes.c_void_p]
 _recvmmsg.restype = ctypes.c_int
 
-# Where each entry's msg_flags and msg_len sit in the array, read with one unpack
+# An entry's msg_flags and msg_len, read with one unpack from the entry's msg_flags on
 _FLAGS_OFF = _Mmsghdr.msg_hdr.offset + _Msghdr.msg_flags.offset
-_LEN_OFF = _Mmsghdr.msg_len.offset
+_META = struct.Struct(f"=i{_Mmsghdr.msg_len.offset - _FLAGS_OFF - 4}xI")
+_STEP = ctypes.sizeof(_Mmsghdr)
 
 
 class MultiRecv:
@@ -59,9 +60,6 @@ class MultiRecv:
             h.msg_iov = ctypes.pointer(self._iov[i])
             h.msg_iovlen = 1
         self._raw = memoryview(self._hdrs).cast("B")
-        step = ctypes.sizeof(_Mmsghdr)
-        self._meta = [struct.Struct(f"={i * step + _FLAGS_OFF}xi{_LEN_OFF - _FLAGS_OFF - 4}xI")
-                      for i in range(vlen)]
 
     def receive(self) -> list[tuple[int, int]]:
         """(offset in ``buf``, length) of each datagram queued now, without waiting;
@@ -76,9 +74,9 @@ class MultiRecv:
                 return []
             raise OSError(err, os.strerror(err))
         out: list[tuple[int, int]] = []
-        raw, size = self._raw, self.size
+        raw, size, meta = self._raw, self.size, _META.unpack_from
         for i in range(n):
-            flags, length = self._meta[i].unpack_from(raw)
+            flags, length = meta(raw, i * _STEP + _FLAGS_OFF)
             if flags & MSG_TRUNC:
                 self.truncated += 1
                 continue

@@ -25,17 +25,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_batches_are_acked_and_stored(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "db"))
-    server, port = start(store, "127.0.0.1:0")
+def ship_and_stop(port: int, decisions: int) -> None:
+    """Ship ``decisions`` in batches of 10 to the collector on ``port``, wait for every
+    acknowledgement, stop."""
     shipper = Shipper(f"127.0.0.1:{port}")
     shipper.start()
     b = Batcher("a", "k8s-node2", shipper.submit, max_records=10)
-    for i in range(95):
+    for i in range(decisions):
         b.add_decision(row(i + 1))
     b.flush()
     assert shipper.drain(10)
     shipper.stop()
+
+
+def test_batches_are_acked_and_stored(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "db"))
+    server, port = start(store, "127.0.0.1:0")
+    ship_and_stop(port, 95)
     server.stop(0)
     store.close()
     assert sqlite_utils.Database(tmp_path / "db")["decisions"].count == 95
@@ -116,21 +122,14 @@ def test_batcher_flushes_on_age() -> None:
 
 def test_a_stopped_shipper_leaves_no_call_for_the_garbage_collector(tmp_path: Path) -> None:
     """A cancelled call is its own exception; through the traceback it held itself in a
-    cycle, freed only by the collector, possibly at exit, where its __del__ waited for a
+    cycle, freed only by the garbage collector, possibly at exit, where its __del__ waited for a
     lock of a stopped gRPC thread: an agent hung after logging "stopped:"."""
     store = Store(str(tmp_path / "db"))
     server, port = start(store, "127.0.0.1:0")
     gc.collect()
     gc.disable()
     try:
-        shipper = Shipper(f"127.0.0.1:{port}")
-        shipper.start()
-        b = Batcher("a", "k8s-node2", shipper.submit, max_records=10)
-        for i in range(20):
-            b.add_decision(row(i + 1))
-        b.flush()
-        assert shipper.drain(10)
-        shipper.stop()
+        ship_and_stop(port, 20)
         left = [o for o in gc.get_objects() if isinstance(o, grpc.Call)]
     finally:
         gc.enable()
