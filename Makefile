@@ -32,6 +32,10 @@ bench: install
 	$(PY) bench/source_cpu.py
 	RATE=0 CONFIGS="ebpf aggregate" $(PY) bench/source_cpu.py
 	RATE=5000 ANSWER=1 FLOOD=20000 CONFIGS=netlink,pcap $(PY) bench/source_cpu.py
+	$(PY) bench/interleaved_cpu.py
+	ANSWER=0 FLOODS=100 $(PY) bench/interleaved_cpu.py
+	ANSWER=0 RATE=30000 ARGS="--source ebpf --decisions --no-ct-accounting" $(PY) bench/interleaved_cpu.py
+	ANSWER=0 RATE=30000 ARGS="--source netlink --no-ct-accounting" $(PY) bench/interleaved_cpu.py
 	$(PY) bench/ctnetlink_decode.py
 	$(PY) bench/event_cost.py
 	$(PY) bench/filter_runtime.py
