@@ -142,6 +142,8 @@ class Slice:
 
 def sample(count_fd: int, pids: dict[str, list[int]]) -> tuple[float, int, float,
                                                                 dict[str, float]]:
+    """Now, the node's connections so far, the machine's busy CPU less this script's,
+    and each watcher's process CPU: read together at a slice's edge, before switching."""
     return (time.monotonic(), int(os.pread(count_fd, 32, 0)), sc.busy() - time.process_time(),
             {w: sum(sc.proc_cpu(p) for p in ps) for w, ps in pids.items()})
 
