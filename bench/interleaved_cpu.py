@@ -49,15 +49,14 @@ import select
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import source_cpu as sc  # bench/, beside this script
-import synflood
 
 from natlens import netns
 from natlens.lab import topology
@@ -140,12 +139,19 @@ class Slice:
     kept: bool = True    # False: the sender starting, or the flood ending inside it
 
 
-def sample(count_fd: int, pids: dict[str, list[int]]) -> tuple[float, int, float,
-                                                                dict[str, float]]:
-    """Now, the node's connections so far, the machine's busy CPU less this script's,
-    and each watcher's process CPU: read together at a slice's edge, before switching."""
-    return (time.monotonic(), int(os.pread(count_fd, 32, 0)), sc.busy() - time.process_time(),
-            {w: sum(sc.proc_cpu(p) for p in ps) for w, ps in pids.items()})
+class Edge(NamedTuple):
+    """What is read at a slice's edge, all together, before switching."""
+
+    t: float                 # monotonic seconds
+    conns: int               # the node's conntrack entries
+    busy: float              # the machine's busy CPU less this script's
+    procs: dict[str, float]  # each watcher's process CPU
+
+
+def edge(count_fd: int, pids: dict[str, list[int]]) -> Edge:
+    return Edge(time.monotonic(), int(os.pread(count_fd, 32, 0)),
+                sc.busy() - time.process_time(),
+                {w: sum(sc.proc_cpu(p) for p in ps) for w, ps in pids.items()})
 
 
 def flood(pod: str, packets: Path, switch: Switch, count_fd: int, pids: dict[str, list[int]],
@@ -154,28 +160,24 @@ def flood(pod: str, packets: Path, switch: Switch, count_fd: int, pids: dict[str
     ``phase``; the first slice (the sender starting) and the last (cut short) are marked
     not ``kept``."""
     switch.listen(NONE)
-    sender = subprocess.Popen(["ip", "netns", "exec", pod, sys.executable, synflood.__file__,
-                               "send", str(packets), sc.VIP, str(RATE)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    sender = sc.Flooder(pod, packets, RATE).proc  # started and ready
     assert sender.stdin and sender.stdout
-    if sender.stdout.readline().strip() != "ready":
-        raise RuntimeError("synflood did not start")
     out: list[Slice] = []
     who = CYCLE[phase % len(CYCLE)]
     switch.listen(who)
-    last = sample(count_fd, pids)
+    last = edge(count_fd, pids)
     sender.stdin.write("go\n")
     sender.stdin.flush()
     done = False
     while not done:
-        done = bool(select.select([sender.stdout], [], [], last[0] + SLICE - time.monotonic())[0])
-        now = sample(count_fd, pids)
+        done = bool(select.select([sender.stdout], [], [], last.t + SLICE - time.monotonic())[0])
+        now = edge(count_fd, pids)
         phase += 1
         nxt = CYCLE[phase % len(CYCLE)]
         switch.listen(nxt)
-        procs = {w: now[3][w] - last[3][w] for w in pids}
-        out.append(Slice(who, now[0] - last[0], now[1] - last[1],
-                         now[2] - last[2] - sum(procs.values()), procs))
+        procs = {w: now.procs[w] - last.procs[w] for w in pids}
+        out.append(Slice(who, now.t - last.t, now.conns - last.conns,
+                         now.busy - last.busy - sum(procs.values()), procs))
         last, who = now, nxt
     switch.listen(NONE)
     sender.wait(timeout=60)

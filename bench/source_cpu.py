@@ -124,10 +124,10 @@ class Flooder:
     """bench/synflood.py in the client pod, started and ready (packets loaded) before
     ``run`` starts the clock."""
 
-    def __init__(self, pod_ns: str, packets: Path) -> None:
+    def __init__(self, pod_ns: str, packets: Path, rate: int = RATE) -> None:
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", pod_ns, sys.executable, synflood.__file__, "send",
-             str(packets), VIP, str(RATE)],
+             str(packets), VIP, str(rate)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdin and self.proc.stdout
         if self.proc.stdout.readline().strip() != "ready":
