@@ -21,6 +21,8 @@ import struct
 import threading
 from pathlib import Path
 
+from natlens.errors import NatlensError
+
 CAP = {"CAP_SETPCAP": 8, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_SYS_ADMIN": 21,
        "CAP_PERFMON": 38, "CAP_BPF": 39}
 PR_CAPBSET_DROP = 24
@@ -30,7 +32,7 @@ CAPSET = {"x86_64": 126, "aarch64": 91}
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
-class PrivilegeError(OSError):
+class PrivilegeError(NatlensError, OSError):
     """The capability sets could not be changed; the message says which call failed."""
 
 

@@ -14,10 +14,12 @@ import grpc
 
 from natlens.collector.ingest.limits import Limits
 from natlens.collector.ingest.servicer import CollectorServicer
-from natlens.collector.store.db import Store
+from natlens.collector.store.api import Store
+from natlens.collector.store.open import open_store
 from natlens.collector.store.retention import Maintenance, Policy
 from natlens.collector.web.metrics import IngestMetrics
 from natlens.collector.web.server import Probes, serve_http
+from natlens.errors import NatlensError
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto import natlens_pb2_grpc as pb_grpc
 from natlens.security import TlsFiles, TokenInterceptor, server_credentials
@@ -25,7 +27,7 @@ from natlens.security import TlsFiles, TokenInterceptor, server_credentials
 log = logging.getLogger("natlens.collector")
 
 
-class ListenError(RuntimeError):
+class ListenError(NatlensError, RuntimeError):
     """The gRPC address could not be bound."""
 
 
@@ -57,7 +59,7 @@ def start(store: Store, listen: str, max_streams: int = 64,
     return server, port
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CollectorConfig:
     db: str
     listen: str
@@ -76,8 +78,8 @@ class CollectorConfig:
 
 def serve(cfg: CollectorConfig) -> int:
     credentials = server_credentials(cfg.tls) if cfg.tls is not None else None
-    store = Store(cfg.db)
-    metrics = IngestMetrics(cfg.db, cfg.metrics_max_series)
+    store = open_store(cfg.db)
+    metrics = IngestMetrics(store.size_bytes, cfg.metrics_max_series)
     server, port = start(store, cfg.listen, cfg.max_streams, credentials=credentials,
                          token=cfg.token, observe=metrics.observe, limits=cfg.limits,
                          max_message_bytes=cfg.max_message_bytes)
@@ -104,7 +106,8 @@ def serve(cfg: CollectorConfig) -> int:
         log.info("k8s: watching pods, services and endpointslices (%s)", cfg.kubeconfig)
     web = None
     if cfg.http is not None:
-        web = serve_http(cfg.db, cfg.http[0], cfg.http[1], metrics, probes, cfg.http_token)
+        web = serve_http(lambda: open_store(cfg.db, read_only=True), cfg.http[0], cfg.http[1],
+                         metrics, probes, cfg.http_token)
         log.info("dashboard, /metrics and probes on http://%s:%d/", *web.server_address[:2])
     probes.ready = True
     log.info("collector listening on %s:%d, storing into %s (decisions kept %s, rollups %s)",

@@ -11,9 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from natlens.agent.rules.model import endpoint_key
 from natlens.agent.rules.probability import kube_proxy_probability
 from natlens.lab.scenario import Port, Scenario, Service
+from natlens.proto.names import endpoint_key
 
 
 def _hash(text: str) -> str:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from natlens.agent.rules.model import endpoint_key
 from natlens.lab.scenario import Port, Scenario, ScenarioError, Service
+from natlens.proto.names import endpoint_key
 
 
 def _hash(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Load and check a lab scenario (the YAML format in docs/scenario.md / DESIGN.md).
+"""Load and check a lab scenario (the YAML format in docs/scenario.md).
 
 Strict on purpose: an unknown key or an address outside its node's podCIDR is a typo
 that would otherwise produce a lab that silently measures something else.
@@ -13,10 +13,11 @@ from typing import Any
 
 import yaml
 
-from natlens.agent.rules.model import endpoint_key
+from natlens.errors import NatlensError
+from natlens.proto.names import endpoint_key
 
 
-class ScenarioError(ValueError):
+class ScenarioError(NatlensError, ValueError):
     """The scenario file is not a valid lab description; the message says where."""
 
 

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 from natlens import netns
-from natlens.agent.sources.ebpf import DEFAULT_PIN_ROOT, remove_pins
+from natlens.agent.config import DEFAULT_PIN_ROOT
+from natlens.agent.sources.ebpf_filter import remove_pins
+from natlens.errors import NatlensError
 from natlens.lab import kubeproxy, kubeproxy_nft
 from natlens.lab.scenario import Scenario, family
 from natlens.lab.state import LabState, kill, new_prefix
@@ -23,7 +25,7 @@ UNDERLAY = ipaddress.IPv4Network("172.31.255.0/24")
 UNDERLAY6 = ipaddress.IPv6Network("fd00:172:31:255::/64")
 
 
-class LabError(RuntimeError):
+class LabError(NatlensError, RuntimeError):
     """A lab step failed; the message is the failing command and its error."""
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from natlens import netns
-from natlens.agent.rules.model import endpoint_key
 from natlens.lab.scenario import Scenario
 from natlens.lab.state import UDP_PORTS, LabState
+from natlens.proto.names import endpoint_key
 
 
 @dataclass

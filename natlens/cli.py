@@ -28,6 +28,7 @@ from natlens.cliutil import (
     window,
     window_options,
 )
+from natlens.errors import NatlensError
 
 SEED_SCENARIO = Path(__file__).resolve().parent.parent / "examples" / "seed-bill-service.yaml"
 
@@ -37,7 +38,48 @@ def _setup_logging(level: str, name: str) -> None:
                         format=f"%(asctime)s {name} %(levelname)s %(message)s")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Natlens(click.Group):
+    """The command group, with natlens's way of failing: one line on stderr,
+    ``natlens: error: …``, exit 2 for usage errors and 1 for the rest, no traceback for
+    anything a user can cause (``NatlensError`` and the operating system's errors)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> NoReturn:
+        # gRPC's core logs every failed TLS handshake to stderr at INFO, once per retry;
+        # the agent says why it cannot deliver in its own log. GRPC_VERBOSITY overrides.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        # numpy's BLAS would start a thread pool at import: before the agent drops its
+        # capabilities (per thread), and of no use to natlens' small arrays.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "natlens",
+                              complete_var=complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            cmd = e.ctx.command_path if e.ctx else "natlens"
+            fail(f"{e.format_message()} (see {cmd} --help)", 2)
+        except click.ClickException as e:
+            fail(e.format_message())
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            click.echo("natlens: interrupted", err=True)
+            sys.exit(130)
+        except NatlensError as e:
+            fail(str(e))
+        except PermissionError as e:
+            fail(f"{e.strerror}: {e.filename or ''} (run as root?)")
+        except OSError as e:
+            fail(str(e))
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"natlens: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=Natlens, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="natlens")
 def cli() -> None:
     """natlens: where did a Service's traffic actually go, and is that what the rules say?
@@ -114,8 +156,9 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
           no_ct_accounting: bool, log_level: str) -> None:
     """Run the node agent: stream DNAT decisions, counters and rule snapshots to the
     collector."""
-    from natlens.agent.pipeline import Agent, AgentConfig
-    from natlens.agent.sources.ebpf import BpfUnavailable, pin_dir, program_text
+    from natlens.agent.config import AgentConfig
+    from natlens.agent.pipeline import Agent
+    from natlens.agent.sources.ebpf_filter import BpfUnavailable, pin_dir, program_text
     from natlens.agent.supervise import children, parse_sources
     from natlens.agent.supervise import run as run_children
     from natlens.security import TlsFiles, channel_credentials, read_token
@@ -149,12 +192,14 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
                         ["--sample", str(sample)] if sample > 1 else [])
         sys.exit(run_children(kids))
     _setup_logging(log_level, f"natlens-agent[{agent_id or node}]")
-    ag = Agent(AgentConfig(collector, node, netns, agent_id, rules_interval, batch_size,
-                           batch_age, drain_timeout, not no_ct_accounting, rcvbuf, source,
-                           decisions, sample, pin_root, counters_interval, health_listen,
-                           tls=tls, token=token, tls_server_name=tls_server_name,
-                           spool=spool, spool_max_bytes=spool_max_bytes,
-                           keep_privileges=keep_privileges))
+    ag = Agent(AgentConfig(
+        collector=collector, node=node, netns=netns, agent_id=agent_id, source=source,
+        decisions=decisions, sample=sample, pin_root=pin_root,
+        counters_interval=counters_interval, rules_interval=rules_interval,
+        batch_size=batch_size, batch_age=batch_age, drain_timeout=drain_timeout,
+        accounting=not no_ct_accounting, rcvbuf=rcvbuf, health_listen=health_listen,
+        tls=tls, token=token, tls_server_name=tls_server_name, spool=spool,
+        spool_max_bytes=spool_max_bytes, keep_privileges=keep_privileges))
     signal.signal(signal.SIGTERM, lambda *_: ag.stop())
     signal.signal(signal.SIGINT, lambda *_: ag.stop())
     try:
@@ -256,10 +301,12 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
         raise CliError(f"--kubeconfig {kubeconfig}: no such file")
     _setup_logging(log_level, "natlens-collector")
     sys.exit(serve(CollectorConfig(
-        db, listen, tls, token, http_addr, read_token(http_token_file),
-        Policy(keep_d, keep_r), maintenance_interval, metrics_max_series,
-        "in-cluster" if in_cluster else kubeconfig,
-        Limits(max_batch_records, max_agent_rate), max_streams, max_message_bytes)))
+        db=db, listen=listen, tls=tls, token=token, http=http_addr,
+        http_token=read_token(http_token_file), policy=Policy(keep_d, keep_r),
+        maintenance_interval=maintenance_interval, metrics_max_series=metrics_max_series,
+        kubeconfig="in-cluster" if in_cluster else kubeconfig,
+        limits=Limits(max_batch_records, max_agent_rate), max_streams=max_streams,
+        max_message_bytes=max_message_bytes)))
 
 
 # ---------------------------------------------------------------- report
@@ -297,20 +344,21 @@ def report(db: str, service: str | None, node: str | None, since: str | None,
 
     since_ns, until_ns = window(since, start, end)
     match_ns = parse_duration(agreement_window)
-    with open_store(db) as database:
-        if service and not ServiceNames(database).ports_of(service):
+    with open_store(db) as store:
+        if service and not ServiceNames(store).ports_of(service):
             raise CliError(f"no service {service!r} in the stored rules")
-        q = ReportQuery(service, node, since_ns, until_ns, alpha, weight)
-        rep = build_report_by_hour(database, q) if by == "hour" else build_report(database, q)
+        q = ReportQuery(service=service, node=node, since_ns=since_ns, until_ns=until_ns,
+                        alpha=alpha, weight=weight)
+        rep = build_report_by_hour(store, q) if by == "hour" else build_report(store, q)
         if agreement:
             from natlens.collector.query.agreement import agreement as agree
-            from natlens.collector.report.build import rfc3339
+            from natlens.collector.report.shape import agreement_json
 
-            rep["agreement"] = agree(database, q, rfc3339, match_ns)
+            rep["agreement"] = agreement_json(agree(store, q.window, match_ns))
         if plot:
             from natlens.collector.report.plot import plot_report
 
-            plot_report(database, rep, q, plot)
+            plot_report(store, rep, q, plot)
     if output == "json":
         print_json(rep)
     else:
@@ -501,59 +549,6 @@ _register()
 
 # ---------------------------------------------------------------- entry point
 
-# Errors that are the user's to fix, said in one line. Named, not imported: importing
-# them all made every command, the agent included, load the collector's statistics
-# (scipy, numpy) for their error classes. A class can only have been raised if its
-# module was imported.
-KNOWN_ERRORS = (
-    ("natlens.agent.rules.iptables", "RulesParseError"),
-    ("natlens.agent.rules.ipvs", "IpvsParseError"),
-    ("natlens.agent.rules.nftables", "NftParseError"),
-    ("natlens.agent.rules.live", "RulesUnavailable"),
-    ("natlens.collector.server", "ListenError"),
-    ("natlens.collector.store.schema", "SchemaError"),
-    ("natlens.lab.run", "RunError"),
-    ("natlens.lab.scenario", "ScenarioError"),
-    ("natlens.lab.topology", "LabError"),
-    ("natlens.security", "SecurityError"),
-)
-
-
-def known_errors() -> tuple[type[BaseException], ...]:
-    return (CliError, *(getattr(sys.modules[m], name) for m, name in KNOWN_ERRORS
-                        if m in sys.modules))
-
-
 def main(argv: list[str] | None = None) -> NoReturn:
-    # gRPC's core logs every failed TLS handshake to stderr at INFO, once per retry;
-    # the agent says why it cannot deliver in its own log. GRPC_VERBOSITY overrides.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    # numpy's BLAS would start a thread pool at import: before the agent drops its
-    # capabilities (per thread), and of no use to natlens' small arrays.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    try:
-        rv = cli.main(args=argv, prog_name="natlens", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.UsageError as e:
-        cmd = e.ctx.command_path if e.ctx else "natlens"
-        click.echo(f"natlens: error: {e.format_message()} (see {cmd} --help)", err=True)
-        sys.exit(2)
-    except click.ClickException as e:
-        click.echo(f"natlens: error: {e.format_message()}", err=True)
-        sys.exit(1)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("natlens: interrupted", err=True)
-        sys.exit(130)
-    except Exception as e:
-        if isinstance(e, known_errors()):
-            click.echo(f"natlens: error: {e}", err=True)
-        elif isinstance(e, PermissionError):
-            click.echo(f"natlens: error: {e.strerror}: {e.filename or ''} (run as root?)",
-                       err=True)
-        elif isinstance(e, OSError):
-            click.echo(f"natlens: error: {e}", err=True)
-        else:
-            raise
-        sys.exit(1)
-    sys.exit(rv if isinstance(rv, int) else 0)
+    cli.main(args=argv, prog_name="natlens")
+    raise AssertionError("unreachable")  # Natlens.main always exits

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING
 
 import click
 
+if TYPE_CHECKING:
+    from natlens.agent.decode.pairing import Pairer, PairingStats
+    from natlens.agent.rules.model import DeclaredModel
+    from natlens.agent.ship.batch import Batcher
+    from natlens.agent.ship.bounded import BoundedShipper
+    from natlens.agent.sources.capture_file import ReadStats
+    from natlens.proto import natlens_pb2 as pb
+
 from natlens.cliutil import (
-    CliError,
     check_hostport,
     collector_client_options,
     print_json,
@@ -50,73 +58,80 @@ def pcap_import(file: str, node: str, db: str | None, collector: str | None,
     store one decision per pair (source pcap). pcap and pcapng; Ethernet, Linux cooked
     v1 and v2, raw IP. A truncated or corrupt tail is said, and what came before kept.
     Importing the same file again for the same node stores nothing twice."""
-    from natlens.agent.decode.decision import from_pair
     from natlens.agent.decode.pairing import Pairer
-    from natlens.agent.rules.dump import parse_dump
-    from natlens.agent.rules.live import to_snapshot
-    from natlens.agent.sources.capture_file import CaptureError, ReadStats, read_first_packets
-    from natlens.proto import natlens_pb2 as pb
-    from natlens.proto.columns import DecisionRow, pack
+    from natlens.agent.ship.batch import Batcher
+    from natlens.agent.sources.capture_file import ReadStats
 
     if (db is None) == (collector is None):
         raise click.UsageError("give --db PATH (store here) or --collector HOST:PORT "
                                "(ship there), one of the two")
-    model = None if rules_file is None else parse_dump(Path(rules_file).read_text())
+    model = _rules(rules_file)
     sink = (_StoreSink(db) if db is not None else
-            _CollectorSink(collector or "", tls_ca, tls_cert, tls_key, tls_server_name,
-                           token_file, insecure, ack_timeout))
-    vips = None if model is None else {(s.vip, s.port, s.protocol) for s in model.services}
-    pairer = Pairer(vips)
+            _collector_sink(collector or "", tls_ca, tls_cert, tls_key, tls_server_name,
+                            token_file, insecure, ack_timeout))
+    pairer = Pairer(None if model is None else
+                    {(s.vip, s.port, s.protocol) for s in model.services})
     stats = ReadStats()
-    boot = _import_id(Path(file), node)
-    seq = 0
-    pending: list[DecisionRow] = []
-    first_t: int | None = None
+    # Batches numbered the same way each time (the import's id, fixed sizes, no clock),
+    # so a second import of the file is recognised batch by batch.
+    batcher = Batcher(f"pcap:{Path(file).name}", node, sink.put, max_records=BATCH,
+                      max_age=math.inf, boot_id=_import_id(Path(file), node))
+    try:
+        _pair_file(file, pairer, batcher, model, stats)
+    finally:
+        sink.close()
+    _summary(file, node, db, collector, stats, pairer.stats, output)
 
-    def flush(rules: list[pb.RuleSnapshot]) -> None:
-        nonlocal seq, pending
-        if not pending and not rules:
-            return
-        seq += 1
-        sink.put(pb.Batch(agent_id=f"pcap:{Path(file).name}", boot_id=boot, seq=seq,
-                          node=node, columns=pack(pending), rules=rules))
-        pending = []
+
+BATCH = 5000
+
+
+def _rules(rules_file: str | None) -> DeclaredModel | None:
+    from natlens.agent.rules.dump import parse_dump
+
+    return None if rules_file is None else parse_dump(Path(rules_file).read_text())
+
+
+def _pair_file(file: str, pairer: Pairer, batcher: Batcher, model: DeclaredModel | None,
+               stats: ReadStats) -> None:
+    """The capture's first packets, paired; the rules in force from its first packet."""
+    from natlens.agent.decode.decision import from_pair
+    from natlens.agent.rules.live import to_snapshot
+    from natlens.agent.sources.capture_file import read_first_packets
 
     progress = _progress(Path(file))
+    first = True
     try:
         for p in read_first_packets(file, stats, progress.update if progress else None):
+            if first and model is not None:
+                batcher.add_rules(to_snapshot(model, p.time_ns - 1))
+            first = False
             pair = pairer.feed(p)
-            if first_t is None:
-                first_t = p.time_ns
-                if model is not None:
-                    flush([to_snapshot(model, p.time_ns - 1)])
-            if pair is None:
-                continue
-            pending.append(from_pair(pair))
-            if len(pending) >= 5000:
-                flush([])
+            if pair is not None:
+                batcher.add_decision(from_pair(pair))
         pairer.finish()
-        flush([])
-    except CaptureError as e:
-        raise CliError(str(e)) from None
+        batcher.flush()
     finally:
         if progress:
             progress.close()
-        sink.close()
+
+
+def _summary(file: str, node: str, db: str | None, collector: str | None, stats: ReadStats,
+             paired: PairingStats, output: str) -> None:
     summary = {"file": file, "node": node, "frames": stats.frames,
-               "first_packets": stats.first_packets, "decisions": pairer.stats.pairs,
-               "retransmits": pairer.stats.retransmits, "unpaired": pairer.stats.unpaired,
+               "first_packets": stats.first_packets, "decisions": paired.pairs,
+               "retransmits": paired.retransmits, "unpaired": paired.unpaired,
                "truncated_at_byte": stats.truncated_at}
     where = f"stored for {node}" if db else f"shipped to {collector} for {node}"
     if output == "json":
         print_json(summary)
     else:
-        click.echo(f"{file}: {stats.frames} frames, {pairer.stats.pairs} decisions {where} "
-                   f"({pairer.stats.retransmits} retransmitted first packets, "
-                   f"{pairer.stats.unpaired} never paired)")
+        click.echo(f"{file}: {stats.frames} frames, {paired.pairs} decisions {where} "
+                   f"({paired.retransmits} retransmitted first packets, "
+                   f"{paired.unpaired} never paired)")
     if stats.truncated_at is not None:
         click.echo(f"natlens: error: {file}: unreadable from byte {stats.truncated_at} of "
-                   f"{stats.size} (truncated or corrupt); the {pairer.stats.pairs} decisions "
+                   f"{stats.size} (truncated or corrupt); the {paired.pairs} decisions "
                    f"before it are {'stored' if db else 'shipped'}", err=True)
         sys.exit(1)
 
@@ -139,69 +154,29 @@ def _import_id(path: Path, node: str) -> str:
 
 class _StoreSink:
     def __init__(self, db: str) -> None:
-        from natlens.collector.store.db import Store
+        from natlens.collector.store.open import open_store
 
-        self.store = Store(db)
+        self.store = open_store(db)
 
-    def put(self, batch: Any) -> None:
+    def put(self, batch: pb.Batch) -> None:
         self.store.ingest(batch)
 
     def close(self) -> None:
         self.store.close()
 
 
-class _CollectorSink:
-    """Ships as an agent does, a bounded number of batches in flight; fails in one line
-    if the collector does not answer, and says how many batches it did not take."""
+def _collector_sink(target: str, ca: str | None, cert: str | None, key: str | None,
+                    server_name: str | None, token_file: str | None, insecure: bool,
+                    timeout: float) -> BoundedShipper:
+    """Ships as an agent does (agent/ship/bounded.py), failing in one line when the
+    collector does not answer."""
+    from natlens.agent.ship.bounded import BoundedShipper
+    from natlens.security import TlsFiles, channel_credentials, read_token
 
-    IN_FLIGHT = 16
-
-    def __init__(self, target: str, ca: str | None, cert: str | None, key: str | None,
-                 server_name: str | None, token_file: str | None, insecure: bool,
-                 timeout: float) -> None:
-        import grpc
-
-        from natlens.agent.ship.client import Shipper
-        from natlens.security import TlsFiles, channel_credentials, read_token
-
-        check_hostport(target, "--collector")
-        tls = tls_settings(TlsFiles(cert, key, ca), insecure, side="client")
-        creds = channel_credentials(tls) if tls is not None else None
-        self.target, self.timeout = target, timeout
-        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-        channel = (grpc.secure_channel(target, creds, options=options) if creds else
-                   grpc.insecure_channel(target))
-        try:
-            grpc.channel_ready_future(channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise CliError(f"collector {target} did not answer within {timeout:.0f}s; "
-                           "nothing was imported") from None
-        finally:
-            channel.close()
-        self.shipper = Shipper(target, credentials=creds, token=read_token(token_file),
-                               server_name=server_name, backoff=(0.2, 2.0))
-        self.shipper.start()
-
-    def put(self, batch: Any) -> None:
-        deadline = time.monotonic() + self.timeout
-        while self.shipper.pending >= self.IN_FLIGHT:
-            if time.monotonic() > deadline:
-                self._fail("stopped acknowledging")
-            time.sleep(0.005)
-        self.shipper.submit(batch)
-
-    def close(self) -> None:
-        ok = self.shipper.drain(self.timeout)
-        self.shipper.stop()
-        if not ok:
-            self._fail("did not acknowledge every batch")
-
-    def _fail(self, what: str) -> NoReturn:
-        n = self.shipper.pending
-        self.shipper.stop()
-        raise CliError(f"collector {self.target} {what} within {self.timeout:.0f}s; "
-                       f"{self.shipper.acked} batches were stored, {n} were not (import "
-                       "again: stored batches are not stored twice)")
+    check_hostport(target, "--collector")
+    tls = tls_settings(TlsFiles(cert, key, ca), insecure, side="client")
+    return BoundedShipper(target, channel_credentials(tls) if tls is not None else None,
+                          read_token(token_file), server_name, timeout)
 
 
 class _Bar:

@@ -61,15 +61,15 @@ def query_decisions_cmd(db: str, client: str | None, service: str | None,
                         output: str) -> None:
     """One row per decision: when, where, from which client, to which endpoint, and the
     pod that had the endpoint's IP at that moment."""
-    from natlens.collector.query.decisions import DecisionQuery, QueryError, query_decisions
+    from natlens.collector.query.decisions import DecisionQuery, query_decisions
+    from natlens.collector.report.shape import decisions_json
 
     lo, hi = window(since, start, end)
-    with open_store(db) as database:
-        try:
-            rows, cut = query_decisions(database, DecisionQuery(
-                client, service, endpoint, node, lo, hi, limit, source))
-        except QueryError as e:
-            raise CliError(str(e)) from None
+    with open_store(db) as store:
+        found, cut = query_decisions(store, DecisionQuery(
+            client=client, service=service, endpoint=endpoint, node=node, since_ns=lo,
+            until_ns=hi, limit=limit, source=source))
+    rows = decisions_json(found)
     if output == "json":
         print_json(rows)
     else:
@@ -89,15 +89,17 @@ def query_decisions_cmd(db: str, client: str | None, service: str | None,
 def query_rules_cmd(db: str, node: str, at: str, output: str) -> None:
     """The declared model in force on NODE at TIME: per service port, each endpoint's
     probability."""
-    from natlens.collector.query.decisions import QueryError
-    from natlens.collector.query.rules import rules_at
+    from natlens.collector.query.rules import RulesLater, rules_at
+    from natlens.collector.report.shape import rules_json
+    from natlens.timeparse import rfc3339
 
     at_ns = parse_time(at, "--at")
-    with open_store(db) as database:
+    with open_store(db) as store:
         try:
-            model = rules_at(database, node, at_ns)
-        except QueryError as e:
-            raise CliError(str(e)) from None
+            model = rules_json(rules_at(store, node, at_ns))
+        except RulesLater as e:
+            raise CliError(f"node {node!r} sent its first rules at {rfc3339(e.first_ns)}, "
+                           f"after {rfc3339(e.at_ns)}") from None
     if output == "json":
         print_json(model)
         return
@@ -123,12 +125,13 @@ def query_undeclared_cmd(db: str, node: str | None, since: str | None, start: st
                          end: str | None, output: str) -> None:
     """Traffic to endpoints no rule declared: stale endpoints, foreign NAT rules, VIPs
     another proxy handles."""
-    from natlens.collector.query.undeclared import undeclared
-    from natlens.collector.report.build import ReportQuery
+    from natlens.collector.report.build import ReportQuery, build_report
+    from natlens.collector.report.undeclared import undeclared
 
     lo, hi = window(since, start, end)
-    with open_store(db) as database:
-        rows = undeclared(database, ReportQuery(node=node, since_ns=lo, until_ns=hi))
+    with open_store(db) as store:
+        rows = undeclared(build_report(store, ReportQuery(node=node, since_ns=lo,
+                                                          until_ns=hi)))
     if output == "json":
         print_json(rows)
     else:
@@ -146,11 +149,10 @@ def db_group() -> None:
 @_out
 def db_stats_cmd(db: str, output: str) -> None:
     """Rows, oldest and newest per table, and the file's size."""
-    from natlens.collector.report.build import rfc3339
-    from natlens.collector.store.stats import db_stats
+    from natlens.timeparse import rfc3339
 
-    with open_store(db) as database:
-        st = db_stats(database, db)
+    with open_store(db) as store:
+        st = store.stats()
     if output == "json":
         print_json(st)
         return

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from natlens.errors import NatlensError
 from natlens.timeparse import duration_ns, time_ns
 
 if TYPE_CHECKING:
+    from natlens.collector.store.api import Store
     from natlens.security import TlsFiles
 
 
-class CliError(Exception):
+class CliError(NatlensError):
     """A failure to report as one line."""
 
 
@@ -69,37 +69,15 @@ def print_json(obj: Any) -> None:
 
 
 @contextmanager
-def open_store(path: str) -> Iterator[Any]:
-    """A natlens database for reading (an older schema is upgraded first), with the
-    errors users meet said in one line: missing, not natlens's, not SQLite, locked."""
-    import sqlite_utils
+def open_store(path: str) -> Iterator[Store]:
+    """A natlens store opened for reading only: reports and queries never change it."""
+    from natlens.collector.store.open import open_store as open_any
 
-    from natlens.collector.store.schema import migrate
-
-    if not Path(path).is_file():
-        raise CliError(f"{path}: no such database")
-    db = sqlite_utils.Database(sqlite3.connect(path, timeout=5))
+    store = open_any(path, read_only=True)
     try:
-        try:
-            migrate(db)
-        except sqlite3.DatabaseError as e:
-            raise _db_error(path, e) from None
-        try:
-            yield db
-        except sqlite3.DatabaseError as e:
-            raise _db_error(path, e) from None
+        yield store
     finally:
-        db.close()
-
-
-def _db_error(path: str, e: sqlite3.DatabaseError) -> CliError:
-    msg = str(e)
-    if "locked" in msg or "busy" in msg:
-        return CliError(f"{path}: database is locked by another process (a collector "
-                        f"migrating it?); retry")
-    if "not a database" in msg:
-        return CliError(f"{path}: not an SQLite database")
-    return CliError(f"{path}: {msg}")
+        store.close()
 
 
 def collector_client_options(f: Any) -> Any:

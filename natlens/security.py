@@ -16,10 +16,12 @@ from typing import Any
 
 import grpc
 
+from natlens.errors import NatlensError
+
 TOKEN_HEADER = "authorization"
 
 
-class SecurityError(ValueError):
+class SecurityError(NatlensError, ValueError):
     """A TLS or token setting that cannot work; the message names the file or flag."""
 
 

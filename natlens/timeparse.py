@@ -1,4 +1,5 @@
-"""Durations (``30m``, ``1h30m``, ``7d``) and RFC 3339 times → nanoseconds (pure)."""
+"""Durations (``30m``, ``1h30m``, ``7d``) and RFC 3339 times to nanoseconds and back
+(pure): the one place times are parsed and formatted for people."""
 
 from __future__ import annotations
 
@@ -26,3 +27,9 @@ def time_ns(text: str) -> int:
         raise ValueError(f"{text!r} has no time zone (add Z or +01:00)")
     # integer arithmetic: a float timestamp would round nanoseconds a microsecond astray
     return (t - EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def rfc3339(ns: int) -> str:
+    """``2026-11-24T03:12:00.000Z``: milliseconds, UTC."""
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")

@@ -4,7 +4,6 @@ An agent keeps a batch's decisions as plain tuples and packs them into one
 ``DecisionColumns`` message when the batch closes; the store reads the columns back with
 a few C-level conversions instead of a protobuf object per decision, which took the
 store from 120,000-150,000 to 200,000-270,000 decisions/s here (BENCHMARKS.md).
-Batches from agents that send ``Batch.decisions`` (one message each) are read as well.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from natlens.proto import natlens_pb2 as pb
 
 
 class DecisionRow(NamedTuple):
-    """One decision, field for field as ``pb.Decision``."""
+    """One decision: its key (``pb.DecisionKey``) and its row, field by field."""
 
     time_ns: int
     protocol: str
@@ -45,9 +44,8 @@ KEY_FIELDS = ("protocol", "vip", "vip_port", "endpoint_ip", "endpoint_port", "so
 ROW_COLUMNS = ("time_ns", "client_ip", "client_port", "ct_id", "zone", "orig_packets",
                "orig_bytes", "reply_packets", "reply_bytes", "duration_ns")
 OPTIONAL = ROW_COLUMNS[4:]
-# A message's (Decision, DecisionKey) key and row fields, and a DecisionRow's key.
+# A DecisionKey message's fields, and a DecisionRow's key.
 KEY_OF = attrgetter(*KEY_FIELDS)
-ROW_OF = attrgetter(*ROW_COLUMNS)
 _ROW_KEY = itemgetter(*(DecisionRow._fields.index(f) for f in KEY_FIELDS))
 
 
@@ -83,8 +81,8 @@ def pack(rows: Iterable[DecisionRow]) -> pb.DecisionColumns:
 
 
 def count(batch: pb.Batch) -> int:
-    """Decisions in a batch, in either form."""
-    return len(batch.decisions) + len(batch.columns.time_ns)
+    """Decisions in a batch."""
+    return len(batch.columns.time_ns)
 
 
 def check(cols: pb.DecisionColumns) -> int:
@@ -107,9 +105,9 @@ def column(cols: pb.DecisionColumns, name: str, n: int) -> Iterable[int]:
 
 
 def unpack(batch: pb.Batch) -> list[DecisionRow]:
-    """Every decision of a batch as rows, from either form, columns last. For the paths
-    that look at each decision (spool folding, tests); the store reads columns itself."""
-    out = [_row_of(d) for d in batch.decisions]
+    """Every decision of a batch as rows. For the paths that look at each decision
+    (spool folding, tests); the store reads columns itself."""
+    out: list[DecisionRow] = []
     cols = batch.columns
     n = check(cols)
     if not n:
@@ -121,15 +119,3 @@ def unpack(batch: pb.Batch) -> list[DecisionRow]:
         out.append(DecisionRow(vals[0], k[0], vals[1], vals[2], k[1], k[2], k[3], k[4],
                                vals[3], vals[4], k[5], k[6], *vals[5:]))
     return out
-
-
-def _row_of(d: pb.Decision) -> DecisionRow:
-    return DecisionRow(d.time_ns, d.protocol, d.client_ip, d.client_port, d.vip, d.vip_port,
-                       d.endpoint_ip, d.endpoint_port, d.ct_id, d.zone, d.source, d.event,
-                       d.orig_packets, d.orig_bytes, d.reply_packets, d.reply_bytes,
-                       d.duration_ns)
-
-
-def to_message(r: DecisionRow) -> pb.Decision:
-    """The one-message-per-decision form (older agents, tests that build batches)."""
-    return pb.Decision(**r._asdict())

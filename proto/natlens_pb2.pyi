@@ -31,44 +31,6 @@ EVENT_DESTROY: Event
 EVENT_SNAPSHOT: Event
 EVENT_RECOVERED: Event
 
-class Decision(_message.Message):
-    __slots__ = ("time_ns", "protocol", "client_ip", "client_port", "vip", "vip_port", "endpoint_ip", "endpoint_port", "ct_id", "zone", "source", "event", "orig_packets", "orig_bytes", "reply_packets", "reply_bytes", "duration_ns")
-    TIME_NS_FIELD_NUMBER: _ClassVar[int]
-    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
-    CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
-    CLIENT_PORT_FIELD_NUMBER: _ClassVar[int]
-    VIP_FIELD_NUMBER: _ClassVar[int]
-    VIP_PORT_FIELD_NUMBER: _ClassVar[int]
-    ENDPOINT_IP_FIELD_NUMBER: _ClassVar[int]
-    ENDPOINT_PORT_FIELD_NUMBER: _ClassVar[int]
-    CT_ID_FIELD_NUMBER: _ClassVar[int]
-    ZONE_FIELD_NUMBER: _ClassVar[int]
-    SOURCE_FIELD_NUMBER: _ClassVar[int]
-    EVENT_FIELD_NUMBER: _ClassVar[int]
-    ORIG_PACKETS_FIELD_NUMBER: _ClassVar[int]
-    ORIG_BYTES_FIELD_NUMBER: _ClassVar[int]
-    REPLY_PACKETS_FIELD_NUMBER: _ClassVar[int]
-    REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
-    DURATION_NS_FIELD_NUMBER: _ClassVar[int]
-    time_ns: int
-    protocol: str
-    client_ip: str
-    client_port: int
-    vip: str
-    vip_port: int
-    endpoint_ip: str
-    endpoint_port: int
-    ct_id: int
-    zone: int
-    source: Source
-    event: Event
-    orig_packets: int
-    orig_bytes: int
-    reply_packets: int
-    reply_bytes: int
-    duration_ns: int
-    def __init__(self, time_ns: _Optional[int] = ..., protocol: _Optional[str] = ..., client_ip: _Optional[str] = ..., client_port: _Optional[int] = ..., vip: _Optional[str] = ..., vip_port: _Optional[int] = ..., endpoint_ip: _Optional[str] = ..., endpoint_port: _Optional[int] = ..., ct_id: _Optional[int] = ..., zone: _Optional[int] = ..., source: _Optional[_Union[Source, str]] = ..., event: _Optional[_Union[Event, str]] = ..., orig_packets: _Optional[int] = ..., orig_bytes: _Optional[int] = ..., reply_packets: _Optional[int] = ..., reply_bytes: _Optional[int] = ..., duration_ns: _Optional[int] = ...) -> None: ...
-
 class DecisionKey(_message.Message):
     __slots__ = ("protocol", "vip", "vip_port", "endpoint_ip", "endpoint_port", "source", "event")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -222,12 +184,11 @@ class LostEvents(_message.Message):
     def __init__(self, time_ns: _Optional[int] = ..., source: _Optional[_Union[Source, str]] = ..., reason: _Optional[str] = ..., count: _Optional[int] = ..., recovered: _Optional[int] = ..., epoch: _Optional[str] = ..., total: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("agent_id", "boot_id", "seq", "node", "decisions", "counters", "rules", "lost", "sample_rate", "columns")
+    __slots__ = ("agent_id", "boot_id", "seq", "node", "counters", "rules", "lost", "sample_rate", "columns")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
-    DECISIONS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
@@ -237,13 +198,12 @@ class Batch(_message.Message):
     boot_id: str
     seq: int
     node: str
-    decisions: _containers.RepeatedCompositeFieldContainer[Decision]
     counters: _containers.RepeatedCompositeFieldContainer[CounterDelta]
     rules: _containers.RepeatedCompositeFieldContainer[RuleSnapshot]
     lost: _containers.RepeatedCompositeFieldContainer[LostEvents]
     sample_rate: int
     columns: DecisionColumns
-    def __init__(self, agent_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., node: _Optional[str] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., counters: _Optional[_Iterable[_Union[CounterDelta, _Mapping]]] = ..., rules: _Optional[_Iterable[_Union[RuleSnapshot, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[LostEvents, _Mapping]]] = ..., sample_rate: _Optional[int] = ..., columns: _Optional[_Union[DecisionColumns, _Mapping]] = ...) -> None: ...
+    def __init__(self, agent_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., node: _Optional[str] = ..., counters: _Optional[_Iterable[_Union[CounterDelta, _Mapping]]] = ..., rules: _Optional[_Iterable[_Union[RuleSnapshot, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[LostEvents, _Mapping]]] = ..., sample_rate: _Optional[int] = ..., columns: _Optional[_Union[DecisionColumns, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("boot_id", "seq", "duplicate")

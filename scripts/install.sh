@@ -27,7 +27,7 @@ fi
 
 # bcc compiles the eBPF program against a kernel header tree. The program uses UAPI
 # headers only, so Debian's current header packages serve any kernel; bcc wants them
-# merged into one tree (ENVIRONMENT.md), which the agent finds at this path.
+# merged into one tree, which the agent finds at this path.
 HEADERS=/var/lib/natlens/kernel-headers
 if [ ! -f "$HEADERS/include/linux/kconfig.h" ] && [ "$(id -u)" = 0 ]; then
   common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1)

@@ -81,8 +81,13 @@ class CtEvent(NamedTuple):
 
     @property
     def is_dnat(self) -> bool:
-        """The kernel rewrote the destination: the reply comes from somewhere else."""
-        return (self.orig.dst, self.orig.dport) != (self.reply.src, self.reply.sport)
+        return rewritten(self.orig.dst, self.orig.dport, self.reply.src, self.reply.sport)
+
+
+def rewritten(orig_dst: object, orig_dport: int, reply_src: object, reply_sport: int) -> bool:
+    """A DNAT decision: the kernel rewrote the destination, so the reply comes from
+    somewhere other than where the client sent it (addresses as text or raw bytes)."""
+    return orig_dport != reply_sport or orig_dst != reply_src
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -273,6 +278,11 @@ def event_values(buf: Buffer, start: int, end: int, msg_type: int, flags: int) -
      op, ob, rp, rb, ts0, ts1) = _slots(buf, start, end, msg_type, flags)
     return (_kind(msg_type, flags), osrc, odst, oproto, osport, odport, rsrc, rsport, ct_id,
             zone, op, ob, rp, rb, ts0, ts1)
+
+
+def values_dnat(v: Values) -> bool:
+    """``CtEvent.is_dnat`` for ``event_values``."""
+    return rewritten(v[2], v[5], v[6], v[7])
 
 
 @dataclass(frozen=True, slots=True)

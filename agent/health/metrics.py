@@ -10,9 +10,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from natlens.proto import natlens_pb2 as pb
-
-SOURCE_NAMES = {pb.SOURCE_NETLINK: "netlink", pb.SOURCE_EBPF: "ebpf", pb.SOURCE_PCAP: "pcap"}
+from natlens.proto.names import source_name
 
 
 class _AgentCollector(Collector):
@@ -32,19 +30,19 @@ class _AgentCollector(Collector):
                                   "acknowledged", sh.acked)
         yield CounterMetricFamily("natlens_agent_rules_reads", "Reads of the node's rules "
                                   "(skipped while nf_tables' generation stays put)",
-                                  a.rules_reads)
+                                  a.rules.reads)
         events = CounterMetricFamily("natlens_agent_events", "Conntrack events read, by "
                                      "kind", labels=["kind"])
-        for kind, n in sorted(a.stats.items()):
+        for kind, n in sorted(a.source.stats.items() if a.source else ()):
             events.add_metric([kind], n)
         yield events
         lost = CounterMetricFamily("natlens_agent_lost_events", "Events the agent knows it "
                                    "did not see or keep, by source and reason",
                                    labels=["source", "reason"])
-        for (source, reason), n in sorted(a.lost_totals.items()):
+        for (source, reason), n in sorted(a.sink.lost_totals.items()):
             lost.add_metric([source, reason], n)
         if a.aggregator.not_kept:
-            lost.add_metric([SOURCE_NAMES.get(a.source_pb, "unknown"),
+            lost.add_metric([source_name(a.source_pb),
                              "spool-full: counted, not kept per connection"],
                             a.aggregator.not_kept)
         yield lost

@@ -13,11 +13,13 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from natlens.agent.rules.model import DeclaredEndpoint, DeclaredModel, ServicePort, endpoint_key
+from natlens.agent.rules.model import DeclaredEndpoint, DeclaredModel, ServicePort
 from natlens.agent.rules.probability import effective_shares, kernel_probability
+from natlens.errors import NatlensError
+from natlens.proto.names import endpoint_key
 
 
-class RulesParseError(ValueError):
+class RulesParseError(NatlensError, ValueError):
     """A dump natlens cannot trust: the message names the line and what is wrong."""
 
 

@@ -18,7 +18,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from natlens.agent.rules.model import DeclaredEndpoint, DeclaredModel, ServicePort, endpoint_key
+from natlens.agent.rules.model import DeclaredEndpoint, DeclaredModel, ServicePort
+from natlens.errors import NatlensError
+from natlens.proto.names import endpoint_key
 
 ROTATION_SCHEDULERS = ("rr", "wrr")
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf",
@@ -26,7 +28,7 @@ SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq"
 NODE_PORT_RANGE = range(30000, 32768)
 
 
-class IpvsParseError(ValueError):
+class IpvsParseError(NatlensError, ValueError):
     """Text natlens cannot read as an IPVS table; the message names the line."""
 
 

@@ -10,10 +10,11 @@ from natlens.agent.rules.iptables import parse_iptables_save
 from natlens.agent.rules.ipvs import parse_ipvs
 from natlens.agent.rules.model import DeclaredModel
 from natlens.agent.rules.nftables import parse_nft
+from natlens.errors import NatlensError
 from natlens.proto import natlens_pb2 as pb
 
 
-class RulesUnavailable(RuntimeError):
+class RulesUnavailable(NatlensError, RuntimeError):
     """The node's rules could not be read (tool missing, permission, bad dump)."""
 
 

@@ -8,7 +8,6 @@ The hash covers the model, not the dump text, so packet counters and timestamps 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -57,17 +56,3 @@ class DeclaredModel:
             ServicePort(**{k: v for k, v in s.items() if k != "endpoints"},
                         endpoints=tuple(DeclaredEndpoint(**e) for e in s["endpoints"]))
             for s in data["services"]))
-
-
-def endpoint_key(ip: str, port: int) -> str:
-    """``IP:PORT``, or ``[IPv6]:PORT`` as in the report contract."""
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
-def split_endpoint(key: str) -> tuple[str, int]:
-    if key.startswith("["):
-        host, _, port = key[1:].partition("]:")
-    else:
-        host, _, port = key.rpartition(":")
-    ipaddress.ip_address(host)
-    return host, int(port)

@@ -21,11 +21,12 @@ from natlens.agent.rules.model import (
     DeclaredEndpoint,
     DeclaredModel,
     ServicePort,
-    endpoint_key,
 )
+from natlens.errors import NatlensError
+from natlens.proto.names import endpoint_key
 
 
-class NftParseError(ValueError):
+class NftParseError(NatlensError, ValueError):
     """The text is not an nftables listing natlens understands; says where."""
 
 

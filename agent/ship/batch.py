@@ -20,10 +20,13 @@ from natlens.proto.columns import DecisionRow, pack
 class Batcher:
     def __init__(self, agent_id: str, node: str, emit: Callable[[pb.Batch], None],
                  max_records: int = 2000, max_age: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic, sample_rate: int = 1) -> None:
+                 clock: Callable[[], float] = time.monotonic, sample_rate: int = 1,
+                 boot_id: str | None = None) -> None:
+        """``boot_id``: fixed by callers whose batches must be numbered the same each
+        run (``pcap import`` of the same file); an agent gets a new one per start."""
         self.agent_id, self.node = agent_id, node
         self.sample_rate = sample_rate
-        self.boot_id = uuid.uuid4().hex
+        self.boot_id = boot_id or uuid.uuid4().hex
         self.seq = 0
         self._emit = emit
         self.max_records, self.max_age, self._clock = max_records, max_age, clock

@@ -105,7 +105,6 @@ class Aggregator:
         record saying how many decisions were counted but not kept per connection."""
         slim = pb.Batch()
         slim.CopyFrom(batch)
-        del slim.decisions[:]
         slim.ClearField("columns")
         decisions = unpack(batch)
         if not decisions:

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from natlens.agent.decode.packets import FirstPacket, first_packet
+from natlens.errors import NatlensError
 
 
-class CaptureError(ValueError):
+class CaptureError(NatlensError, ValueError):
     """The file is not a capture natlens can read at all; the message says why."""
 
 

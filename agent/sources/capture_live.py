@@ -1,5 +1,6 @@
-"""Live capture (``--source pcap``): the first packet of each flow on every interface of
-the node's namespace, as ``tcpdump -i any`` would see it.
+"""The packet source (``--source pcap``): the first packet of each flow on every
+interface of the node's namespace, as ``tcpdump -i any`` would see it, paired before
+and after DNAT.
 
 One AF_PACKET socket not bound to an interface receives every interface's packets, so a
 pod's veth is covered from the moment it appears; pyroute2's link events say which
@@ -17,9 +18,15 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 from natlens import netns
+from natlens.agent.decode.decision import from_pair
 from natlens.agent.decode.packets import DLT_EN10MB, FirstPacket, first_packet
+from natlens.agent.decode.pairing import Pairer
+from natlens.agent.sources.stage import Sink
+from natlens.errors import NatlensError
+from natlens.proto import natlens_pb2 as pb
 
 log = logging.getLogger("natlens.agent.capture")
 
@@ -29,7 +36,7 @@ SOL_PACKET, PACKET_STATISTICS = 263, 6
 FILTER = "(tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn) or udp"
 
 
-class CaptureUnavailable(OSError):
+class CaptureUnavailable(NatlensError, OSError):
     """The capture socket or its filter could not be set up; the message says why."""
 
 
@@ -133,3 +140,57 @@ class LiveCapture:
         self._stop.set()
         self.sock.close()
 
+
+
+class CaptureSource:
+    """``--source pcap``: decisions from packets, paired before and after DNAT, limited
+    to the VIPs of the node's current rules (``vips``, read each turn)."""
+
+    name = "pcap"
+    proto = pb.SOURCE_PCAP
+
+    def __init__(self, netns: str | None, rcvbuf: int,
+                 vips: Callable[[], set[tuple[str, int, str]] | None]) -> None:
+        self.netns, self.rcvbuf, self.vips = netns, rcvbuf, vips
+        self.stats = {"new": 0, "lost": 0, "non_dnat": 0}
+        self._cap: LiveCapture | None = None
+
+    def open(self) -> None:
+        self._cap = LiveCapture(self.netns, self.rcvbuf)
+        log.info("source pcap: capturing every interface of %s (filter: %s)",
+                 self.netns or "this namespace", FILTER)
+
+    def capabilities(self) -> set[str]:
+        return {"CAP_NET_ADMIN"}  # the socket is open; reading rules is what remains
+
+    def run(self, sink: Sink, stop: threading.Event) -> None:
+        cap = self._cap
+        assert cap is not None, "open() first"
+        cap.start_link_monitor()
+        pairer = Pairer(self.vips())
+        next_stats = time.monotonic() + 5
+        try:
+            while not stop.is_set():
+                sink.turn()
+                pairer.vips = self.vips()
+                rows = [from_pair(pair) for p in cap.read(0.2)
+                        if (pair := pairer.feed(p)) is not None]
+                if rows:
+                    self.stats["new"] += len(rows)
+                    sink.decisions(rows)
+                if time.monotonic() >= next_stats:
+                    self._losses(sink, cap, pairer)
+                    next_stats = time.monotonic() + 5
+            for p in cap.read(0.0):
+                pairer.feed(p)
+            self._losses(sink, cap, pairer)
+        finally:
+            cap.close()
+
+    def _losses(self, sink: Sink, cap: LiveCapture, pairer: Pairer) -> None:
+        dropped = cap.drops()
+        if dropped:
+            self.stats["lost"] += dropped
+            sink.lost(pb.LostEvents(time_ns=time.time_ns(), source=self.proto,
+                                    reason="capture-drops", count=dropped))
+        self.stats["non_dnat"] = pairer.stats.unpaired

@@ -1,361 +1,136 @@
-"""The eBPF source: ebpf_filter.c, loaded through bcc, as a socket filter on the
-conntrack socket.
+"""The eBPF source: the netlink source with ``ebpf_filter.c`` on its socket.
 
 The kernel runs the filter on every conntrack event before it is queued, so events
 that are not DNAT decisions cost no copy and no wake-up, and in aggregate mode none
-does: the counts live in per-CPU maps pinned under bpffs, read here every interval.
-Pinned maps outlive the agent, so a restarted agent (kill -9 included) carries on
-from the same cumulative counters; the collector counts the change since the last
-total it stored for the same epoch, so nothing is counted twice or missed.
+does: the counts live in per-CPU maps pinned under bpffs, read every
+``counters_interval`` and shipped as running totals. With ``decisions`` the filter also
+writes each DNAT event to a ring buffer, drained here in bulk. Pinned maps outlive the
+agent, so a restarted agent (kill -9 included) carries on from the same totals, and
+its table dump ships what the kernel-side seen set does not know as recovered.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
-import os
-import re
-import secrets
+import logging
 import socket
-import struct
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
-import numpy
-
-from natlens.agent.decode import decision
-from natlens.agent.decode.ctnetlink import PROTOCOLS, address
-from natlens.agent.sources.netlink import seen_before
+from natlens.agent.decode.counters import CounterTracker
+from natlens.agent.sources.conntrack import DEFAULT_RCVBUF, Overflow
+from natlens.agent.sources.ebpf_filter import EbpfFilter, pin_dir
+from natlens.agent.sources.netlink import NetlinkSource
+from natlens.agent.sources.stage import Sink
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import DecisionRow
 
-PROGRAM = Path(__file__).with_name("ebpf_filter.c")
-# Names of the stats array's slots, in the order of the enum in ebpf_filter.c.
-STATS = ("events", "new", "destroy", "non_dnat", "map_full", "sampled_out", "passed",
-         "malformed", "ring_full")
-SO_ATTACH_BPF = 50
-BPF_FS_MAGIC = 0xCAFE4A11
-DEFAULT_PIN_ROOT = "/sys/fs/bpf/natlens"
-# Where scripts/install.sh merges Debian's header packages for bcc (ENVIRONMENT.md).
-DEFAULT_HEADERS = "/var/lib/natlens/kernel-headers"
-DEFAULT_MAX_KEYS = 1 << 18
-DEFAULT_MAX_SEEN = 1 << 20
-CLOCK_SLACK_NS = 1_000_000
+log = logging.getLogger("natlens.agent")
 
 
-KEY_STRUCT = struct.Struct("=BBHHH16s16s")  # struct nl_key
-KEY_SIZE = KEY_STRUCT.size
-VALUE_WORDS = 7                             # struct nl_val: seven u64
-BATCH = 8192
-# struct decision_rec: boot_ns, kind, family, then struct parsed (two struct tuples of
-# src[16] dst[16] sport dport proto — ports in network order —, counters, timestamps,
-# ct_id, zone), with the C compiler's padding written out.
-_TUPLE = "16s16sHHBx"
-RECORD = struct.Struct("=QBB6x" + _TUPLE + _TUPLE + "4x6QIH2x")
-RING_PAGES = 4096  # 16 MiB: about 110,000 records before the ring is full
-# The filter wakes the agent once per this many records per CPU (and the agent drains
-# the ring every poll anyway): 256 x 128 CPUs is under a third of the ring.
-WAKE_EVERY = 256
+class EbpfSource(NetlinkSource):
+    name = "ebpf"
+    proto = pb.SOURCE_EBPF
 
+    def __init__(self, node: str, netns: str | None, pin_root: str, decisions: bool = False,
+                 sample: int = 1, counters_interval: float = 5.0,
+                 rcvbuf: int = DEFAULT_RCVBUF, accounting: bool = True,
+                 batch_age: float = 1.0) -> None:
+        super().__init__(netns, rcvbuf, accounting, batch_age)
+        self.pin = pin_dir(pin_root, node, netns)
+        self.decisions, self.sample = decisions, sample
+        self.counters_interval = counters_interval
+        self._filter: EbpfFilter | None = None
+        self._rows: list[DecisionRow] = []  # the ring's callback appends to it
+        self._next_counters = 0.0
 
-def decode_record(data: bytes, offset_ns: int) -> DecisionRow:
-    """A ring-buffer record (struct decision_rec) straight to a decision row, with no
-    ``CtEvent`` on the way; ``offset_ns`` turns the boot clock into wall-clock time
-    (``boot_offset_ns``)."""
-    (boot, kind, family, osrc, odst, osport, odport, proto, rsrc, _, rsport, _, _,
-     opk, oby, rpk, rby, start, stop, ct_id, zone) = RECORD.unpack_from(data)
-    n = 16 if family == socket.AF_INET6 else 4
-    ntohs = socket.ntohs
-    return decision.row(proto, address(osrc[:n]), ntohs(osport), address(odst[:n]),
-                        ntohs(odport), address(rsrc[:n]), ntohs(rsport), ct_id, zone,
-                        pb.SOURCE_EBPF, pb.EVENT_DESTROY if kind else pb.EVENT_NEW, start,
-                        stop, boot + offset_ns, opk, oby, rpk, rby)
+    @property
+    def filter(self) -> EbpfFilter:
+        assert self._filter is not None, "open() first"
+        return self._filter
 
-
-def read_batched(fd: int, key_size: int, words: int,
-                 ncpus: int) -> Iterator[tuple[bytes, tuple[int, ...]]]:
-    """(raw key, per-CPU sums) of every entry of a per-CPU hash map of u64 structs."""
-    from bcc.libbcc import lib  # optional dependency, as in EbpfFilter
-
-    keys = ctypes.create_string_buffer(BATCH * key_size)
-    values = ctypes.create_string_buffer(BATCH * words * 8 * ncpus)
-    token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
-    first = True
-    while True:
-        count.value = BATCH
-        rc = lib.bpf_lookup_batch(fd, None if first else ctypes.byref(token_in),
-                                  ctypes.byref(token_out), keys, values, ctypes.byref(count))
-        err = ctypes.get_errno()
-        n = count.value
-        if n:
-            sums = numpy.frombuffer(memoryview(values), dtype=numpy.uint64, count=n * ncpus * words)
-            rows = sums.reshape(n, ncpus, words).sum(axis=1).tolist()
-            raw = keys.raw
-            for i in range(n):
-                yield raw[i * key_size:(i + 1) * key_size], tuple(rows[i])
-        if rc != 0:
-            if err == errno.ENOENT:
-                return
-            raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
-        token_in.value, first = token_out.value, False
-
-
-class BpfUnavailable(Exception):
-    """The program could not be compiled, loaded or attached; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class CounterKey:
-    protocol: str
-    vip: str
-    vip_port: int
-    endpoint_ip: str
-    endpoint_port: int
-
-
-@dataclass(frozen=True, slots=True)
-class CounterValue:
-    connections: int = 0
-    closed: int = 0
-    orig_packets: int = 0
-    orig_bytes: int = 0
-    reply_packets: int = 0
-    reply_bytes: int = 0
-    duration_ns: int = 0
-
-
-def decode_key(family: int, proto: int, vip: bytes, vip_port: int, ep: bytes,
-               ep_port: int) -> CounterKey:
-    """A counter map key (struct nl_key) as strings and numbers."""
-    if family == socket.AF_INET:
-        a, b = socket.inet_ntop(socket.AF_INET, vip[:4]), socket.inet_ntop(socket.AF_INET, ep[:4])
-    elif family == socket.AF_INET6:
-        a, b = socket.inet_ntop(socket.AF_INET6, vip), socket.inet_ntop(socket.AF_INET6, ep)
-    else:
-        raise ValueError(f"address family {family}")
-    return CounterKey(PROTOCOLS.get(proto, str(proto)), a, vip_port, b, ep_port)
-
-
-def pin_dir(root: str, node: str, netns: str | None = None) -> str:
-    """One directory of pinned maps per node, and per namespace when the agent watches
-    one other than its own (labs reuse node names): ``NODE`` or ``NODE@NETNS``."""
-    name = node if not netns else f"{node}@{os.path.basename(netns)}"
-    return os.path.join(root, re.sub(r"[^A-Za-z0-9_.@-]", "_", name)[:240] or "node")
-
-
-def remove_pins(root: str, netns: str) -> list[str]:
-    """Delete the pinned maps of agents that watched ``netns`` (``lab down``)."""
-    removed: list[str] = []
-    base = Path(root)
-    if not base.is_dir():
-        return removed
-    for d in base.glob(f"*@{os.path.basename(netns)}"):
-        for f in d.iterdir():
-            f.unlink()
-        d.rmdir()
-        removed.append(str(d))
-    return removed
-
-
-def program_text(pin: str) -> str:
-    return PROGRAM.read_text().replace("__PIN__", pin)
-
-
-def is_bpffs(path: str) -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    class StatFs(ctypes.Structure):
-        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 112)]
-
-    buf = StatFs()
-    if libc.statfs(path.encode(), ctypes.byref(buf)) != 0:
-        return False
-    return bool((buf.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC)
-
-
-def ensure_bpffs(pin: str) -> str | None:
-    """bpffs must hold the pins. Only /sys/fs/bpf, its usual home, is mounted here if
-    nobody has (returns it then); any other folder must already be on a bpffs, so that
-    nothing is ever mounted over a user's files."""
-    mnt = Path(pin)
-    while not mnt.exists():
-        mnt = mnt.parent
-    if not is_bpffs(str(mnt)):
-        if not (pin.startswith("/sys/fs/bpf/") and str(mnt) in ("/sys/fs/bpf", "/sys/fs")):
-            raise BpfUnavailable(f"{mnt} is not on a bpffs; mount one there "
-                                 f"(mount -t bpf bpf DIR) or use a --pin-root under "
-                                 f"/sys/fs/bpf")
-        r = subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], capture_output=True,
-                           text=True)
-        if r.returncode != 0 or not is_bpffs("/sys/fs/bpf"):
-            raise BpfUnavailable(f"/sys/fs/bpf is not a bpffs and mounting one failed: "
-                                 f"{r.stderr.strip()}")
-        os.makedirs(pin, exist_ok=True)
-        return "/sys/fs/bpf"
-    os.makedirs(pin, exist_ok=True)
-    return None
-
-
-@contextlib.contextmanager
-def captured_output() -> Iterator[list[str]]:
-    """Collect what bcc and its compiler write to fds 1 and 2 (bypassing sys.stdout and
-    sys.stderr), so that a failure becomes one line with its reason, not a page of
-    clang output, and a success prints nothing."""
-    lines: list[str] = []
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile(mode="w+") as tmp:
-        for fd in (1, 2):
-            os.dup2(tmp.fileno(), fd)
+    def open(self) -> None:
+        """Load the filter (BpfUnavailable says why not), then the socket with it."""
+        f = self._filter = EbpfFilter(self.pin, self.decisions, self.sample)
+        if f.mounted:
+            log.info("bpffs: mounted at %s for the pinned maps", f.mounted)
+        log.info("source ebpf: eBPF filter (%s mode%s), maps %s in %s, epoch %s",
+                 "decision" if self.decisions else "aggregate",
+                 f", 1 in {self.sample} decisions" if self.sample > 1 else "",
+                 "created" if f.fresh else "reused", f.pin, f.epoch)
         try:
-            yield lines
-        finally:
-            for fd, old in zip((1, 2), saved, strict=True):
-                os.dup2(old, fd)
-                os.close(old)
-            tmp.seek(0)
-            lines.extend(x.strip() for x in tmp.read().splitlines() if x.strip())
+            super().open()
+            if self.decisions:
+                f.open_decisions(self._rows.append)
+        except BaseException:
+            f.close()
+            raise
+        self.tracker = CounterTracker(f.epoch, self.proto, time.time_ns())
+        self._known = f.seen_checker()
 
+    def capabilities(self) -> set[str]:
+        return {"CAP_NET_ADMIN", "CAP_BPF"}  # bpf() checks CAP_BPF even for map reads
 
-def compile_reason(stderr: list[str], exc: BaseException) -> str:
-    """The line of compiler output that says why, else the exception's first line."""
-    for needle in ("Unable to find kernel headers", "error:", "bpf: "):
-        for line in stderr:
-            if needle in line:
-                return line.split(". ", 1)[0]
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    def attach(self) -> Callable[[socket.socket], None]:
+        return self.filter.attach
 
+    def known(self, zone: int, ct_id: int, start_ns: int) -> bool:
+        return self._known(zone, ct_id, start_ns)
 
-def boot_offset_ns() -> int:
-    """Add to a CLOCK_BOOTTIME reading (bpf_ktime_get_boot_ns) to get wall-clock ns."""
-    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    def mark(self, zone: int, ct_id: int, start_ns: int) -> None:
+        self.filter.mark_seen(zone, ct_id, start_ns)
 
+    def start(self, sink: Sink) -> None:
+        if self.filter.fresh:
+            super().start(sink)
+            return
+        # Restarted on existing maps: what the table holds and the kernel-side seen set
+        # lacks was decided while no agent ran. Counted, marked recovered.
+        n = self.stats["recovered"] = self.take_table(sink, pb.EVENT_RECOVERED)
+        log.info("conntrack: subscribed in %s; recovered %d DNAT decisions made while the "
+                 "agent was down", self.netns or "this namespace", n)
 
-class EbpfFilter:
-    """The loaded program and its maps, for one node's pin directory."""
+    def turn(self, sink: Sink) -> None:
+        if self.decisions:
+            self.filter.poll(self.wait)
+            self._take_rows(sink)
+            self.read(sink, 0.0)
+        else:
+            super().turn(sink)  # the socket receives nothing: it wakes once a wait
+        if time.monotonic() >= self._next_counters:
+            self.ship_counters(sink)
+            self._next_counters = time.monotonic() + self.counters_interval
 
-    def __init__(self, pin: str, decisions: bool = False, sample: int = 1,
-                 max_keys: int = DEFAULT_MAX_KEYS, max_seen: int = DEFAULT_MAX_SEEN,
-                 ring_pages: int = RING_PAGES) -> None:
-        """``ring_pages``: the decisions ring's size, a power of two (tests make it
-        small to wrap it around and fill it)."""
-        if sample < 1:
-            raise ValueError("sample rate must be at least 1")
-        self.pin = pin
-        self.sample = sample
-        try:
-            from bcc import BPF  # optional: only this source needs bcc
-        except ImportError as e:
-            raise BpfUnavailable(f"bcc is not importable ({e}); install python3-bpfcc") from e
-        if "BCC_KERNEL_SOURCE" not in os.environ and Path(DEFAULT_HEADERS).is_dir():
-            os.environ["BCC_KERNEL_SOURCE"] = DEFAULT_HEADERS
-        self.mounted = ensure_bpffs(pin)
-        self.fresh = not Path(pin, "counters").exists()
-        try:
-            with captured_output() as err:
-                self.bpf = BPF(text=program_text(pin).encode(),
-                               cflags=[f"-DMAX_KEYS={max_keys}", f"-DMAX_SEEN={max_seen}",
-                                       f"-DRING_PAGES={ring_pages}",
-                                       f"-DWAKE_EVERY={WAKE_EVERY}", "-Wno-unused-value"])
-                self.fn = self.bpf.load_func(b"ct_filter", BPF.SOCKET_FILTER)
-        except Exception as e:  # bcc raises bare Exception; the reason is on fd 2
-            raise BpfUnavailable(f"eBPF program did not load: {compile_reason(err, e)}") from e
-        self.counters = self.bpf[b"counters"]
-        from bcc.utils import get_possible_cpus
+    def finish(self, sink: Sink) -> None:
+        super().finish(sink)
+        self.filter.poll(0.0)
+        self._take_rows(sink)
+        self.ship_counters(sink)
+        self.stats.update({f"bpf_{k}": v for k, v in self.filter.read_stats().items()})
 
-        self.ncpus = len(get_possible_cpus())
-        self._keys: dict[bytes, CounterKey] = {}
-        self.seen = self.bpf[b"seen"]
-        self.stats_map = self.bpf[b"stats"]
-        meta = self.bpf[b"meta"]
-        if self.fresh or meta[ctypes.c_uint32(0)].value == 0:
-            self.fresh = True
-            meta[ctypes.c_uint32(0)] = ctypes.c_uint64(secrets.randbits(63) | 1)
-        self.epoch = f"{meta[ctypes.c_uint32(0)].value:016x}"
-        self._ring = False
-        self._offset = boot_offset_ns()
-        self.configure(decisions, sample)
-
-    def configure(self, decisions: bool, sample: int = 1, seed: int | None = None) -> None:
-        """Set the mode in the running program (a map write, no reload)."""
-        cfg = self.bpf[b"config"]
-        leaf = cfg.Leaf()
-        leaf.decisions, leaf.sample = int(decisions), sample
-        leaf.seed = secrets.randbits(32) if seed is None else seed
-        cfg[ctypes.c_uint32(0)] = leaf
-        self.sample = sample
-
-    def open_decisions(self, handle: Callable[[DecisionRow], None]) -> None:
-        """Decision mode: ``handle(row)`` for each record ``poll`` consumes."""
-        string_at = ctypes.string_at
-
-        def on_record(_ctx: Any, data: int, size: int) -> int:
-            handle(decode_record(string_at(data, size), self._offset))
-            return 0
-
-        self.bpf[b"decisions"].open_ring_buffer(on_record)
-        self._ring = True
-
-    def poll(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds, or until the filter wakes us (every
-        WAKE_EVERY records on a CPU), then hand over every record in the ring."""
-        if self._ring:
-            self._offset = boot_offset_ns()  # the wall clock may have been stepped
-            self.bpf.ring_buffer_poll(int(timeout * 1000))
-            self.bpf.ring_buffer_consume()  # what came without a wake-up
-
-    def attach(self, sock: socket.socket) -> None:
-        """Before bind(): no event may reach the socket unfiltered."""
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, self.fn.fd)
-
-    def read_counters(self) -> dict[CounterKey, CounterValue]:
-        """Every counter, per-CPU slots summed, read with BPF_MAP_LOOKUP_BATCH.
-
-        bcc's per-key iteration took 2.5 s for 100,000 keys (two syscalls and ctypes
-        objects per key); batches of 8,192 with numpy summing take a small fraction of
-        that (BENCHMARKS.md, "eBPF maps at 10,000 × 10")."""
-        out: dict[CounterKey, CounterValue] = {}
-        for raw, row in read_batched(self.counters.map_fd, KEY_SIZE, VALUE_WORDS,
-                                     self.ncpus):
-            key = self._keys.get(raw)
-            if key is None:
-                fam, proto, vport, eport, _, vip, ep = KEY_STRUCT.unpack(raw)
-                key = self._keys[raw] = decode_key(fam, proto, vip, vport, ep, eport)
-            out[key] = CounterValue(*row)
-        return out
-
-    def read_stats(self) -> dict[str, int]:
-        return {name: int(sum(self.stats_map[ctypes.c_uint32(i)]))
-                for i, name in enumerate(STATS)}
-
-    def seen_checker(self) -> Callable[[int, int, int], bool]:
-        """known(zone, ct_id, start_ns) against the pinned seen map (``seen_before``)."""
-        offset = boot_offset_ns()
-        seen = self.seen
-
-        def known(zone: int, ct_id: int, start_ns: int) -> bool:
-            try:
-                at = seen[seen.Key(ct_id=ct_id, zone=zone)].value
-            except KeyError:
-                return False
-            # The boot clock is converted to wall-clock time here and when marking;
-            # a millisecond of slack absorbs the conversion's jitter.
-            return seen_before(at + offset + CLOCK_SLACK_NS if at else 0, start_ns)
-
-        return known
-
-    def mark_seen(self, zone: int, ct_id: int, start_ns: int) -> None:
-        """Record an entry met in a dump (boot-clock ns of its start, 0 if unknown)."""
-        at = max(start_ns - boot_offset_ns(), 1) if start_ns else 0
-        self.seen[self.seen.Key(ct_id=ct_id, zone=zone)] = ctypes.c_uint64(at)
+    def overflowed(self, sink: Sink, dropped: int) -> None:
+        # Not expected: the filter hands the socket nothing. The kernel counters hold
+        # these events already; a recovery dump would count them twice.
+        self.lose(sink, Overflow(dropped))
 
     def close(self) -> None:
-        self.bpf.cleanup()
+        super().close()
+        if self._filter is not None:
+            self._filter.close()
+
+    def ship_counters(self, sink: Sink) -> None:
+        """Kernel counters changed since the last read, and the kernel's losses."""
+        now = time.time_ns()
+        for d in self.tracker.deltas(self.filter.read_counters(), now):
+            sink.counter(d)
+        for lost in self.tracker.losses(self.filter.read_losses(), now):
+            sink.lost(lost)
+
+    def _take_rows(self, sink: Sink) -> None:
+        """The rows one poll of the ring decoded, handed over in one call."""
+        rows = self._rows
+        if rows:
+            destroyed = sum(1 for r in rows if r.event == pb.EVENT_DESTROY)
+            self.stats["destroy"] += destroyed
+            self.stats["new"] += len(rows) - destroyed
+            sink.decisions(list(rows))
+            rows.clear()

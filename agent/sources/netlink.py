@@ -1,193 +1,195 @@
-"""The conntrack source: ctnetlink NEW and DESTROY events from a node's namespace.
+"""The netlink source: every conntrack event decoded in user space (``auto``'s fallback).
 
-Losses are measured, not guessed: when the socket's receive buffer overflows, recv()
-fails with ENOBUFS and the kernel counts every event it dropped for this socket in the
-Drops column of /proc/net/netlink. After an overflow the table is dumped once, so DNAT
-decisions still in the table are recovered (and marked recovered); the rest is reported
-as lost.
+One datagram per event, read 64 at a time (``conntrack.py``); only DNAT decisions
+(the reply comes from somewhere other than where the client sent it) become rows.
+Losses are measured, not guessed: after a receive-buffer overflow the kernel's drop
+count is shipped as lost, and the table is dumped once so that DNAT decisions still in
+it are recovered (and marked recovered, counted).
+
+At start the table is dumped: entries already there were decided before the agent
+looked, and are stored as ``snapshot`` (not counted). The eBPF source is this source
+with a filter on the socket (``ebpf.py``), so it overrides the hooks marked below.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import select
+import logging
 import socket
+import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from natlens import netns
-from natlens.agent.decode.ctnetlink import (
-    NETLINK_NETFILTER,
-    NFNLGRP_CONNTRACK_DESTROY,
-    NFNLGRP_CONNTRACK_NEW,
-    CtEvent,
-    DecodeError,
-    Done,
-    NetlinkError,
-    Values,
-    dump_request,
-    event_messages,
-    messages,
+from natlens.agent.decode.ctnetlink import Values, values_dnat
+from natlens.agent.decode.decision import from_values, to_decision
+from natlens.agent.sources.conntrack import (
+    DEFAULT_RCVBUF,
+    ConntrackSocket,
+    Overflow,
+    enable_accounting,
+    events_disabled,
 )
-from natlens.agent.sources.multirecv import MultiRecv
+from natlens.agent.sources.seen import SeenIds
+from natlens.agent.sources.stage import Sink
+from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import DecisionRow
 
-SO_RCVBUFFORCE = 33
-DEFAULT_RCVBUF = 64 << 20
-RECV_SIZE = 1 << 20
+log = logging.getLogger("natlens.agent")
 
-
-@dataclass(frozen=True, slots=True)
-class Overflow:
-    """Events lost: dropped by the kernel for this socket (``enobufs``, counted from
-    /proc/net/netlink), received but undecodable (``malformed``), or longer than a
-    receive slot (``truncated``)."""
-
-    lost: int
-    reason: str = "enobufs"
+READ_CHUNK = 512    # decisions handed to the sink at a time
+GATHER_S = 0.005    # after a read, how long events may queue before the next
+IDLE_WAIT_S = 1.0   # the loop's longest sleep
+_NEW, _DESTROY = pb.EVENT_NEW, pb.EVENT_DESTROY
 
 
-def socket_drops(inode: int, proc_net_netlink: str = "/proc/thread-self/net/netlink") -> int:
-    """Events the kernel dropped for the netlink socket with this inode."""
-    with open(proc_net_netlink) as f:
-        header = f.readline().split()
-        col_drops, col_inode = header.index("Drops"), header.index("Inode")
-        for line in f:
-            fields = line.split()
-            if len(fields) > col_inode and int(fields[col_inode]) == inode:
-                return int(fields[col_drops])
-    raise LookupError(f"netlink socket inode {inode} not in {proc_net_netlink}")
+def prepare_conntrack(ns: str | None, accounting: bool) -> None:
+    """Per-connection bytes and timestamps on (said when switched), and a loud line
+    when the namespace sends no events at all."""
+    where = ns or "this namespace"
+    if accounting:
+        changed = enable_accounting(ns)
+        if changed:
+            log.info("conntrack: switched on %s", ", ".join(changed))
+    if events_disabled(ns):
+        log.error("conntrack: events are disabled in %s (net.netfilter.nf_conntrack_events"
+                  "=0): no decision can be seen until it is 1 or 2", where)
 
 
-def enable_accounting(ns: str | None) -> list[str]:
-    """Switch on per-connection byte counters and timestamps; returns what changed."""
-    changed = []
-    with netns.entered(ns):
-        for key in ("nf_conntrack_acct", "nf_conntrack_timestamp"):
-            path = f"/proc/sys/net/netfilter/{key}"
-            try:
-                with open(path) as f:
-                    if f.read().strip() == "1":
-                        continue
-                with open(path, "w") as f:
-                    f.write("1")
-                changed.append(key)
-            except OSError:
-                continue
-    return changed
+class NetlinkSource:
+    name = "netlink"
+    proto = pb.SOURCE_NETLINK
 
+    def __init__(self, netns: str | None = None, rcvbuf: int = DEFAULT_RCVBUF,
+                 accounting: bool = True, batch_age: float = 1.0) -> None:
+        self.netns, self.rcvbuf, self.accounting = netns, rcvbuf, accounting
+        self.wait = min(IDLE_WAIT_S, batch_age)
+        self.stats = {"new": 0, "destroy": 0, "snapshot": 0, "recovered": 0, "lost": 0,
+                      "non_dnat": 0}
+        self.seen = SeenIds()
+        self._sock: ConntrackSocket | None = None
 
-def seen_before(seen_at_ns: int | None, start_ns: int) -> bool:
-    """Whether a dumped entry is the connection recorded ``seen_at_ns`` (wall-clock ns;
-    0: met in a dump before timestamps were on; None: never seen).
+    @property
+    def sock(self) -> ConntrackSocket:
+        assert self._sock is not None, "open() first"
+        return self._sock
 
-    A conntrack id alone does not name one connection: when a client reuses a source
-    port, a SYN on the old TIME_WAIT entry kills it and the kernel creates a new entry,
-    often in the same slab slot with the same tuple, hence the same id. An entry whose
-    kernel start time is later than when its id was seen is that new connection.
-    Without conntrack timestamps start times are 0 and a recycled id cannot be told.
-    """
-    return seen_at_ns is not None and not (start_ns and start_ns > seen_at_ns)
+    def open(self) -> None:
+        prepare_conntrack(self.netns, self.accounting)
+        # Subscribed before the table is dumped, so no connection falls between the two.
+        self._sock = ConntrackSocket(self.netns, self.rcvbuf, attach=self.attach())
 
+    def capabilities(self) -> set[str]:
+        return {"CAP_NET_ADMIN"}
 
-def events_disabled(ns: str | None) -> bool:
-    """True when ``nf_conntrack_events`` is 0 in ``ns``: the kernel then sends no
-    conntrack events at all, to natlens or to ``conntrack -E``."""
-    with netns.entered(ns):
+    def run(self, sink: Sink, stop: threading.Event) -> None:
         try:
-            with open("/proc/sys/net/netfilter/nf_conntrack_events") as f:
-                return f.read().strip() == "0"
-        except OSError:
-            return False
+            self.start(sink)
+            while not stop.is_set():
+                sink.turn()
+                self.turn(sink)
+            self.finish(sink)
+        finally:
+            self.close()
 
+    # ---- hooks the eBPF source overrides
 
-class ConntrackSource:
-    """A ctnetlink event socket (and a dump socket) opened inside namespace ``ns``."""
+    def attach(self) -> Callable[[socket.socket], None] | None:
+        """What to put on the socket before it is bound (a filter)."""
+        return None
 
-    def __init__(self, ns: str | None = None, rcvbuf: int = DEFAULT_RCVBUF,
-                 attach: Callable[[socket.socket], None] | None = None) -> None:
-        """``attach`` runs before bind(), e.g. to put a socket filter on it."""
-        self.ns = ns
-        with netns.entered(ns):
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                      NETLINK_NETFILTER)
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
-            except PermissionError:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            if attach is not None:
-                attach(self.sock)
-            groups = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
-            self.sock.bind((0, groups))
-        self.inode = os.fstat(self.sock.fileno()).st_ino
-        # Events: many datagrams per system call into one buffer reused for every read
-        # (bench/recv_buffer.py; BENCHMARKS.md, "recvmmsg"). The dump's reads: one
-        # buffer too, as recv(1 MiB) allocates and shrinks a 1 MiB object per call.
-        self._multi = MultiRecv(self.sock.fileno())
-        self._buf = bytearray(RECV_SIZE)
-        self._view = memoryview(self._buf)
-        self._drops_seen = self._drops()
-        self.sock.setblocking(False)
-        self._poll = select.poll()
-        self._poll.register(self.sock.fileno(), select.POLLIN)
+    def known(self, zone: int, ct_id: int, start_ns: int) -> bool:
+        return self.seen.known(zone, ct_id, start_ns)
 
-    def _drops(self) -> int:
-        with netns.entered(self.ns):
-            return socket_drops(self.inode)
+    def mark(self, zone: int, ct_id: int, start_ns: int) -> None:
+        self.seen.add(zone, ct_id, start_ns)
 
-    def events(self, timeout: float) -> Iterator[list[Values] | Overflow]:
-        """Everything queued now, a list of ``event_values`` per system call (up to
-        64 datagrams, one event each), waiting up to ``timeout`` seconds for the first."""
-        if not self._poll.poll(int(timeout * 1000)):
-            return
-        multi = self._multi
-        while True:
-            try:
-                got = multi.receive()
-            except OSError as e:
-                if e.errno != errno.ENOBUFS:
-                    raise
-                drops = self._drops()
-                yield Overflow(max(drops - self._drops_seen, 1))
-                self._drops_seen = drops
-                continue
-            if multi.truncated:
-                yield Overflow(multi.truncated, "truncated")
-                multi.truncated = 0
-            if not got:
-                return
-            buf, out = multi.buf, []  # decoded in place, before the next receive
-            for off, n in got:
-                try:
-                    decoded = event_messages(buf, off, off + n)
-                except DecodeError:
-                    yield Overflow(1, "malformed")
-                    continue
-                out += [m for m in decoded if isinstance(m, tuple)]
-            yield out
+    def start(self, sink: Sink) -> None:
+        n = self.stats["snapshot"] = self.take_table(sink, pb.EVENT_SNAPSHOT)
+        log.info("conntrack: subscribed in %s; %d DNAT entries already in the table (stored "
+                 "as snapshot, not counted)", self.netns or "this namespace", n)
 
-    def dump(self) -> list[CtEvent]:
-        """The whole conntrack table, read on a separate socket."""
-        with netns.entered(self.ns):
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                              NETLINK_NETFILTER)
-        out: list[CtEvent] = []
-        with s:
-            s.settimeout(10)
-            s.bind((0, 0))
-            seq = int(time.time()) & 0xFFFFFFFF
-            s.send(dump_request(seq))
-            while True:
-                n = s.recv_into(self._buf)
-                for m in messages(bytes(self._view[:n])):
-                    if isinstance(m, Done):
-                        return out
-                    if isinstance(m, NetlinkError):
-                        if m.errno == 0:
-                            continue
-                        raise OSError(m.errno, f"conntrack dump: {os.strerror(m.errno)}")
-                    out.append(m)
+    def turn(self, sink: Sink) -> None:
+        if self.read(sink, self.wait):
+            # One datagram per event: let a few milliseconds of them queue up rather
+            # than wake for each (at 30,000/s a wake-up per event cost more than
+            # decoding it).
+            time.sleep(GATHER_S)
+
+    def finish(self, sink: Sink) -> None:
+        self.read(sink, 0.0)  # what the kernel queued before we were told to stop
+
+    def overflowed(self, sink: Sink, dropped: int) -> None:
+        """The kernel dropped ``dropped`` events: recover what the table still holds.
+        Called once the socket is drained, so every NEW event still queued was read
+        (and is known) before the dump."""
+        recovered = self.take_table(sink, pb.EVENT_RECOVERED)
+        self.stats["lost"] += dropped
+        self.stats["recovered"] += recovered
+        log.warning("conntrack: receive buffer overflowed, kernel dropped %d events; "
+                    "recovered %d DNAT decisions from the table", dropped, recovered)
+        sink.lost(pb.LostEvents(time_ns=time.time_ns(), source=self.proto, reason="enobufs",
+                                count=dropped, recovered=recovered))
 
     def close(self) -> None:
-        self.sock.close()
+        if self._sock is not None:
+            self._sock.close()
+
+    # ---- shared
+
+    def take_table(self, sink: Sink, event: pb.Event) -> int:
+        """Dump the table; hand over the DNAT entries not seen before as ``event``."""
+        now = time.time_ns()
+        rows = []
+        for ev in self.sock.dump():
+            if not ev.is_dnat or self.known(ev.zone, ev.ct_id, ev.start_ns):
+                continue
+            self.mark(ev.zone, ev.ct_id, ev.start_ns)
+            rows.append(to_decision(ev, event, self.proto, now))
+        if rows:
+            sink.decisions(rows)
+        return len(rows)
+
+    def read(self, sink: Sink, timeout: float) -> int:
+        """Everything queued on the socket; how many messages that was."""
+        n = dropped = 0
+        rows: list[DecisionRow] = []
+        for got in self.sock.events(timeout):
+            if isinstance(got, Overflow):
+                n += 1
+                if got.reason == "enobufs":
+                    dropped += got.lost
+                else:
+                    self.lose(sink, got)
+                continue
+            n += len(got)
+            self.decode(got, time.time_ns(), rows)
+            if len(rows) >= READ_CHUNK:
+                sink.decisions(rows)
+                rows = []
+        if rows:
+            sink.decisions(rows)
+        if dropped:
+            self.overflowed(sink, dropped)
+        return n
+
+    def lose(self, sink: Sink, got: Overflow) -> None:
+        self.stats["lost"] += got.lost
+        log.error("conntrack: %d events lost (%s)", got.lost, got.reason)
+        sink.lost(pb.LostEvents(time_ns=time.time_ns(), source=self.proto, reason=got.reason,
+                                count=got.lost))
+
+    def decode(self, values: list[Values], now: int, rows: list[DecisionRow]) -> None:
+        """DNAT events of one read as rows (``now``: after the read, so no later than
+        the kernel made the entry)."""
+        stats, seen, source = self.stats, self.seen, self.proto
+        for v in values:
+            if not values_dnat(v):
+                stats["non_dnat"] += 1  # not rewritten: the reply comes from the VIP
+                continue
+            if v[0] == "new":
+                seen.add(v[9], v[8], now)
+                stats["new"] += 1
+                rows.append(from_values(v, _NEW, source, now))
+            elif v[0] == "destroy":
+                seen.forget(v[9], v[8], v[15])
+                stats["destroy"] += 1
+                rows.append(from_values(v, _DESTROY, source, now))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 WINDOW_NS = 2 * 10**9
 MAX_EXAMPLES = 20
@@ -73,20 +72,6 @@ class Agreement:
             self.disagreed += 1
         if (absent or split) and len(self.examples) < MAX_EXAMPLES:
             self.examples.append(c)
-
-    def to_json(self, node: str, from_ns: int, to_ns: int,
-                when: Any = str) -> dict[str, Any]:
-        return {
-            "node": node, "sources": list(self.sources),
-            "window": {"from": when(from_ns), "to": when(to_ns)},
-            "connections": self.total, "seen_by_all": self.seen_by_all,
-            "missed": {s: self.missed.get(s, 0) for s in self.sources},
-            "disagreed": self.disagreed,
-            "examples": [{"time": when(c.first_ns), "protocol": c.key[0],
-                          "client": f"{c.key[1]}:{c.key[2]}", "vip": f"{c.key[3]}:{c.key[4]}",
-                          "seen_by": dict(sorted(c.endpoints.items())),
-                          "missed_by": [s for s in self.sources if s not in c.endpoints]}
-                         for c in self.examples]}
 
 
 def shared_window(spans: dict[str, tuple[int, int]]) -> tuple[int, int] | None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 
 import grpc
 
 from natlens.collector.ingest.limits import Limits, OverLimit, RateLimiter, batch_records
-from natlens.collector.store.db import BatchRejected, Store
+from natlens.collector.store.api import BatchRejected, Store, StoreUnavailable
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto import natlens_pb2_grpc as pb_grpc
 from natlens.proto.columns import count
@@ -48,7 +47,7 @@ class CollectorServicer(pb_grpc.CollectorServicer):  # type: ignore[misc]
             time.sleep(wait)  # slow this agent's stream down; it keeps what it sent
             try:
                 stored = self.store.ingest(batch)
-            except sqlite3.OperationalError as e:  # disk full, I/O error: retry later
+            except StoreUnavailable as e:  # disk full, I/O error, database down: retry
                 log.error("store: cannot write batch %d from %s: %s", batch.seq,
                           batch.agent_id, e)
                 context.abort(grpc.StatusCode.UNAVAILABLE, f"collector cannot store: {e}")

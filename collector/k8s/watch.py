@@ -28,7 +28,7 @@ from natlens.collector.k8s.state import (
     service_ips,
     slice_service,
 )
-from natlens.collector.store.db import Store
+from natlens.collector.store.api import Store
 
 log = logging.getLogger("natlens.collector.k8s")
 GONE = 410

@@ -1,5 +1,5 @@
 """``natlens report --agreement``: per node watched by several sources, the connections
-each source saw and the ones it missed (analysis in collector/analyze/agreement.py).
+each source saw and the ones it missed (the tally is ``analyze/agreement.py``'s).
 
 Only per-connection records take part: NEW (and recovered) decisions, unsampled. A
 source shipping only counters (eBPF without ``--decisions``) cannot be compared per
@@ -8,10 +8,7 @@ connection and is left out, which the section says by not listing it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
-
-import sqlite_utils
+from dataclasses import dataclass
 
 from natlens.collector.analyze.agreement import (
     WINDOW_NS,
@@ -21,43 +18,30 @@ from natlens.collector.analyze.agreement import (
     in_window,
     shared_window,
 )
-from natlens.collector.report.build import ReportQuery, node_time_clauses
-
-_PER_CONNECTION = "event IN ('new', 'recovered') AND sample_rate = 1"
+from natlens.collector.store.api import Store, Window
 
 
-def agreement(db: sqlite_utils.Database, q: ReportQuery, when: Callable[[int], str],
-              window_ns: int = WINDOW_NS) -> list[dict[str, Any]]:
-    clauses, args = node_time_clauses(q.node, q.since_ns, q.until_ns)
-    where = " AND ".join([_PER_CONNECTION, *clauses])
-    spans: dict[str, dict[str, tuple[int, int]]] = {}
-    for node, source, lo, hi in db.execute(
-            f"SELECT node, source, MIN(time_ns), MAX(time_ns) FROM decisions WHERE {where} "
-            "GROUP BY node, source", args):
-        spans.setdefault(node, {})[source] = (lo, hi)
+@dataclass(frozen=True)
+class NodeAgreement:
+    node: str
+    tally: Agreement
+    window: tuple[int, int] | None  # when every source was reporting (None: never at once)
+
+
+def agreement(store: Store, w: Window, window_ns: int = WINDOW_NS) -> list[NodeAgreement]:
     out = []
-    for node, by_source in sorted(spans.items()):
+    for node, by_source in sorted(store.source_spans(w).items()):
         if len(by_source) < 2:
             continue
         tally = Agreement(tuple(sorted(by_source)))
         shared = shared_window(by_source)
-        if shared is None:  # one stopped before another started: nothing to compare
-            out.append(tally.to_json(node, 0, 0, when) | {"window": None})
-            continue
-        lo, hi = shared
-        for c in connections(_sightings(db, where, [*args, node], lo - window_ns,
-                                        hi + window_ns), window_ns):
-            if in_window(c, lo, hi):
-                tally.add(c)
-        out.append(tally.to_json(node, lo, hi, when))
+        if shared is not None:
+            lo, hi = shared
+            sightings = (Sighting((s.protocol, s.client_ip, s.client_port, s.vip, s.vip_port),
+                                  s.time_ns, s.source, s.endpoint)
+                         for s in store.sightings(w, node, lo - window_ns, hi + window_ns))
+            for c in connections(sightings, window_ns):
+                if in_window(c, lo, hi):
+                    tally.add(c)
+        out.append(NodeAgreement(node, tally, shared))
     return out
-
-
-def _sightings(db: sqlite_utils.Database, where: str, args: list[Any], lo: int,
-               hi: int) -> Iterator[Sighting]:
-    for proto, client, cport, vip, vport, t, source, ep in db.execute(
-            f"SELECT protocol, client_ip, client_port, vip, vip_port, time_ns, source, "
-            f"endpoint FROM decisions WHERE {where} AND node = ? AND time_ns >= ? AND "
-            f"time_ns <= ? ORDER BY protocol, client_ip, client_port, vip, vip_port, time_ns",
-            [*args, lo, hi]):
-        yield Sighting((proto, client, cport, vip, vport), t, source, ep)

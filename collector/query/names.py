@@ -1,4 +1,5 @@
-"""Names at the time: which service a VIP:port was, which pod held an IP, at a moment.
+"""Names at the time: which service a VIP:port was, which pod held an IP, at a moment,
+and which declared service port a decision belongs to.
 
 A pod's IP is reused after it is deleted, so a name is looked up in the intervals the
 Kubernetes watch (or the lab) recorded, at the decision's own time, never "now".
@@ -7,20 +8,18 @@ Kubernetes watch (or the lab) recorded, at the decision's own time, never "now".
 from __future__ import annotations
 
 import bisect
-import json
 from collections import defaultdict
+from typing import Any
 
-import sqlite_utils
+from natlens.collector.store.api import Store
 
 
 class PodNames:
     """IP → the ``ns/name`` of the pod that had it at a given time."""
 
-    def __init__(self, db: sqlite_utils.Database, ips: set[str] | None = None) -> None:
+    def __init__(self, store: Store, ips: set[str] | None = None) -> None:
         self._by_ip: dict[str, tuple[list[int], list[tuple[int | None, str]]]] = {}
-        rows = db.execute("SELECT ip, namespace, name, from_ns, to_ns FROM pods "
-                          "ORDER BY ip, from_ns")
-        for ip, ns, name, t0, t1 in rows:
+        for ip, ns, name, t0, t1 in store.pods():
             if ips is not None and ip not in ips:
                 continue
             starts, spans = self._by_ip.setdefault(ip, ([], []))
@@ -38,20 +37,41 @@ class PodNames:
         return None
 
 
+def matches(service: str, wanted: str | None) -> bool:
+    """``NS/NAME:PORTNAME`` against a filter: the same, or ``NS/NAME`` (any port), or
+    ``NS/NAME:NUMBER`` given as ``port`` (see ``ServiceNames.ports_of``)."""
+    if wanted is None:
+        return True
+    return service == wanted or (":" not in wanted and service.split(":", 1)[0] == wanted)
+
+
+def find_port(model: dict[str, Any], vip: str, port: int, proto: str) -> dict[str, Any] | None:
+    """The declared service port a decision to VIP:port went through: the ClusterIP (or
+    external IP) entry, else a node port declared on any address."""
+    fallback = None
+    for s in model["services"]:
+        if s["port"] != port or s["protocol"] != proto:
+            continue
+        if s["vip"] == vip:
+            return dict(s)
+        if s["kind"] == "nodePort" and s["vip"] in ("0.0.0.0", "::"):
+            fallback = s
+    return dict(fallback) if fallback else None
+
+
 class ServiceNames:
     """(node, rules version, VIP, port, protocol) → the service port the rules name."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, store: Store) -> None:
         self._names: dict[tuple[str, str], dict[tuple[str, int, str], str]] = defaultdict(dict)
-        for node, h, model in db.execute("SELECT node, hash, model FROM rule_snapshots"):
-            for s in json.loads(model)["services"]:
+        for (node, h), model in store.rule_models().items():
+            for s in model["services"]:
                 self._names[(node, h)][(s["vip"], s["port"], s["protocol"])] = s["service"]
                 if s["kind"] == "nodePort":
                     self._names[(node, h)].setdefault(("*", s["port"], s["protocol"]),
                                                       s["service"])
         self._k8s: dict[str, list[tuple[int, int | None, str]]] = defaultdict(list)
-        for vip, ns, name, t0, t1 in db.execute(
-                "SELECT vip, namespace, name, from_ns, to_ns FROM services ORDER BY from_ns"):
+        for vip, ns, name, t0, t1 in store.services():
             self._k8s[vip].append((int(t0 or 0), t1, f"{ns}/{name}"))
 
     def name(self, node: str, h: str, vip: str, port: int, proto: str, t: int) -> str | None:
@@ -69,8 +89,10 @@ class ServiceNames:
         out = set()
         for names in self._names.values():
             for key, svc in names.items():
-                if key[0] != "*" and (svc == wanted or (":" not in wanted
-                                                         and svc.split(":", 1)[0] == wanted)):
+                if key[0] != "*" and matches(svc, wanted):
                     out.add(key)
         return out
 
+    def services(self) -> set[str]:
+        """Every ``NS/NAME:PORT`` the stored rules name."""
+        return {svc for names in self._names.values() for svc in names.values()}

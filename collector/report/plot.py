@@ -12,43 +12,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 import matplotlib
-import sqlite_utils
 
+from natlens.collector.analyze.sources import OLDER
 from natlens.collector.report.build import ReportQuery
-from natlens.collector.report.sources import OLDER
+from natlens.collector.store.api import PortKey, Store, Window
 
-MINUTE_NS = 60 * 10**9
 MAX_ROWS = 12
 
 
-def shares_over_time(db: sqlite_utils.Database, entry: dict[str, Any], q: ReportQuery,
+def shares_over_time(store: Store, entry: dict[str, Any], q: ReportQuery,
                      ) -> dict[str, list[tuple[float, float]]]:
     """Endpoint → [(minute as epoch seconds, share of that minute's connections)]."""
-    args: list[Any] = [entry["node"], entry["rules_version"], entry["protocol"], entry["vip"],
-                       entry["port"]]
-    extra = ""
-    if q.since_ns is not None:
-        extra += " AND t >= ?"
-        args.append(q.since_ns)
-    if q.until_ns is not None:
-        extra += " AND t <= ?"
-        args.append(q.until_ns)
-    rows = db.execute(
-        "SELECT (t / ?) * ? AS m, endpoint, SUM(n) FROM ("
-        "SELECT time_ns AS t, endpoint, sample_rate AS n, node, rules_hash AS h, protocol, "
-        "vip, vip_port, source FROM decisions WHERE event IN ('new', 'recovered') AND NOT "
-        "(source = 'ebpf' AND event = 'new') UNION ALL SELECT window_end_ns, endpoint, "
-        "connections, node, rules_hash, protocol, vip, vip_port, source FROM counters "
-        "UNION ALL SELECT bucket_ns, endpoint, connections, node, rules_hash, protocol, vip, "
-        "vip_port, source FROM rollups WHERE granularity = 'minute' AND bucket_ns < "
-        "COALESCE((SELECT value_ns FROM retention WHERE name = 'pruned_before_ns'), 0)) "
-        "WHERE node = ? AND h = ? AND protocol = ? AND vip = ? AND vip_port = ? AND "
-        f"source IN (?, ?){extra} GROUP BY m, endpoint ORDER BY m",
-        [MINUTE_NS, MINUTE_NS, *args[:5], entry.get("source", OLDER), OLDER,
-         *args[5:]]).fetchall()
+    key = PortKey(entry["node"], entry["rules_version"], entry["protocol"], entry["vip"],
+                  entry["port"])
     per_minute: dict[int, dict[str, int]] = defaultdict(dict)
-    for m, ep, n in rows:
-        per_minute[m][ep] = int(n)
+    for m, ep, n in store.minute_counts(Window(None, q.since_ns, q.until_ns), key,
+                                        (entry.get("source", OLDER), OLDER)):
+        per_minute[m][ep] = n
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for m, by_ep in sorted(per_minute.items()):
         total = sum(by_ep.values())
@@ -57,7 +37,7 @@ def shares_over_time(db: sqlite_utils.Database, entry: dict[str, Any], q: Report
     return out
 
 
-def plot_report(db: sqlite_utils.Database, report: dict[str, Any], q: ReportQuery,
+def plot_report(store: Store, report: dict[str, Any], q: ReportQuery,
                 path: str) -> None:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.dates as mdates
@@ -91,7 +71,7 @@ def plot_report(db: sqlite_utils.Database, report: dict[str, Any], q: ReportQuer
         left.set_title(f"{e['service']} on {e['node']}{hour}: {e['verdict']} "
                        f"(n={e['total']}, TVD {e['tvd'] or 0:.3f})", fontsize=9, loc="left")
         left.legend(fontsize=7, loc="lower right")
-        series_by_ep = shares_over_time(db, e, q)
+        series_by_ep = shares_over_time(store, e, q)
         times = [x for series in series_by_ep.values() for x, _ in series]
         for ep, series in sorted(series_by_ep.items()):
             if series:

@@ -8,7 +8,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from natlens.agent.rules.model import endpoint_key
+from natlens.proto.names import endpoint_key
 
 STYLE = {"consistent": "green", "skewed": "bold red", "insufficient-data": "yellow"}
 

@@ -1,1 +1,2 @@
-"""SQLite storage through sqlite-utils."""
+"""What the collector keeps: the interface (api.py), its backends (sqlite.py over the
+portable queries of sql.py), retention and rollups."""

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sqlite_utils
 
+from natlens.errors import NatlensError
+
 SCHEMA_VERSION = 7
 
 
-class SchemaError(RuntimeError):
+class SchemaError(NatlensError, RuntimeError):
     """The database was written by a newer natlens (or is not a natlens database)."""
 
 
@@ -207,17 +209,37 @@ def _decisions_view(db: sqlite_utils.Database) -> None:
 MIGRATIONS = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7}
 
 
-def migrate(db: sqlite_utils.Database) -> int:
-    """Bring the schema to SCHEMA_VERSION; returns the version found on opening."""
+def found_version(db: sqlite_utils.Database) -> int | None:
+    """The schema version written in the file; None when it is new and empty."""
     if "schema_version" not in db.table_names():
         if db.table_names() or db.view_names():
             raise SchemaError("not a natlens database (tables present, no schema_version)")
-        db.table("schema_version").create({"version": int})
-        db.table("schema_version").insert({"version": 0})
+        return None
     found = int(db.execute("SELECT version FROM schema_version").fetchone()[0])
     if found > SCHEMA_VERSION:
         raise SchemaError(f"database schema version {found} is newer than this natlens "
                           f"supports ({SCHEMA_VERSION}); upgrade natlens")
+    return found
+
+
+def check_version(db: sqlite_utils.Database) -> None:
+    """For read-only use: the file must already have this natlens's schema."""
+    found = found_version(db)
+    if found is None:
+        raise SchemaError("an empty database: no collector has written to it yet")
+    if found < SCHEMA_VERSION:
+        raise SchemaError(f"database schema version {found} was written by an older natlens; "
+                          f"a collector upgrades it to {SCHEMA_VERSION} when it opens it "
+                          f"(natlens collector --db …), reading it here would not")
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Bring the schema to SCHEMA_VERSION; returns the version found on opening."""
+    found = found_version(db)
+    if found is None:
+        db.table("schema_version").create({"version": int})
+        db.table("schema_version").insert({"version": 0})
+        found = 0
     for v in range(found + 1, SCHEMA_VERSION + 1):
         with db.atomic():
             MIGRATIONS[v](db)

@@ -13,20 +13,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter as Tally
+from collections.abc import Callable
 from operator import attrgetter
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from natlens.agent.rules.model import endpoint_key
-from natlens.collector.store.db import SOURCES
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import column
+from natlens.proto.names import SOURCES, endpoint_key
 
 OTHER = "other"
 _KEY = attrgetter("vip", "vip_port", "protocol", "endpoint_ip", "endpoint_port", "source",
                   "event")
-_TIME = attrgetter("time_ns")
 
 
 Key = tuple[str, int, str, str, int, pb.Source, pb.Event]
@@ -34,32 +32,28 @@ Key = tuple[str, int, str, str, int, pb.Source, pb.Event]
 
 def per_key(batch: pb.Batch) -> tuple[dict[Key, int], dict[Key, int], int]:
     """Decisions per key, bytes of closed connections per key, and the newest decision
-    time, from either form of a batch. Counted in C first (a batch holds thousands of
-    decisions over a few keys), so Python works once per key (BENCHMARKS.md)."""
-    decisions, cols = batch.decisions, batch.columns
-    tally: Tally[Key] = Tally(map(_KEY, decisions))
+    time. Counted in C first (a batch holds thousands of decisions over a few keys), so
+    Python works once per key (BENCHMARKS.md)."""
+    cols = batch.columns
+    tally: Tally[Key] = Tally()
     closed: dict[Key, int] = {}
-    if any(key[6] == pb.EVENT_DESTROY for key in tally):
-        for d in decisions:
-            if d.event == pb.EVENT_DESTROY:
-                closed[_KEY(d)] = closed.get(_KEY(d), 0) + d.orig_bytes + d.reply_bytes
-    newest = max(map(_TIME, decisions), default=0)
-    if cols.time_ns:
-        keys = [_KEY(k) for k in cols.keys]
-        for i, k in Tally(cols.key_index).items():
-            tally[keys[i]] += k
-        if any(k.event == pb.EVENT_DESTROY for k in cols.keys):
-            n = len(cols.time_ns)
-            for i, ob, rb in zip(cols.key_index, column(cols, "orig_bytes", n),
-                                 column(cols, "reply_bytes", n), strict=True):
-                if keys[i][6] == pb.EVENT_DESTROY:
-                    closed[keys[i]] = closed.get(keys[i], 0) + ob + rb
-        newest = max(newest, max(cols.time_ns))
-    return tally, closed, newest
+    if not cols.time_ns:
+        return tally, closed, 0
+    keys = [_KEY(k) for k in cols.keys]
+    for i, k in Tally(cols.key_index).items():
+        tally[keys[i]] += k
+    if any(k.event == pb.EVENT_DESTROY for k in cols.keys):
+        n = len(cols.time_ns)
+        for i, ob, rb in zip(cols.key_index, column(cols, "orig_bytes", n),
+                             column(cols, "reply_bytes", n), strict=True):
+            if keys[i][6] == pb.EVENT_DESTROY:
+                closed[keys[i]] = closed.get(keys[i], 0) + ob + rb
+    return tally, closed, max(cols.time_ns)
 
 
 class IngestMetrics:
-    def __init__(self, db_path: str, max_series: int = 10_000) -> None:
+    def __init__(self, size: Callable[[], int], max_series: int = 10_000) -> None:
+        """``size``: the store's size in bytes, read at each scrape."""
         self.registry = CollectorRegistry()
         self.max_series = max_series
         self._series: set[tuple[str, str]] = set()
@@ -80,10 +74,9 @@ class IngestMetrics:
         self.series_dropped = Counter("natlens_metrics_series_overflow",
                                       "Samples counted under 'other' because of "
                                       "--metrics-max-series", registry=r)
-        size = Gauge("natlens_database_bytes", "Size of the SQLite file and its WAL",
-                     registry=r)
-        size.set_function(lambda: float(sum(p.stat().st_size for p in (
-            Path(db_path), Path(db_path + "-wal")) if p.exists())))
+        db_size = Gauge("natlens_database_bytes", "Size of the store (the SQLite file and "
+                        "its WAL)", registry=r)
+        db_size.set_function(lambda: float(size()))
 
     def _labels(self, service: str, endpoint: str) -> tuple[str, str]:
         key = (service, endpoint)

@@ -94,3 +94,15 @@ def wait_for(cond: Any, timeout: float = 20) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("condition not met in time")
+
+
+def report_of(db: Path) -> dict[str, Any]:
+    """The report over a collector's store (opened read-only, as ``natlens report`` does)."""
+    from natlens.collector.report.build import ReportQuery, build_report
+    from natlens.collector.store.open import open_store
+
+    store = open_store(str(db), read_only=True)
+    try:
+        return build_report(store, ReportQuery())
+    finally:
+        store.close()

@@ -17,9 +17,8 @@ import pytest
 import sqlite_utils
 
 from natlens.agent.rules.iptables import parse_iptables_save
-from natlens.collector.report.build import ReportQuery, build_report
 
-from .helpers import free_port, natlens, start, traffic, wait_for
+from .helpers import free_port, natlens, report_of, start, traffic, wait_for
 
 pytestmark = pytest.mark.privileged
 
@@ -51,7 +50,7 @@ def test_snapshot_is_kept_out_and_an_overflow_is_counted_and_recovered(
         assert agent.wait(timeout=60) == 0, (tmp_path / "agent.log").read_text()
         collector.terminate()
         collector.wait(timeout=30)
-    rep = build_report(sqlite_utils.Database(db), ReportQuery())
+    rep = report_of(db)
     (entry,) = rep["services"]
     assert {e["endpoint"]: e["observed"] for e in entry["endpoints"]} == during
     (lost,) = rep["lost"]

@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from natlens.collector.report.build import ReportQuery, build_report
-
-from .helpers import CLIENT, NATLENS, free_port, start, traffic, wait_for
+from .helpers import CLIENT, NATLENS, free_port, report_of, start, traffic, wait_for
 
 pytestmark = pytest.mark.privileged
 VIP, PORT = "10.1.122.241", 9999
@@ -96,7 +94,7 @@ class Run:
     def report(self) -> dict[str, Any]:
         self.collector.terminate()
         self.collector.wait(timeout=60)
-        return build_report(sqlite_utils.Database(self.db), ReportQuery())
+        return report_of(self.db)
 
     def close(self) -> None:
         for p in (self.agent, self.collector):

@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from natlens.agent.decode import ctnetlink as c
+from natlens.agent.decode.counters import CounterKey, CounterValue
 from natlens.agent.decode.ctnetlink import CtEvent, Tuple
 from natlens.agent.decode.decision import to_decision
-from natlens.agent.sources.ebpf import CounterKey, CounterValue, EbpfFilter
+from natlens.agent.sources.ebpf_filter import EbpfFilter
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import DecisionRow
 from tests.ctmsg import message

@@ -16,9 +16,8 @@ import pytest
 import sqlite_utils
 
 from natlens import netns
-from natlens.collector.report.build import ReportQuery, build_report
 
-from .helpers import free_port, start, wait_for
+from .helpers import free_port, report_of, start, wait_for
 
 pytestmark = pytest.mark.privileged
 VIP = "fd00::100"
@@ -120,7 +119,7 @@ def test_ipv6_tcp_and_udp_are_counted_exactly(v6ns: str, tmp_path: Path, bpffs: 
         collector.wait(timeout=30)
         for s in socks:
             s.close()
-    rep = build_report(sqlite_utils.Database(db), ReportQuery())
+    rep = report_of(db)
     # No kube-proxy rules in this namespace: the decisions are reported as unmatched.
     got: dict[str, Any] = {u["protocol"]: u["observed"] for u in rep["unmatched"]
                            if u["vip"] == VIP}

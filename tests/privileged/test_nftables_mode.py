@@ -10,9 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlite_utils
-
-from natlens.collector.report.build import ReportQuery, build_report
 
 from .helpers import (
     CLIENT,
@@ -21,6 +18,7 @@ from .helpers import (
     lab_run,
     natlens,
     observed,
+    report_of,
     seed,
     start,
     wait_for,
@@ -83,7 +81,7 @@ def test_a_foreign_nftables_rule_is_caught_as_skewed(
         collector.terminate()
         collector.wait(timeout=30)
     tally = json.loads(r.stdout)["by_endpoint"]
-    rep = build_report(sqlite_utils.Database(db), ReportQuery())
+    rep = report_of(db)
     (entry,) = rep["services"]
     assert "rules: nftables mode" in log.read_text()
     assert observed(entry) == tally

@@ -7,14 +7,26 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+
+from natlens.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 FIX = ROOT / "tests" / "fixtures"
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "natlens", *args], capture_output=True,
-                          text=True, input=stdin, timeout=60)
+    """natlens in this process (click's CliRunner), as the console script runs it."""
+    r = CliRunner().invoke(cli, list(args), input=stdin)
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return subprocess.CompletedProcess(["natlens", *args], r.exit_code, r.stdout, r.stderr)
+
+
+def test_the_console_script_fails_in_one_line_too() -> None:
+    r = subprocess.run([sys.executable, "-m", "natlens", "report", "--db", "/nonexistent/x"],
+                       capture_output=True, text=True, timeout=60)
+    one_line_error(r, 1, "no such database")
 
 
 def one_line_error(r: subprocess.CompletedProcess[str], code: int, needle: str) -> None:
@@ -77,9 +89,9 @@ def test_unknown_scenario_key(tmp_path: Path) -> None:
 
 
 def test_report_on_an_empty_database(tmp_path: Path) -> None:
-    from natlens.collector.store.db import Store
+    from natlens.collector.store.sqlite import SqliteStore
 
-    Store(str(tmp_path / "db")).close()
+    SqliteStore(str(tmp_path / "db")).close()
     r = run("report", "--db", str(tmp_path / "db"), "-o", "json")
     assert r.returncode == 0
     assert '"services": []' in r.stdout
@@ -100,15 +112,6 @@ def test_print_bpf_shows_the_program_with_the_node_pin_dir() -> None:
     assert r.returncode == 0, r.stderr
     assert "int ct_filter(struct __sk_buff *skb)" in r.stdout
     assert '"/sys/fs/bpf/t/n1@lab-x/counters"' in r.stdout
-
-
-def test_every_named_user_error_is_an_exception_class() -> None:
-    import importlib
-
-    from natlens.cli import KNOWN_ERRORS
-    for module, name in KNOWN_ERRORS:
-        cls = getattr(importlib.import_module(module), name)
-        assert isinstance(cls, type) and issubclass(cls, Exception), (module, name)
 
 
 def test_the_agent_does_not_load_the_collectors_statistics() -> None:

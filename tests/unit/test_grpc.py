@@ -12,11 +12,11 @@ import sqlite_utils
 from natlens.agent.ship.batch import Batcher
 from natlens.agent.ship.client import Shipper
 from natlens.collector.server import start
-from natlens.collector.store.db import Store
+from natlens.collector.store.sqlite import SqliteStore
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import pack, unpack
 
-from .test_store import decision, row
+from .test_store import row
 
 
 def free_port() -> int:
@@ -39,7 +39,7 @@ def ship_and_stop(port: int, decisions: int) -> None:
 
 
 def test_batches_are_acked_and_stored(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     server, port = start(store, "127.0.0.1:0")
     ship_and_stop(port, 95)
     server.stop(0)
@@ -61,7 +61,7 @@ def test_agent_keeps_batches_while_collector_is_down_then_delivers(
     assert shipper.pending == 4
     unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(unreachable) == 1  # one clear line per outage, not one per retry
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     server, _ = start(store, f"127.0.0.1:{port}")
     try:
         assert shipper.drain(15)
@@ -81,15 +81,15 @@ def misaligned_columns() -> pb.Batch:
 
 @pytest.mark.parametrize("bad", [
     pb.Batch(agent_id="a", boot_id="b", seq=2, node="n",
-             decisions=[decision(2), pb.Decision(vip="x")]),
+             columns=pack([row(2), row(3)._replace(endpoint_ip="")])),
     misaligned_columns(),
-], ids=["message", "columns"])
+], ids=["key", "columns"])
 def test_a_bad_batch_is_refused_and_nothing_of_it_stored(tmp_path: Path, bad: pb.Batch) -> None:
     import grpc
 
     from natlens.proto import natlens_pb2_grpc as pb_grpc
 
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     server, port = start(store, "127.0.0.1:0")
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -124,7 +124,7 @@ def test_a_stopped_shipper_leaves_no_call_for_the_garbage_collector(tmp_path: Pa
     """A cancelled call is its own exception; through the traceback it held itself in a
     cycle, freed only by the garbage collector, possibly at exit, where its __del__ waited for a
     lock of a stopped gRPC thread: an agent hung after logging "stopped:"."""
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     server, port = start(store, "127.0.0.1:0")
     gc.collect()
     gc.disable()

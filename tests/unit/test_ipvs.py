@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import sqlite_utils
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,8 +15,9 @@ from natlens.agent.rules.ipvs import IpvsParseError, parse_ipvs
 from natlens.agent.rules.live import to_snapshot
 from natlens.collector.analyze.rotation import check_rotation
 from natlens.collector.report.build import ReportQuery, build_report
-from natlens.collector.store.db import Store
+from natlens.collector.store.sqlite import SqliteStore
 from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import DecisionRow, pack
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -118,18 +118,19 @@ def test_rr_is_held_to_one_connection(k: int, start: int, n: int) -> None:
 
 def _report_for(tmp_path: Path, listing: str, endpoints: list[str]) -> dict[str, object]:
     model = parse_ipvs(listing)
-    s = Store(str(tmp_path / "db"))
+    s = SqliteStore(str(tmp_path / "db"))
     snap = to_snapshot(model, time_ns=1)
     vip = model.services[0].vip
-    decisions = [pb.Decision(time_ns=10 + i, protocol="tcp", client_ip="10.244.9.9",
-                             client_port=20000 + i, vip=vip, vip_port=80,
-                             endpoint_ip=ep.rsplit(":", 1)[0], endpoint_port=8080,
-                             ct_id=i + 1, source=pb.SOURCE_NETLINK, event=pb.EVENT_NEW)
+    decisions = [DecisionRow(10 + i, "tcp", "10.244.9.9", 20000 + i, vip, 80,
+                             ep.rsplit(":", 1)[0], 8080, ct_id=i + 1,
+                             source=pb.SOURCE_NETLINK, event=pb.EVENT_NEW)
                  for i, ep in enumerate(endpoints)]
-    s.ingest(pb.Batch(agent_id="a", boot_id="b", seq=1, node="n1", decisions=decisions,
+    s.ingest(pb.Batch(agent_id="a", boot_id="b", seq=1, node="n1", columns=pack(decisions),
                       rules=[snap]))
-    s.close()
-    return build_report(sqlite_utils.Database(tmp_path / "db"), ReportQuery())
+    try:
+        return build_report(s, ReportQuery())
+    finally:
+        s.close()
 
 
 WRR = "TCP  10.96.100.5:80 wrr\n  -> 10.244.1.5:8080 Masq 3 0 0\n  -> 10.244.2.6:8080 Masq 1 0 0\n"

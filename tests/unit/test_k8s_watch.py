@@ -15,7 +15,7 @@ from natlens.collector.k8s.state import Holder, Owners, endpoint_set, pod_ips
 from natlens.collector.k8s.watch import Watcher, api_client
 from natlens.collector.query.decisions import DecisionQuery, query_decisions
 from natlens.collector.report.build import ReportQuery, build_report
-from natlens.collector.store.db import Store
+from natlens.collector.store.sqlite import SqliteStore
 from tests.k8s_fake import FakeApiServer, endpoint_slice, pod, service
 from tests.privileged.helpers import wait_for
 
@@ -30,8 +30,8 @@ def fake() -> Iterator[FakeApiServer]:
 
 
 @pytest.fixture
-def watched(fake: FakeApiServer, tmp_path: Path) -> Iterator[tuple[Store, Watcher]]:
-    store = Store(str(tmp_path / "db"))
+def watched(fake: FakeApiServer, tmp_path: Path) -> Iterator[tuple[SqliteStore, Watcher]]:
+    store = SqliteStore(str(tmp_path / "db"))
     fake.apply("pods", "ADDED", pod("front-old", EPS[0], node="n1"))
     fake.apply("services", "ADDED", service("front", "10.96.0.10", namespace="web"))
     fake.apply("endpointslices", "ADDED", endpoint_slice("front", [EPS[0]], namespace="web"))
@@ -44,13 +44,13 @@ def watched(fake: FakeApiServer, tmp_path: Path) -> Iterator[tuple[Store, Watche
     store.close()
 
 
-def holders(store: Store, ip: str) -> list[tuple[str, bool]]:
+def holders(store: SqliteStore, ip: str) -> list[tuple[str, bool]]:
     return [(r[0], r[1] is None) for r in store.db.execute(
         "SELECT name, to_ns FROM pods WHERE ip = ? ORDER BY from_ns", [ip])]
 
 
 def test_a_reused_ip_names_each_pod_in_its_own_time(fake: FakeApiServer,
-                                                    watched: tuple[Store, Watcher]) -> None:
+                                                    watched: tuple[SqliteStore, Watcher]) -> None:
     store, _ = watched
     feed = Feed(store)
     feed.send([decision(time.time_ns(), EPS[0])], rules=True)
@@ -59,12 +59,12 @@ def test_a_reused_ip_names_each_pod_in_its_own_time(fake: FakeApiServer,
     fake.apply("pods", "ADDED", pod("front-new", EPS[0], node="n2"))
     wait_for(lambda: holders(store, EPS[0]) == [("front-old", False), ("front-new", True)])
     feed.send([decision(time.time_ns(), EPS[0])])
-    rows, _ = query_decisions(store.db, DecisionQuery(endpoint=EPS[0]))
+    rows, _ = query_decisions(store, DecisionQuery(endpoint=EPS[0]))
     assert [r["pod"] for r in rows] == ["istio-demo/front-old", "istio-demo/front-new"]
 
 
-def test_410_gone_lists_again_and_closes_what_vanished(fake: FakeApiServer,
-                                                       watched: tuple[Store, Watcher]) -> None:
+def test_410_gone_lists_again_and_closes_what_vanished(
+        fake: FakeApiServer, watched: tuple[SqliteStore, Watcher]) -> None:
     store, w = watched
     fake.drop_watches()
     # while the watch reconnects, a pod goes and another comes, then history is compacted
@@ -79,7 +79,7 @@ def test_410_gone_lists_again_and_closes_what_vanished(fake: FakeApiServer,
 
 
 def test_bookmarks_keep_the_watch_current(fake: FakeApiServer,
-                                          watched: tuple[Store, Watcher]) -> None:
+                                          watched: tuple[SqliteStore, Watcher]) -> None:
     store, w = watched
     wait_for(lambda: w.bookmarks["pods"] >= 1)
     fake.apply("pods", "MODIFIED", pod("front-old", [EPS[0], "fd00::5"], node="n1"))
@@ -88,7 +88,7 @@ def test_bookmarks_keep_the_watch_current(fake: FakeApiServer,
 
 
 def test_an_endpoint_change_starts_a_new_rules_epoch(fake: FakeApiServer,
-                                                     watched: tuple[Store, Watcher]) -> None:
+                                                     watched: tuple[SqliteStore, Watcher]) -> None:
     store, _ = watched
     feed = Feed(store)
     feed.send([decision(time.time_ns(), EPS[0]) for _ in range(3)], rules=True)
@@ -100,7 +100,7 @@ def test_an_endpoint_change_starts_a_new_rules_epoch(fake: FakeApiServer,
     assert after.startswith(before + "@k8s:")
     feed.send([decision(time.time_ns(), EPS[1]) for _ in range(2)])
     versions = {s["rules_version"]: s["total"] for s in build_report(
-        store.db, ReportQuery())["services"]}
+        store, ReportQuery())["services"]}
     assert versions == {before: 3, after: 2}  # never judged together
     # a resync that lists the same endpoints makes no new epoch
     fake.apply("endpointslices", "MODIFIED",
@@ -109,7 +109,7 @@ def test_an_endpoint_change_starts_a_new_rules_epoch(fake: FakeApiServer,
     assert store.rules_at("n1", time.time_ns()) == after
 
 
-def test_service_cluster_ips_are_recorded(watched: tuple[Store, Watcher]) -> None:
+def test_service_cluster_ips_are_recorded(watched: tuple[SqliteStore, Watcher]) -> None:
     store, _ = watched
     wait_for(lambda: store.db.execute("SELECT namespace, name FROM services WHERE vip = ?",
                                       ["10.96.0.10"]).fetchall() == [("web", "front")])

@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 from natlens.agent.ship.client import Shipper
 from natlens.collector.ingest.limits import Limits, OverLimit, RateLimiter
 from natlens.collector.server import start
-from natlens.collector.store.db import BatchRejected, Store
+from natlens.collector.store.api import BatchRejected
+from natlens.collector.store.sqlite import SqliteStore
 from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import DecisionRow, pack
 
 from .test_retention import EPS, T0, decision
 
@@ -40,8 +42,8 @@ def test_rate_limiter_paces_and_refuses() -> None:
 
 
 @pytest.fixture
-def collector(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, Store]]:
-    store = Store(str(tmp_path / "db"))
+def collector(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, SqliteStore]]:
+    store = SqliteStore(str(tmp_path / "db"))
     kw = getattr(request, "param", {})
     server, port = start(store, "127.0.0.1:0", **kw)
     yield port, store
@@ -50,13 +52,13 @@ def collector(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[
 
 
 def batches(n: int, per: int, boot: str = "b") -> list[pb.Batch]:
-    return [pb.Batch(agent_id="a", boot_id=boot, seq=k + 1, node="n1", decisions=[
-        decision(T0 + k * per + i, EPS[i % 2]) for i in range(per)]) for k in range(n)]
+    return [pb.Batch(agent_id="a", boot_id=boot, seq=k + 1, node="n1", columns=pack([
+        decision(T0 + k * per + i, EPS[i % 2]) for i in range(per)])) for k in range(n)]
 
 
 @pytest.mark.parametrize("collector", [{"limits": Limits(records_per_second=2000,
                                                          burst_seconds=0.5)}], indirect=True)
-def test_a_fast_agent_is_slowed_down_not_refused(collector: tuple[int, Store],
+def test_a_fast_agent_is_slowed_down_not_refused(collector: tuple[int, SqliteStore],
                                                  tmp_path: Path) -> None:
     port, _ = collector
     s = Shipper(f"127.0.0.1:{port}")
@@ -73,7 +75,7 @@ def test_a_fast_agent_is_slowed_down_not_refused(collector: tuple[int, Store],
 
 @pytest.mark.parametrize("collector", [{"limits": Limits(max_batch_records=100)}],
                          indirect=True)
-def test_an_oversized_batch_is_refused_and_kept(collector: tuple[int, Store], tmp_path: Path,
+def test_an_oversized_batch_is_refused_and_kept(collector: tuple[int, SqliteStore], tmp_path: Path,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     port, _ = collector
     s = Shipper(f"127.0.0.1:{port}", backoff=(0.05, 0.1))
@@ -88,7 +90,7 @@ def test_an_oversized_batch_is_refused_and_kept(collector: tuple[int, Store], tm
 
 
 @pytest.mark.parametrize("collector", [{"max_streams": 1}], indirect=True)
-def test_streams_beyond_the_limit_are_refused(collector: tuple[int, Store]) -> None:
+def test_streams_beyond_the_limit_are_refused(collector: tuple[int, SqliteStore]) -> None:
     port, _ = collector
     ch = grpc.insecure_channel(f"127.0.0.1:{port}")
     upload = ch.stream_stream("/natlens.v1.Collector/Upload",
@@ -110,7 +112,7 @@ def test_streams_beyond_the_limit_are_refused(collector: tuple[int, Store]) -> N
 
 
 def test_garbage_on_the_wire_gets_a_status_and_the_collector_goes_on(
-        collector: tuple[int, Store], tmp_path: Path) -> None:
+        collector: tuple[int, SqliteStore], tmp_path: Path) -> None:
     port, _ = collector
     ch = grpc.insecure_channel(f"127.0.0.1:{port}")
     raw = ch.stream_stream("/natlens.v1.Collector/Upload")  # bytes in, bytes out
@@ -128,47 +130,67 @@ def test_garbage_on_the_wire_gets_a_status_and_the_collector_goes_on(
     assert sqlite_utils.Database(tmp_path / "db")["decisions"].count == 20
 
 
+ADDRESS = st.text(alphabet="0123456789.", max_size=8)
+ROWS = st.lists(st.builds(
+    DecisionRow, time_ns=st.integers(-2**63, 2**63 - 1), protocol=st.text(max_size=4),
+    client_ip=ADDRESS, client_port=st.integers(0, 2**32 - 1), vip=ADDRESS,
+    vip_port=st.integers(0, 2**32 - 1), endpoint_ip=ADDRESS,
+    endpoint_port=st.integers(0, 2**32 - 1), ct_id=st.integers(0, 3),
+    source=st.integers(0, 5), event=st.integers(0, 6), zone=st.integers(0, 2),
+    orig_packets=st.integers(0, 2**64 - 1), orig_bytes=st.integers(0, 2**64 - 1),
+    reply_packets=st.integers(0, 2**64 - 1), reply_bytes=st.integers(0, 2**64 - 1),
+    duration_ns=st.integers(-2**63, 2**63 - 1)), max_size=4)
+
+
+def _count(store: SqliteStore, table: str) -> int:
+    return int(store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.builds(
     pb.Batch, agent_id=st.text(max_size=3), boot_id=st.text(max_size=3),
     seq=st.integers(0, 3), node=st.text(max_size=3), sample_rate=st.integers(0, 5),
-    decisions=st.lists(st.builds(
-        pb.Decision, time_ns=st.integers(-2**63, 2**63 - 1), protocol=st.text(max_size=4),
-        vip=st.text(max_size=8), vip_port=st.integers(0, 2**32 - 1),
-        endpoint_ip=st.text(max_size=8), endpoint_port=st.integers(0, 2**32 - 1),
-        client_port=st.integers(0, 2**32 - 1), source=st.integers(0, 5),
-        event=st.integers(0, 6)), max_size=4),
     counters=st.lists(st.builds(
         pb.CounterDelta, epoch=st.text(max_size=3), vip=st.text(max_size=4),
         endpoint_ip=st.text(max_size=4), protocol=st.text(max_size=3),
         vip_port=st.integers(0, 2**32 - 1), total_connections=st.integers(0, 10)), max_size=3),
     rules=st.lists(st.builds(pb.RuleSnapshot, hash=st.text(max_size=3),
-                             mode=st.text(max_size=3)), max_size=2)))
+                             mode=st.text(max_size=3)), max_size=2)), ROWS)
 def test_fuzzed_batches_are_stored_whole_or_refused_whole(tmp_path_factory: pytest.TempPathFactory,
-                                                         batch: pb.Batch) -> None:
-    store = Store(str(tmp_path_factory.mktemp("fz") / "db"))
+                                                         batch: pb.Batch,
+                                                         rows: list[DecisionRow]) -> None:
+    batch.columns.CopyFrom(pack(rows))
+    store = SqliteStore(str(tmp_path_factory.mktemp("fz") / "db"))
     try:
-        before = store.db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
         try:
             store.ingest(batch)
         except BatchRejected:
-            assert store.db.execute("SELECT COUNT(*) FROM batches").fetchone()[0] == before
-            assert store.db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 0
-            assert store.db.execute("SELECT COUNT(*) FROM counters").fetchone()[0] == 0
+            for table in ("batches", "decisions", "counters", "rule_snapshots", "lost_events"):
+                assert _count(store, table) == 0, table
+            return
+        # Stored whole: the batch, each distinct decision once, each distinct snapshot,
+        # and a counter row per key whose total grew.
+        assert _count(store, "batches") == 1
+        assert _count(store, "decisions") == len(set(rows))
+        assert _count(store, "rule_snapshots") == len({(r.time_ns, r.hash)
+                                                       for r in batch.rules})
+        grew = {(c.epoch, c.protocol, c.vip, c.vip_port, c.endpoint_ip, c.endpoint_port)
+                for c in batch.counters if c.total_connections}
+        assert _count(store, "counter_totals") == len(grew)
     finally:
         store.close()
 
 
 @pytest.mark.parametrize("collector", [{"max_message_bytes": 1 << 16}], indirect=True)
-def test_a_message_over_the_size_limit_is_refused(collector: tuple[int, Store],
+def test_a_message_over_the_size_limit_is_refused(collector: tuple[int, SqliteStore],
                                                   tmp_path: Path) -> None:
     port, _ = collector
     ch = grpc.insecure_channel(f"127.0.0.1:{port}")
     upload = ch.stream_stream("/natlens.v1.Collector/Upload",
                               request_serializer=pb.Batch.SerializeToString,
                               response_deserializer=pb.Ack.FromString)
-    big = batches(1, 2000)[0]
+    big = batches(1, 5000)[0]
     assert big.ByteSize() > 1 << 16
     with pytest.raises(grpc.RpcError) as e:
         list(upload(iter([big])))

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from natlens.agent.rules.live import to_snapshot
 from natlens.agent.ship.client import Shipper
 from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import pack
 
 from .test_grpc import free_port
 from .test_retention import MODEL, T0, decision
@@ -59,9 +60,10 @@ def batches() -> list[pb.Batch]:
     closes = [decision(T0 + 100 + i, eps[0], event=pb.EVENT_DESTROY, nbytes=50)
               for i in range(4)]
     lost = [pb.LostEvents(time_ns=T0, source=pb.SOURCE_NETLINK, reason="enobufs", count=7)]
-    return [pb.Batch(agent_id="a", boot_id="b", seq=1, node="n1", decisions=ds[:40],
+    return [pb.Batch(agent_id="a", boot_id="b", seq=1, node="n1", columns=pack(ds[:40]),
                      rules=[to_snapshot(MODEL, T0 - 1)]),
-            pb.Batch(agent_id="a", boot_id="b", seq=2, node="n1", decisions=ds[40:] + closes,
+            pb.Batch(agent_id="a", boot_id="b", seq=2, node="n1",
+                     columns=pack(ds[40:] + closes),
                      lost=lost)]
 
 

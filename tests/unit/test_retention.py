@@ -15,29 +15,15 @@ from hypothesis import strategies as st
 from natlens.agent.rules.live import to_snapshot
 from natlens.agent.rules.model import DeclaredEndpoint, DeclaredModel, ServicePort
 from natlens.collector.query.decisions import DecisionQuery, query_decisions
-from natlens.collector.report.build import (
-    ReportQuery,
-    build_report,
-    build_report_by_hour,
-    compare_nodes,
-    tvd,
-)
-from natlens.collector.store.db import PodRecord, Store
-from natlens.collector.store.retention import (
-    DAY,
-    HOUR,
-    LATE_NS,
-    MINUTE,
-    Maintenance,
-    Policy,
-    prune,
-    pruned_before,
-    rollup,
-)
+from natlens.collector.report.build import ReportQuery, build_report, build_report_by_hour
+from natlens.collector.store.api import PodRecord
+from natlens.collector.store.plan import DAY, HOUR, MINUTE
+from natlens.collector.store.retention import Maintenance, Policy, prune, rollup
 from natlens.collector.store.schema import MIGRATIONS, SCHEMA_VERSION
-from natlens.collector.store.stats import db_stats
+from natlens.collector.store.sql import LATE_NS
+from natlens.collector.store.sqlite import SqliteStore
 from natlens.proto import natlens_pb2 as pb
-from natlens.proto.columns import DecisionRow, to_message
+from natlens.proto.columns import DecisionRow, pack
 
 T0 = 1_800_000_000 * 10**9 - (1_800_000_000 * 10**9) % HOUR  # an hour boundary
 VIP, EPS = "10.96.0.10", ("10.244.1.5", "10.244.2.6")
@@ -53,29 +39,33 @@ def row(t: int, ep: str, client: str = "10.244.9.9", event: pb.Event = pb.EVENT_
                        reply_bytes=nbytes)
 
 
-def decision(t: int, ep: str, client: str = "10.244.9.9", event: pb.Event = pb.EVENT_NEW,
-             nbytes: int = 0) -> pb.Decision:
-    return to_message(row(t, ep, client, event, nbytes))
+decision = row
 
 
 class Feed:
-    def __init__(self, store: Store, node: str = "n1") -> None:
+    def __init__(self, store: SqliteStore, node: str = "n1") -> None:
         self.store, self.node, self.seq = store, node, 0
 
-    def send(self, decisions: list[pb.Decision], rules: bool = False) -> None:
+    def send(self, decisions: list[DecisionRow], rules: bool = False) -> None:
         self.seq += 1
         self.store.ingest(pb.Batch(agent_id=self.node, boot_id="b", seq=self.seq,
-                                   node=self.node, decisions=decisions,
+                                   node=self.node, columns=pack(decisions),
                                    rules=[to_snapshot(MODEL, T0 - HOUR)] if rules else []))
 
 
-def total(store: Store, q: ReportQuery | None = None) -> dict[str, int]:
-    rep = build_report(store.db, q or ReportQuery())
+def pruned_before(store: SqliteStore) -> int:
+    row = store.db.execute("SELECT value_ns FROM retention WHERE name = 'pruned_before_ns'"
+                           ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def total(store: SqliteStore, q: ReportQuery | None = None) -> dict[str, int]:
+    rep = build_report(store, q or ReportQuery())
     return {e["endpoint"]: e["observed"] for s in rep["services"] for e in s["endpoints"]}
 
 
 def test_rollups_keep_the_counts_after_decisions_are_pruned(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     feed = Feed(store)
     # 3 hours of traffic, one connection a minute alternating endpoints, bytes on close
     sent = [decision(T0 + m * MINUTE + 5, EPS[m % 2]) for m in range(180)]
@@ -88,7 +78,7 @@ def test_rollups_keep_the_counts_after_decisions_are_pruned(tmp_path: Path) -> N
     policy = Policy(decisions_ns=HOUR, rollups_ns=30 * DAY, chunk=17)
     now = T0 + 3 * HOUR + 30 * MINUTE
     Maintenance(store, policy, clock=lambda: now).run_once()
-    cut = pruned_before(store.db)
+    cut = pruned_before(store)
     assert cut == now - HOUR  # older than the retention, and rolled up long ago
     left = store.db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
     assert left == 2 * sum(1 for d in sent if d.time_ns >= cut)  # new + destroy rows
@@ -108,7 +98,7 @@ def test_rollups_keep_the_counts_after_decisions_are_pruned(tmp_path: Path) -> N
 
 
 def test_a_late_batch_lands_in_its_rollup(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     feed = Feed(store)
     feed.send([decision(T0 + 10 * MINUTE, EPS[0])], rules=True)
     rollup(store, T0 + 20 * MINUTE)
@@ -137,34 +127,34 @@ def test_the_first_released_schema_is_upgraded_with_its_rows(tmp_path: Path) -> 
         "orig_bytes": 0, "reply_packets": 0, "reply_bytes": 0, "duration_ns": 0,
         "rules_hash": MODEL.hash, "sample_rate": 1} for i in range(10))
     db.close()
-    store = Store(str(tmp_path / "v1.db"))
+    store = SqliteStore(str(tmp_path / "v1.db"))
     assert store.db.execute("SELECT version FROM schema_version").fetchone()[0] == \
         SCHEMA_VERSION
     assert total(store) == {f"{EPS[0]}:8080": 5, f"{EPS[1]}:8080": 5}
-    stats = db_stats(store.db, str(tmp_path / "v1.db"))
+    stats = store.stats()
     rows = {t["table"]: t["rows"] for t in stats["tables"]}
     assert rows["decisions"] == 10 and rows["rollups"] == 0
     store.close()
 
 
 def test_a_reused_ip_is_named_by_the_pod_that_had_it_then(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     store.record_pods([PodRecord(EPS[0], "web", "front-old", "n1", T0, T0 + HOUR),
                        PodRecord(EPS[0], "web", "front-new", "n2", T0 + HOUR + 1, None)])
     Feed(store).send([decision(T0 + 10, EPS[0]), decision(T0 + 2 * HOUR, EPS[0])], rules=True)
-    rows, cut = query_decisions(store.db, DecisionQuery(endpoint=EPS[0]))
+    rows, cut = query_decisions(store, DecisionQuery(endpoint=EPS[0]))
     assert not cut and [r["pod"] for r in rows] == ["web/front-old", "web/front-new"]
     assert rows[0]["service"] == "web/front:http" and rows[0]["vip"] == f"{VIP}:80"
     store.close()
 
 
 def test_report_by_hour_tests_each_hour_and_finds_the_bad_one(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     feed = Feed(store)
     good = [decision(T0 + i * 10**9 * 10, EPS[i % 2]) for i in range(300)]        # hour 0
     bad = [decision(T0 + HOUR + i * 10**9 * 10, EPS[0]) for i in range(300)]     # hour 1
     feed.send(good + bad, rules=True)
-    rep = build_report_by_hour(store.db, ReportQuery())
+    rep = build_report_by_hour(store, ReportQuery())
     verdicts = {e["hour"]: e["verdict"] for e in rep["services"]}
     assert len(verdicts) == 2 and list(verdicts.values()) == ["consistent", "skewed"]
     assert rep["by"] == "hour"
@@ -172,47 +162,22 @@ def test_report_by_hour_tests_each_hour_and_finds_the_bad_one(tmp_path: Path) ->
 
 
 def test_nodes_are_compared_for_the_same_service(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     Feed(store, "n1").send([decision(T0 + i, EPS[i % 2]) for i in range(400)], rules=True)
     Feed(store, "n2").send([decision(T0 + i, EPS[0]) for i in range(400)], rules=True)
-    (cmp,) = build_report(store.db, ReportQuery())["comparisons"]
+    (cmp,) = build_report(store, ReportQuery())["comparisons"]
     assert cmp["verdict"] == "different" and set(cmp["nodes"]) == {"n1", "n2"}
     assert cmp["test"]["method"] == "chi-square homogeneity"
     store.close()
 
 
-def test_same_split_on_two_nodes_is_the_same() -> None:
-    entries = [{"service": "s", "vip": "v", "port": 1, "protocol": "tcp", "node": n,
-                "endpoints": [{"endpoint": "a", "observed": 100 + d},
-                              {"endpoint": "b", "observed": 100 - d}], "undeclared": []}
-               for n, d in (("n1", 3), ("n2", -4))]
-    (cmp,) = compare_nodes(entries, 0.001)
-    assert cmp["verdict"] == "same"
-
-
-@given(st.lists(st.integers(0, 1000), min_size=2, max_size=6), st.data())
-def test_tvd_is_a_distance_in_0_1(counts: list[int], data: st.DataObject) -> None:
-    total_n = sum(counts)
-    weights = data.draw(st.lists(st.integers(1, 10), min_size=len(counts),
-                                 max_size=len(counts)))
-    shares = [w / sum(weights) for w in weights]
-    eps = [{"observed": c, "declared": s} for c, s in zip(counts, shares, strict=True)]
-    d = tvd(eps, [], total_n)
-    if total_n == 0:
-        assert d is None
-    else:
-        assert d is not None and 0 <= d <= 1
-        exact = [{"observed": s * 1000, "declared": s} for s in shares]
-        assert tvd(exact, [], 1000) == pytest.approx(0, abs=1e-9)
-
-
 def test_bytes_are_weighed_per_endpoint(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     feed = Feed(store)
     feed.send([decision(T0 + i, EPS[i % 2]) for i in range(100)]
               + [decision(T0 + 200 + i, EPS[i % 2], event=pb.EVENT_DESTROY,
                           nbytes=900 if i % 2 == 0 else 100) for i in range(100)], rules=True)
-    (s,) = build_report(store.db, ReportQuery(weight="bytes"))["services"]
+    (s,) = build_report(store, ReportQuery(weight="bytes"))["services"]
     assert s["bytes"] == 100 * 1000 * 2 // 2
     assert {e["endpoint"]: e["byte_share"] for e in s["endpoints"]} == {
         f"{EPS[0]}:8080": 0.9, f"{EPS[1]}:8080": 0.1}
@@ -225,7 +190,7 @@ def test_a_locked_database_is_said_in_one_line(tmp_path: Path) -> None:
     import sys
 
     path = tmp_path / "db"
-    Store(str(path)).close()
+    SqliteStore(str(path)).close()
     holder = sqlite3.connect(path)
     holder.execute("PRAGMA journal_mode = DELETE")
     holder.execute("BEGIN EXCLUSIVE")
@@ -244,8 +209,8 @@ def test_a_locked_database_is_said_in_one_line(tmp_path: Path) -> None:
        st.one_of(st.none(), st.integers(1, 10**13)))
 def test_plan_covers_the_window_exactly_once(since: int | None, until: int | None,
                                              rolled: int | None) -> None:
-    from natlens.collector.report.plan import MINUTE as M
-    from natlens.collector.report.plan import plan
+    from natlens.collector.store.plan import MINUTE as M
+    from natlens.collector.store.plan import plan
 
     if since is not None and until is not None and until < since:
         since, until = until, since
@@ -269,7 +234,7 @@ def test_plan_covers_the_window_exactly_once(since: int | None, until: int | Non
 
 
 def test_reports_read_rollups_for_whole_minutes_and_rows_for_the_rest(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     feed = Feed(store)
     sent = [decision(T0 + i * 20 * 10**9 + 3, EPS[i % 3 == 0]) for i in range(600)]  # 3h20
     feed.send(sent, rules=True)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from natlens.agent.decode.ctnetlink import CtEvent, Tuple
 from natlens.agent.decode.decision import to_decision
-from natlens.agent.sources.ebpf import RECORD, decode_record
+from natlens.agent.sources.ebpf_filter import RECORD, decode_record
 from natlens.proto import natlens_pb2 as pb
 
 # as the kernel's inet_ntop writes them (ipaddress writes ::ffff:0:0 as ::ffff:0.0.0.0)

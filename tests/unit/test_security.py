@@ -16,7 +16,7 @@ import sqlite_utils
 from natlens.agent.ship.batch import Batcher
 from natlens.agent.ship.client import Shipper
 from natlens.collector.server import start
-from natlens.collector.store.db import Store
+from natlens.collector.store.sqlite import SqliteStore
 from natlens.security import (
     SecurityError,
     TlsFiles,
@@ -40,7 +40,7 @@ def collector(tmp_path: Path, pki: Pki, request: pytest.FixtureRequest) -> Itera
     may ask for its own server certificate with ``@pytest.mark.parametrize``-free
     indirection via ``request.param`` (cert, key)."""
     cert, key = getattr(request, "param", (pki.server_cert, pki.server_key))
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     creds = server_credentials(TlsFiles(cert, key, pki.ca))
     server, port = start(store, "127.0.0.1:0", credentials=creds, token="s3cret")
     try:
@@ -105,7 +105,7 @@ def test_refused_connections_store_nothing_and_say_why(
 
 def test_an_expired_collector_certificate_is_refused(
         tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     server, port = start(store, "127.0.0.1:0", credentials=server_credentials(
         TlsFiles(pki.expired_cert, pki.expired_key, pki.ca)), token="s3cret")
     try:

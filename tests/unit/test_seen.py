@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natlens.agent.pipeline import SeenIds
+from natlens.agent.sources.seen import SeenIds
 
 
 def test_unseen_id_is_not_known() -> None:

@@ -24,12 +24,14 @@ from natlens.collector.analyze.agreement import (
     in_window,
     shared_window,
 )
+from natlens.collector.analyze.sources import pick
 from natlens.collector.report.build import ReportQuery, build_report
-from natlens.collector.report.sources import pick
-from natlens.collector.store.db import Store
-from natlens.collector.store.retention import HOUR, MINUTE, rollup
+from natlens.collector.store.plan import HOUR, MINUTE
+from natlens.collector.store.retention import rollup
 from natlens.collector.store.schema import MIGRATIONS, SCHEMA_VERSION
+from natlens.collector.store.sqlite import SqliteStore
 from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import DecisionRow, pack
 
 from .test_retention import EPS, MODEL, T0, VIP
 
@@ -87,20 +89,19 @@ def test_the_most_exact_source_is_counted_and_older_rollups_added() -> None:
     assert pick({"": {"a": 5}}) == ("", {"a": 5})
 
 
-def _feed(store: Store, missed_by_pcap: set[int], split: set[int], n: int = 40) -> None:
+def _feed(store: SqliteStore, missed_by_pcap: set[int], split: set[int], n: int = 40) -> None:
     """n connections seen by netlink and the eBPF filter (decisions and its counter
     total), and by packets except ``missed_by_pcap``; ``split``: packets say otherwise."""
-    batches: dict[str, list[pb.Decision]] = {s: [] for s in SOURCES}
+    batches: dict[str, list[DecisionRow]] = {s: [] for s in SOURCES}
     for i in range(n):
         ep = EPS[i % 2]
         for s in SOURCES:
             if s == "pcap" and i in missed_by_pcap:
                 continue
             other = EPS[(i + 1) % 2] if s == "pcap" and i in split else ep
-            batches[s].append(pb.Decision(
-                time_ns=T0 + i * 10**8 + SOURCES.index(s) * 10**6, protocol="tcp",
-                client_ip="10.244.9.9", client_port=30000 + i % 7, vip=VIP, vip_port=80,
-                endpoint_ip=other, endpoint_port=8080, ct_id=i, source=PB_SOURCE[s],
+            batches[s].append(DecisionRow(
+                T0 + i * 10**8 + SOURCES.index(s) * 10**6, "tcp", "10.244.9.9",
+                30000 + i % 7, VIP, 80, other, 8080, ct_id=i, source=PB_SOURCE[s],
                 event=pb.EVENT_NEW))
     totals = [pb.CounterDelta(window_start_ns=T0, window_end_ns=T0 + n * 10**8,
                               protocol="tcp", vip=VIP, vip_port=80, endpoint_ip=ep,
@@ -108,19 +109,19 @@ def _feed(store: Store, missed_by_pcap: set[int], split: set[int], n: int = 40) 
               for ep in EPS]
     for s in SOURCES:
         store.ingest(pb.Batch(agent_id=f"n1/{s}", boot_id="b", seq=1, node="n1",
-                              decisions=batches[s], rules=[to_snapshot(MODEL, T0 - 1)],
+                              columns=pack(batches[s]), rules=[to_snapshot(MODEL, T0 - 1)],
                               counters=totals if s == "ebpf" else []))
 
 
 def test_three_sources_are_counted_once_and_compared(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     _feed(store, missed_by_pcap={3, 17, 30}, split={8})
-    (entry,) = build_report(store.db, ReportQuery())["services"]
+    (entry,) = build_report(store, ReportQuery())["services"]
     assert entry["total"] == 40 and entry["source"] == "ebpf"
     assert entry["sources"] == {"ebpf": 40, "netlink": 40, "pcap": 37}
     # after a rollup pass the same holds, read from the source-keyed buckets
     rollup(store, T0 + HOUR)
-    (entry,) = build_report(store.db, ReportQuery())["services"]
+    (entry,) = build_report(store, ReportQuery())["services"]
     assert entry["total"] == 40 and entry["sources"]["pcap"] == 37
     store.close()
     r = subprocess.run([sys.executable, "-m", "natlens", "report", "--db",
@@ -173,11 +174,11 @@ def test_v4_rollups_and_counters_keep_their_counts(tmp_path: Path) -> None:
                            "orig_bytes": 0, "reply_packets": 0, "reply_bytes": 0,
                            "duration_ns": 0})
     db.close()
-    store = Store(str(tmp_path / "v4.db"))
+    store = SqliteStore(str(tmp_path / "v4.db"))
     assert store.db.execute("SELECT version FROM schema_version").fetchone()[0] == \
         SCHEMA_VERSION
     assert {r[0] for r in store.db.execute("SELECT DISTINCT source FROM rollups")} == {""}
-    (entry,) = build_report(store.db, ReportQuery())["services"]
+    (entry,) = build_report(store, ReportQuery())["services"]
     assert {e["endpoint"]: e["observed"] for e in entry["endpoints"]} == {
         f"{EPS[0]}:8080": 57, f"{EPS[1]}:8080": 50}
     assert entry["source"] == "ebpf" and "sources" not in entry

@@ -15,16 +15,20 @@ from natlens.agent.ship.client import Shipper
 from natlens.agent.ship.spool import Aggregator, Spool
 from natlens.collector.report.build import ReportQuery, build_report
 from natlens.collector.server import start
-from natlens.collector.store.db import Store
+from natlens.collector.store.sqlite import SqliteStore
 from natlens.proto import natlens_pb2 as pb
-from natlens.proto.columns import count
+from natlens.proto.columns import DecisionRow, count, pack
 
 from .test_grpc import free_port
 from .test_retention import EPS, MODEL, T0, decision, row
 
 
 def counts(db: Path) -> dict[str, int]:
-    rep = build_report(sqlite_utils.Database(db), ReportQuery())
+    store = SqliteStore(str(db), read_only=True)
+    try:
+        rep = build_report(store, ReportQuery())
+    finally:
+        store.close()
     return {e["endpoint"]: e["observed"] for s in rep["services"] for e in s["endpoints"]}
 
 
@@ -40,7 +44,7 @@ def feed(batcher: Batcher, n: int, offset: int = 0) -> dict[str, int]:
 
 def test_spool_files_round_trip_and_bad_ones_are_set_aside(tmp_path: Path) -> None:
     sp = Spool(str(tmp_path / "spool"), 1 << 20)
-    b = pb.Batch(agent_id="a", boot_id="b1", seq=7, node="n", decisions=[decision(T0, EPS[0])])
+    b = pb.Batch(agent_id="a", boot_id="b1", seq=7, node="n", columns=pack([decision(T0, EPS[0])]))
     assert sp.put(b) and sp.bytes == len(b.SerializeToString())
     (tmp_path / "spool" / "junk-0000000000000001.pb").write_bytes(b"\xff\x00garbage")
     (tmp_path / "spool" / "half.pb.tmp").write_bytes(b"\x08")
@@ -65,7 +69,7 @@ def test_a_restarted_agent_resends_its_spool_and_nothing_is_stored_twice(
     first.stop()
     assert len(list(Path(spool_dir).glob("*.pb"))) == 11
     # collector up; a second run of the agent, a new boot, finds the spool
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     server, _ = start(store, f"127.0.0.1:{port}")
     try:
         second = Shipper(f"127.0.0.1:{port}", spool=Spool(spool_dir, 1 << 24))
@@ -100,7 +104,7 @@ def test_a_full_spool_counts_in_aggregate_and_says_so(tmp_path: Path) -> None:
     truth = feed(b, 2000)
     assert agg.not_kept > 0 and shipper.spool is not None and shipper.spool.full_events > 0
     assert shipper.spool.bytes <= 6000
-    store = Store(str(tmp_path / "db"))
+    store = SqliteStore(str(tmp_path / "db"))
     server, _ = start(store, f"127.0.0.1:{port}")
     try:
         assert shipper.drain(20)
@@ -124,14 +128,14 @@ def test_a_full_spool_counts_in_aggregate_and_says_so(tmp_path: Path) -> None:
 def test_aggregate_totals_are_running_sums(events: list[tuple[int, int, int]],
                                            splits: int) -> None:
     agg = Aggregator("e")
-    ds = [pb.Decision(time_ns=T0 + i, protocol="tcp", vip="10.96.0.10", vip_port=80,
-                      endpoint_ip=f"10.244.0.{ep}", endpoint_port=8080, event=ev,
-                      source=pb.SOURCE_NETLINK, orig_bytes=nb, reply_bytes=1)
+    ds = [DecisionRow(T0 + i, "tcp", "10.244.9.9", 1000 + i, "10.96.0.10", 80,
+                      f"10.244.0.{ep}", 8080, event=ev, source=pb.SOURCE_NETLINK,
+                      orig_bytes=nb, reply_bytes=1)
           for i, (ev, ep, nb) in enumerate(events)]
     last: dict[tuple[str, int], pb.CounterDelta] = {}
     size = max(1, len(ds) // splits)
     for k in range(0, len(ds), size):
-        out = agg.aggregate(pb.Batch(decisions=ds[k:k + size]))
+        out = agg.aggregate(pb.Batch(columns=pack(ds[k:k + size])))
         assert not count(out) and out.lost[0].count == len(ds[k:k + size])
         for c in out.counters:
             prev = last.get((c.endpoint_ip, c.endpoint_port))

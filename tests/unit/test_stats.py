@@ -27,7 +27,7 @@ def test_wilson_contains_the_estimate(k: int, n: int) -> None:
 
 def test_wilson_known_value() -> None:
     lo, hi = wilson(1003, 2000)
-    assert (round(lo, 4), round(hi, 4)) == (0.4796, 0.5234)  # DESIGN.md's example
+    assert (round(lo, 4), round(hi, 4)) == (0.4796, 0.5234)  # docs/report.md's example
 
 
 def test_chi_square_matches_scipy() -> None:
@@ -113,7 +113,7 @@ def test_verdicts() -> None:
 def _outside(n: int, rate: int, shrink: float = 1.0) -> int:
     """Of 100,000 seeded samplings (each of n kept with probability 1/rate), how many
     scaled counts miss n by more than ``shrink`` times the stated error."""
-    from natlens.collector.report.build import scaled_error
+    from natlens.collector.analyze.sampling import scaled_error
 
     k = np.random.default_rng(7).binomial(n, 1 / rate, size=100_000)
     err = np.array([scaled_error(int(x), rate) for x in k]) * shrink

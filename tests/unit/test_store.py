@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from natlens.collector.store.db import BatchRejected, Store
+from natlens.collector.store.api import BatchRejected
 from natlens.collector.store.schema import SCHEMA_VERSION, SchemaError
+from natlens.collector.store.sqlite import SqliteStore
 from natlens.proto import natlens_pb2 as pb
-from natlens.proto.columns import DecisionRow, to_message
+from natlens.proto.columns import DecisionRow, pack
 
 
 def row(t: int, ep: str = "10.244.1.168", event: pb.Event = pb.EVENT_NEW) -> DecisionRow:
@@ -18,14 +19,16 @@ def row(t: int, ep: str = "10.244.1.168", event: pb.Event = pb.EVENT_NEW) -> Dec
                        ct_id=t, source=pb.SOURCE_NETLINK, event=event)
 
 
-def decision(t: int, ep: str = "10.244.1.168", event: pb.Event = pb.EVENT_NEW) -> pb.Decision:
-    """The same as one message (the form older agents send)."""
-    return to_message(row(t, ep, event))
+decision = row
 
 
-def batch(seq: int, decisions: list[pb.Decision], rules: list[pb.RuleSnapshot] = ()) -> pb.Batch:
+def bad(t: int, **fields: object) -> DecisionRow:
+    return row(t)._replace(**fields)
+
+
+def batch(seq: int, decisions: list[DecisionRow], rules: list[pb.RuleSnapshot] = ()) -> pb.Batch:
     return pb.Batch(agent_id="a", boot_id="b", seq=seq, node="k8s-node2",
-                    decisions=decisions, rules=list(rules))
+                    columns=pack(decisions), rules=list(rules))
 
 
 def count(path: Path, table: str) -> int:
@@ -33,7 +36,7 @@ def count(path: Path, table: str) -> int:
 
 
 def test_a_batch_sent_twice_is_stored_once(tmp_path: Path) -> None:
-    s = Store(str(tmp_path / "db"))
+    s = SqliteStore(str(tmp_path / "db"))
     b = batch(1, [decision(1), decision(2)])
     assert s.ingest(b) is True
     assert s.ingest(b) is False
@@ -43,7 +46,7 @@ def test_a_batch_sent_twice_is_stored_once(tmp_path: Path) -> None:
 
 
 def test_out_of_order_batches_are_all_kept(tmp_path: Path) -> None:
-    s = Store(str(tmp_path / "db"))
+    s = SqliteStore(str(tmp_path / "db"))
     for seq in (3, 1, 2):
         assert s.ingest(batch(seq, [decision(seq)]))
     s.close()
@@ -53,15 +56,12 @@ def test_out_of_order_batches_are_all_kept(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", [
     pb.Batch(agent_id="", boot_id="b", seq=1, node="n"),
     pb.Batch(agent_id="a", boot_id="b", seq=0, node="n"),
-    batch(1, [decision(1), pb.Decision(time_ns=2, protocol="tcp", vip="x", endpoint_ip="",
-                                       source=pb.SOURCE_NETLINK, event=pb.EVENT_NEW)]),
-    batch(1, [pb.Decision(time_ns=2, protocol="tcp", vip="x", endpoint_ip="y",
-                          source=pb.SOURCE_NETLINK, event=99)]),
-    batch(1, [pb.Decision(time_ns=2, protocol="tcp", vip="x", endpoint_ip="y", vip_port=70000,
-                          source=pb.SOURCE_NETLINK, event=pb.EVENT_NEW)]),
+    batch(1, [decision(1), bad(2, vip="x", endpoint_ip="")]),
+    batch(1, [bad(2, vip="x", endpoint_ip="y", event=99)]),
+    batch(1, [bad(2, vip="x", endpoint_ip="y", vip_port=70000)]),
 ])
 def test_rejected_batches_store_nothing(tmp_path: Path, bad: pb.Batch) -> None:
-    s = Store(str(tmp_path / "db"))
+    s = SqliteStore(str(tmp_path / "db"))
     s.ingest(batch(7, [decision(1)]))
     with pytest.raises(BatchRejected):
         s.ingest(bad)
@@ -71,12 +71,12 @@ def test_rejected_batches_store_nothing(tmp_path: Path, bad: pb.Batch) -> None:
 
 
 def test_decisions_are_judged_by_the_rules_in_force_at_their_time(tmp_path: Path) -> None:
-    s = Store(str(tmp_path / "db"))
+    s = SqliteStore(str(tmp_path / "db"))
     s.ingest(batch(1, [decision(5)], [pb.RuleSnapshot(time_ns=10, mode="iptables", hash="h1")]))
     s.ingest(batch(2, [decision(15), decision(25)],
                    [pb.RuleSnapshot(time_ns=20, mode="iptables", hash="h2")]))
     s.close()
-    s2 = Store(str(tmp_path / "db"))  # epochs reload from disk
+    s2 = SqliteStore(str(tmp_path / "db"))  # epochs reload from disk
     assert (s2.rules_at("k8s-node2", 12), s2.rules_at("k8s-node2", 30)) == ("h1", "h2")
     s2.close()
     rows = sqlite_utils.Database(tmp_path / "db").execute(
@@ -85,25 +85,25 @@ def test_decisions_are_judged_by_the_rules_in_force_at_their_time(tmp_path: Path
 
 
 def test_newer_schema_is_refused_and_foreign_files_too(tmp_path: Path) -> None:
-    Store(str(tmp_path / "db")).close()
+    SqliteStore(str(tmp_path / "db")).close()
     db = sqlite_utils.Database(tmp_path / "db")
     db.execute("UPDATE schema_version SET version = ?", [SCHEMA_VERSION + 1])
     db.conn.commit()
     db.close()
     with pytest.raises(SchemaError, match="newer"):
-        Store(str(tmp_path / "db"))
+        SqliteStore(str(tmp_path / "db"))
     other = sqlite_utils.Database(tmp_path / "other")
     other["t"].insert({"x": 1})
     other.close()
     with pytest.raises(SchemaError, match="not a natlens database"):
-        Store(str(tmp_path / "other"))
+        SqliteStore(str(tmp_path / "other"))
 
 
 def test_older_schema_is_upgraded(tmp_path: Path) -> None:
     db = sqlite_utils.Database(tmp_path / "db")
     db["schema_version"].insert({"version": 0})
     db.close()
-    Store(str(tmp_path / "db")).close()
+    SqliteStore(str(tmp_path / "db")).close()
     assert sqlite_utils.Database(tmp_path / "db").execute(
         "SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
 
@@ -121,7 +121,7 @@ def connections(path: Path) -> int:
 
 
 def test_counter_totals_count_once_across_resends_and_restarts(tmp_path: Path) -> None:
-    s = Store(str(tmp_path / "db"))
+    s = SqliteStore(str(tmp_path / "db"))
     s.ingest(pb.Batch(agent_id="a", boot_id="b1", seq=1, node="n", counters=[counter(5)]))
     # A restarted agent (new boot) re-reads the pinned maps and ships the same total.
     s.ingest(pb.Batch(agent_id="a", boot_id="b2", seq=1, node="n", counters=[counter(5)]))
@@ -136,12 +136,12 @@ def test_counter_totals_count_once_across_resends_and_restarts(tmp_path: Path) -
 
 
 def test_a_batch_failing_halfway_stores_nothing(tmp_path: Path) -> None:
-    s = Store(str(tmp_path / "db"))
+    s = SqliteStore(str(tmp_path / "db"))
     s.ingest(pb.Batch(agent_id="a", boot_id="b", seq=1, node="n",
                       counters=[counter(5, closed=3)]))
     # More connections but fewer closed ones: not a state these maps can be in.
     bad = pb.Batch(agent_id="a", boot_id="b", seq=2, node="n",
-                   decisions=[decision(1), decision(2)], counters=[counter(6, closed=1)])
+                   columns=pack([decision(1), decision(2)]), counters=[counter(6, closed=1)])
     with pytest.raises(BatchRejected, match="backwards"):
         s.ingest(bad)
     assert count(tmp_path / "db", "decisions") == 0
@@ -150,16 +150,16 @@ def test_a_batch_failing_halfway_stores_nothing(tmp_path: Path) -> None:
     # the decision key the failed batch added went with it; the next batch adds it again
     assert count(tmp_path / "db", "decision_keys") == 0
     s.ingest(pb.Batch(agent_id="a", boot_id="b", seq=2, node="n",
-                      decisions=[decision(1), decision(2)]))
+                      columns=pack([decision(1), decision(2)])))
     s.close()
     assert count(tmp_path / "db", "decisions") == 2
 
 
 def test_a_decision_sent_twice_is_kept_once_and_said(tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    s = Store(str(tmp_path / "db"))
+    s = SqliteStore(str(tmp_path / "db"))
     s.ingest(batch(1, [decision(1), decision(2)]))
-    other_conn = to_message(row(2)._replace(ct_id=99))  # same time, another connection
+    other_conn = row(2)._replace(ct_id=99)  # same time, another connection
     with caplog.at_level(logging.WARNING, logger="natlens.collector.store"):
         assert s.ingest(batch(2, [decision(2), decision(3), other_conn]))
     assert s.repeated_decisions == 1

@@ -1,4 +1,4 @@
-"""``natlens query undeclared``: traffic to endpoints no rule declared.
+"""``natlens query undeclared``: traffic to endpoints no rule declared, read off a report.
 
 Two kinds: an endpoint the node's rules do not list for a service port that they do
 declare (a stale endpoint, a foreign DNAT in front of kube-proxy's), and a VIP:port the
@@ -9,15 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlite_utils
 
-from natlens.collector.report.build import ReportQuery, build_report
-
-
-def undeclared(db: sqlite_utils.Database, q: ReportQuery) -> list[dict[str, Any]]:
-    rep = build_report(db, q)
+def undeclared(report: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for s in rep["services"]:
+    for s in report["services"]:
         for u in s["undeclared"]:
             if u["observed"]:
                 out.append({"kind": "endpoint not declared", "node": s["node"],
@@ -25,7 +20,7 @@ def undeclared(db: sqlite_utils.Database, q: ReportQuery) -> list[dict[str, Any]
                             "protocol": s["protocol"], "rules_version": s["rules_version"],
                             "endpoint": u["endpoint"], "pod": u.get("pod"),
                             "connections": u["observed"]})
-    for u in rep["unmatched"]:
+    for u in report["unmatched"]:
         for ep, n in u["observed"].items():
             out.append({"kind": "service port not declared", "node": u["node"],
                         "service": None, "vip": u["vip"], "port": u["port"],

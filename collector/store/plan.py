@@ -10,6 +10,11 @@ from dataclasses import dataclass
 
 MINUTE = 60 * 10**9
 HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+
+def floor_to(t: int, step: int) -> int:
+    return t - t % step
 
 Segments = tuple[tuple[int | None, int | None], ...]  # half-open [lo, hi), None: open
 

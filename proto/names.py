@@ -1,0 +1,40 @@
+"""Names both sides of the wire use: how an endpoint is written, and what each source
+and event enum is called in the store, the report and the metrics."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from natlens.proto import natlens_pb2 as pb
+
+SOURCES: dict[int, str] = {pb.SOURCE_NETLINK: "netlink", pb.SOURCE_EBPF: "ebpf",
+                           pb.SOURCE_PCAP: "pcap"}
+EVENTS: dict[int, str] = {pb.EVENT_NEW: "new", pb.EVENT_DESTROY: "destroy",
+                          pb.EVENT_SNAPSHOT: "snapshot", pb.EVENT_RECOVERED: "recovered"}
+# Events that count as a decision in a distribution (a snapshot was made before the
+# agent looked; a destroy ends a connection already counted).
+COUNTED_EVENTS = ("new", "recovered")
+
+
+def source_name(source: int, default: str = "unknown") -> str:
+    return SOURCES.get(source, default)
+
+
+def endpoint_key(ip: str, port: int) -> str:
+    """``IP:PORT``, or ``[IPv6]:PORT`` as in the report contract."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def split_endpoint(key: str) -> tuple[str, int]:
+    """``endpoint_key``'s inverse; ValueError when ``key`` is not one."""
+    if key.startswith("["):
+        host, _, port = key[1:].partition("]:")
+    else:
+        host, _, port = key.rpartition(":")
+    ipaddress.ip_address(host)
+    return host, int(port)
+
+
+def endpoint_ip(key: str) -> str:
+    """The address of an ``IP:PORT`` / ``[IPv6]:PORT`` key (no check)."""
+    return key[1:key.index("]")] if key.startswith("[") else key.rpartition(":")[0]
