@@ -16,17 +16,15 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import time
-import types
-from pathlib import Path
 from typing import Any
 
+from harness import module_at
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 
 from natlens import netns
 from natlens.agent.decode import ctnetlink as c
-from natlens.agent.sources.netlink import ConntrackSource
+from natlens.agent.sources.conntrack import ConntrackSocket
 
 N = int(os.environ.get("N", "5000"))
 BEFORE = os.environ.get("BEFORE", "")
@@ -42,7 +40,7 @@ NAT = """table ip bench {
 
 def capture(ns: str) -> list[bytes]:
     """Every conntrack event message of N DNAT'd connections and the flush after."""
-    src = ConntrackSource(ns)  # the agent's subscription; read raw below
+    src = ConntrackSocket(ns)  # the agent's subscription; read raw below
     with netns.entered(ns):
         srv = socket.socket()
         srv.bind(("127.0.0.1", 8080))
@@ -67,17 +65,6 @@ def capture(ns: str) -> list[bytes]:
 
 def natlens_decode(msgs: list[bytes], mod: Any = c) -> list[Any]:
     return [ev for m in msgs for ev in mod.messages(m)]
-
-
-def decoder_at(commit: str) -> Any:
-    """agent/decode/ctnetlink.py as it was at ``commit``, as a module of its own."""
-    src = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent), "show",
-                          f"{commit}:agent/decode/ctnetlink.py"],
-                         capture_output=True, text=True, check=True).stdout
-    mod = types.ModuleType(f"ctnetlink_{commit}")
-    sys.modules[mod.__name__] = mod  # its dataclasses look their module up
-    exec(compile(src, f"{commit}:ctnetlink.py", "exec"), mod.__dict__)
-    return mod
 
 
 def _tuple(t: Any) -> tuple[Any, ...]:
@@ -129,7 +116,7 @@ def main() -> None:
           f"{sizes[0]}-{sizes[-1]} bytes (median {statistics.median(sizes):.0f})")
     decoders: dict[str, Any] = {"natlens": natlens_decode, "pyroute2": pyroute2_decode}
     if BEFORE:
-        old = decoder_at(BEFORE)
+        old = module_at(BEFORE, "agent/decode/ctnetlink.py")
         assert [tuple(e) for e in natlens_decode(msgs, old)] == [tuple(e) for e in ours]
         decoders[f"natlens @{BEFORE}"] = lambda m: natlens_decode(m, old)
     times: dict[str, list[float]] = {name: [] for name in decoders}

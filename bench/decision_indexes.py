@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from natlens.collector.store.db import DECISION_INSERT, KEY_INSERT, KEY_SELECT, Store
 from natlens.collector.store.schema import DECISION_COLUMNS, DECISION_ROW
+from natlens.collector.store.sqlite import DECISION_INSERT, KEY_INSERT, KEY_SELECT, SqliteStore
 
 WIDE_INSERT = (f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) "
                f"VALUES ({', '.join('?' * len(DECISION_COLUMNS))})")
@@ -77,7 +77,7 @@ def run_narrow(data: list[tuple[object, ...]], d: Path,
     a rowid table with a time index (6), or clustered on time (7, the store's own)."""
     p = d / "n.db"
     _fresh(p)
-    Store(str(p)).close()
+    SqliteStore(str(p)).close()
     c = sqlite3.connect(p)
     c.execute("PRAGMA synchronous=NORMAL")
     if not clustered:

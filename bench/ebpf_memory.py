@@ -1,8 +1,8 @@
 """Agent memory and map-read time with 10,000 service ports × 10 endpoints in the maps.
 
-Loads the eBPF filter (private bpffs), fills the counter map with 100,000 keys by
-running the kernel program on ctnetlink messages (BPF_PROG_TEST_RUN), then reads the
-maps the way the agent does each interval. Reports the process's resident memory
+Loads the eBPF filter (private bpffs), fills the counter map with 100,000 keys (map
+updates, a per-CPU value each, as the kernel program would leave them), then reads
+the maps the way the agent does each interval. Reports the process's resident memory
 before and after, the kernel memory of the maps (memlock), and the read time
 (median of 5) against a reference: bcc's own per-key iteration of the same map
 (`items()`, per-CPU values summed), which the agent used before batching.
@@ -11,37 +11,32 @@ Run: .venv/bin/python bench/ebpf_memory.py  (root; needs bcc)
 
 from __future__ import annotations
 
+import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import memlock_mib, rss_mib
 
-from natlens.agent.sources.ebpf import EbpfFilter  # noqa: E402
-from tests.ctmsg import message  # noqa: E402
-from tests.privileged.bpf_run import test_run  # noqa: E402
+from natlens.agent.sources.ebpf_filter import EbpfFilter
 
 SERVICES, ENDPOINTS = 10_000, 10
 
 
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise LookupError("VmRSS")
-
-
-def memlock_mib(fd: int) -> float:
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        for line in f:
-            if line.startswith("memlock:"):
-                return int(line.split()[1]) / 2**20
-    return 0.0
+def fill(f: EbpfFilter) -> None:
+    """One counter per (service port, endpoint): struct nl_key of ebpf_filter.c."""
+    leaf = f.counters.Leaf
+    values = (leaf * f.ncpus)()
+    for v in values:
+        v.connections = 1
+    for s in range(SERVICES):
+        vip = socket.inet_aton(f"10.{96 + s // 65536}.{s // 256 % 256}.{s % 256}")
+        for e in range(ENDPOINTS):
+            ep = socket.inet_aton(f"10.244.{(s * ENDPOINTS + e) // 256 % 256}.{e + 1}")
+            key = f.counters.Key(family=socket.AF_INET, proto=6, vip_port=80, ep_port=8080)
+            key.vip[:4], key.ep[:4] = list(vip), list(ep)
+            f.counters[key] = values
 
 
 def main() -> None:
@@ -52,13 +47,8 @@ def main() -> None:
             f = EbpfFilter(f"{d}/node")
             loaded = rss_mib()
             t = time.perf_counter()
-            for s in range(SERVICES):
-                vip = f"10.{96 + s // 65536}.{s // 256 % 256}.{s % 256}"
-                for e in range(ENDPOINTS):
-                    ep = f"10.244.{(s * ENDPOINTS + e) // 256 % 256}.{e + 1}"
-                    test_run(f.fn.fd, message("new", ("10.244.255.1", vip, 6, 40000, 80),
-                                              (ep, "10.244.255.1", 6, 8080, 40000), s))
-            fill = time.perf_counter() - t
+            fill(f)
+            filled = time.perf_counter() - t
             reads: list[float] = []
             keys: list[float] = []
             for _ in range(5):
@@ -72,7 +62,7 @@ def main() -> None:
             after = rss_mib()
             n = len(counters)
             print(f"keys in the counter map: {n:,} ({SERVICES:,} service ports × {ENDPOINTS} "
-                  f"endpoints); filled in {fill:.1f} s by the kernel program")
+                  f"endpoints); filled in {filled:.1f} s by map updates")
             print(f"agent process RSS: {before:.0f} MiB before loading, {loaded:.0f} MiB "
                   f"loaded, {after:.0f} MiB with {n:,} counters read into Python")
             print(f"kernel memory of the maps (memlock): counters "

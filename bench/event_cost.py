@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import source_cpu as sc  # bench/, beside this script
+import harness as h  # bench/harness.py, beside this script
 
 from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
@@ -73,25 +73,25 @@ def charge(data: Path) -> dict[str, float]:
                 ns["seen map"] += period
         if comm == "conntrack":
             ns["conntrack process"] += period
-    return {k: v / 1e3 / sc.FLOOD for k, v in ns.items()}
+    return {k: v / 1e3 / h.FLOOD for k, v in ns.items()}
 
 
 def flood_sampled(pod: str, packets: Path, data: Path) -> float:
     """One flood under ``perf record``; the flood's rate."""
-    fl = sc.Flooder(pod, packets)
+    fl = h.Flooder(pod, packets)
     perf = subprocess.Popen(["perf", "record", "-q", "-a", "-g", "-e", "cpu-clock",
                              "-o", str(data)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     time.sleep(1)  # perf is set up on every CPU
     rate, _ = fl.run()
-    time.sleep(sc.TAIL)
+    time.sleep(h.TAIL)
     perf.send_signal(signal.SIGINT)
     perf.wait(timeout=60)
     return rate
 
 
 def under_floor(node: str, pod: str, packets: Path, data: Path) -> float:
-    src = sc.floor_listener(node)
+    src = h.floor_listener(node)
     try:
         return flood_sampled(pod, packets, data)
     finally:
@@ -99,7 +99,7 @@ def under_floor(node: str, pod: str, packets: Path, data: Path) -> float:
 
 
 def under_conntrack(node: str, pod: str, packets: Path, data: Path, tmp: Path) -> float:
-    p = sc.conntrack_events(node, tmp / "ct.txt", [])
+    p = h.conntrack_events(node, tmp / "ct.txt", [])
     time.sleep(0.5)
     try:
         return flood_sampled(pod, packets, data)
@@ -109,7 +109,7 @@ def under_conntrack(node: str, pod: str, packets: Path, data: Path, tmp: Path) -
 
 
 def under_natlens(node: str, pod: str, packets: Path, data: Path, tmp: Path) -> float:
-    nl = sc.Natlens(node, tmp, "aggregate", ["--source", "ebpf", "--no-ct-accounting"])
+    nl = h.Natlens(node, tmp, "aggregate", ["--source", "ebpf", "--no-ct-accounting"])
     try:
         nl.watching()
         return flood_sampled(pod, packets, data)
@@ -120,17 +120,17 @@ def under_natlens(node: str, pod: str, packets: Path, data: Path, tmp: Path) -> 
 def main() -> None:
     if shutil.which("perf") is None:
         sys.exit("event_cost: perf not found; install linux-perf (Debian) to run this")
-    st = topology.up(load_scenario(sc.SEED), str(sc.SEED))
-    pod, node = st.pods[sc.CLIENT], st.nodes["k8s-node2"]
+    st = topology.up(load_scenario(h.SEED), str(h.SEED))
+    pod, node = st.pods[h.CLIENT], st.nodes["k8s-node2"]
     got: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     try:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
-            sc.silence_endpoints(st)
-            packets = sc.build_flood(pod, tmp)
+            h.silence_endpoints(st)
+            packets = h.build_flood(pod, tmp)
             for i in range(RUNS):
                 for mode in got:
-                    sc.clear(node)
+                    h.clear(node)
                     data = tmp / f"{i}-{mode.replace(' ', '')}.data"
                     if mode == "none":
                         rate = flood_sampled(pod, packets, data)
@@ -163,7 +163,7 @@ def report(got: dict[str, list[dict[str, float]]]) -> None:
     ct_added = med("conntrack -E", "busy") - base
     floor_added = med("floor", "busy") - base
     build = med("floor", "event build")
-    print(f"flood {sc.FLOOD} SYNs at {sc.RATE or 'max'}/s, {RUNS} rounds, medians, sampled "
+    print(f"flood {h.FLOOD} SYNs at {h.RATE or 'max'}/s, {RUNS} rounds, medians, sampled "
           f"CPU per connection above the no-watcher flood ({base:.2f} us busy):")
     print(f"  conntrack -E adds {ct_added:.2f} us: event build "
           f"{med('conntrack -E', 'event build'):.2f}, socket read "

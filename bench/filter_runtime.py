@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import source_cpu as sc  # bench/, beside this script
+import harness as h  # bench/harness.py, beside this script
 
 from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
@@ -86,11 +86,11 @@ def filter_runs() -> tuple[int, int]:
 def one(pod: str, node: str, tmp: Path, packets: Path, name: str,
         tree: Path | None) -> tuple[float, int]:
     """Nanoseconds per filter run over one flood, and the runs."""
-    sc.clear(node)
-    nl = sc.Natlens(node, tmp, name, ARGS, tree)
+    h.clear(node)
+    nl = h.Natlens(node, tmp, name, ARGS, tree)
     try:
         nl.watching()
-        fl = sc.Flooder(pod, packets)
+        fl = h.Flooder(pod, packets)
         stats = enable_stats()
         try:
             ns0, n0 = filter_runs()
@@ -104,8 +104,8 @@ def one(pod: str, node: str, tmp: Path, packets: Path, name: str,
 
 
 def main() -> None:
-    st = topology.up(load_scenario(sc.SEED), str(sc.SEED))
-    pod, node = st.pods[sc.CLIENT], st.nodes["k8s-node2"]
+    st = topology.up(load_scenario(h.SEED), str(h.SEED))
+    pod, node = st.pods[h.CLIENT], st.nodes["k8s-node2"]
     names = ["this tree"] + ([f"@{BEFORE}"] if BEFORE else [])
     got: dict[str, list[float]] = {n: [] for n in names}
     try:
@@ -113,9 +113,9 @@ def main() -> None:
             tmp = Path(d)
             trees: dict[str, Path | None] = {"this tree": None}
             if BEFORE:
-                trees[f"@{BEFORE}"] = sc.tree_at(BEFORE, tmp)
-            sc.silence_endpoints(st)
-            packets = sc.build_flood(pod, tmp)
+                trees[f"@{BEFORE}"] = h.tree_at(BEFORE, tmp)
+            h.silence_endpoints(st)
+            packets = h.build_flood(pod, tmp)
             for i in range(RUNS):
                 for name in names if i % 2 == 0 else names[::-1]:  # neither always first
                     per, runs = one(pod, node, tmp, packets, name, trees[name])
@@ -124,7 +124,7 @@ def main() -> None:
                           flush=True)
     finally:
         topology.down(st)
-    print(f"flood {sc.FLOOD} SYNs at {sc.RATE or 'max'}/s, {RUNS} rounds, medians of the "
+    print(f"flood {h.FLOOD} SYNs at {h.RATE or 'max'}/s, {RUNS} rounds, medians of the "
           "kernel's own timing:")
     for name in names:
         print(f"  {name}: {statistics.median(got[name]):.0f} ns per filter run "

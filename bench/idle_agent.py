@@ -13,7 +13,7 @@ only the machine sees them), the agent's and collector's own CPU, in millisecond
 per second, processes started on the machine per second, the agent's and collector's
 resident memory at the window's end, and the seconds from start until the agent
 subscribed (bcc compiles the filter in that time); medians. Over
-source_cpu.py's 8-second flood window this idle cost is charged to the flood's
+the flood benchmarks' windows this idle cost is charged to the flood's
 connections, so it is part of every ratio there.
 Run: .venv/bin/python bench/idle_agent.py   (root; BEFORE=1ab0562 WINDOW=20 RUNS=3
      INTERVAL=2, the agent's default --rules-interval)
@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import source_cpu as sc  # bench/, beside this script
+import harness as h  # bench/harness.py, beside this script
 
 from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
@@ -41,22 +41,10 @@ INTERVAL = os.environ.get("INTERVAL", "2")
 ARGS = ["--source", "ebpf", "--no-ct-accounting", "--rules-interval", INTERVAL]
 
 
-def forks() -> int:
-    """Processes created since boot (/proc/stat)."""
-    with open("/proc/stat") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("processes "))
-
-
-def rss(pid: int) -> float:
-    """Resident memory, MiB."""
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
-
-
 Sample = tuple[float, float, float, float, float, float, float]
 
 
-def window(nl: sc.Natlens | None, t0: float) -> Sample:
+def window(nl: h.Natlens | None, t0: float) -> Sample:
     """Machine busy, agent and collector CPU seconds, processes started, over WINDOW
     seconds; agent and collector RSS at its end; seconds from ``t0`` until ready."""
     ready = 0.0
@@ -64,34 +52,34 @@ def window(nl: sc.Natlens | None, t0: float) -> Sample:
         nl.watching()
         ready = time.monotonic() - t0
         time.sleep(2)  # past the start-up reads and the first counters
-    a0 = sc.proc_cpu(nl.ag.pid) if nl else 0.0
-    c0 = sc.proc_cpu(nl.col.pid) if nl else 0.0
-    f0, b0 = forks(), sc.busy()
+    a0 = h.proc_cpu(nl.ag.pid) if nl else 0.0
+    c0 = h.proc_cpu(nl.col.pid) if nl else 0.0
+    f0, b0 = h.forks(), h.busy()
     time.sleep(WINDOW)
-    b1, f1 = sc.busy(), forks()
-    a1 = sc.proc_cpu(nl.ag.pid) if nl else 0.0
-    c1 = sc.proc_cpu(nl.col.pid) if nl else 0.0
-    mem = (rss(nl.ag.pid), rss(nl.col.pid)) if nl else (0.0, 0.0)
+    b1, f1 = h.busy(), h.forks()
+    a1 = h.proc_cpu(nl.ag.pid) if nl else 0.0
+    c1 = h.proc_cpu(nl.col.pid) if nl else 0.0
+    mem = (h.rss_mib(nl.ag.pid), h.rss_mib(nl.col.pid)) if nl else (0.0, 0.0)
     return b1 - b0, a1 - a0, c1 - c0, f1 - f0, *mem, ready
 
 
 def main() -> None:
-    st = topology.up(load_scenario(sc.SEED), str(sc.SEED))
+    st = topology.up(load_scenario(h.SEED), str(h.SEED))
     node = st.nodes["k8s-node2"]
     got: dict[str, list[Sample]] = {
         "no agent": [], "this tree": [], f"@{BEFORE}": []}
     try:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
-            trees = {"this tree": None, f"@{BEFORE}": sc.tree_at(BEFORE, tmp)}
+            trees = {"this tree": None, f"@{BEFORE}": h.tree_at(BEFORE, tmp)}
             for i in range(RUNS):
                 for name in got:
-                    sc.clear(node)
+                    h.clear(node)
                     if name == "no agent":
                         got[name].append(window(None, 0.0))
                     else:
                         t0 = time.monotonic()
-                        nl = sc.Natlens(node, tmp, name, ARGS, trees[name])
+                        nl = h.Natlens(node, tmp, name, ARGS, trees[name])
                         try:
                             got[name].append(window(nl, t0))
                         finally:

@@ -7,55 +7,30 @@ collector process's CPU per decision. Median of 3. Run: .venv/bin/python bench/i
 
 from __future__ import annotations
 
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import grpc
+from harness import decision_batches, proc_cpu, start_collector
 
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto import natlens_pb2_grpc as pb_grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import BATCHES, PER_BATCH, make_batches
-
-RUNS = 3
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+RUNS, BATCHES, PER_BATCH = 3, 100, 2000
 
 
 def one_run(batches: list[pb.Batch], d: Path, extra: list[str]) -> tuple[float, float]:
     """(seconds, collector CPU seconds) for all batches."""
-    port = free_port()
-    db = d / f"c-{time.monotonic_ns()}.db"
-    col = subprocess.Popen([sys.executable, "-m", "natlens", "collector", "--insecure",
-                            "--db", str(db), "--listen", f"127.0.0.1:{port}", *extra],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    col, port = start_collector(d / f"c-{time.monotonic_ns()}.db", d / "collector.log", extra)
     try:
-        assert col.stdout is not None and col.stdout.readline().startswith("listening")
         ch = grpc.insecure_channel(f"127.0.0.1:{port}",
                                    options=[("grpc.max_send_message_length", 64 << 20)])
         stub = pb_grpc.CollectorStub(ch)
         # warm up (first batch creates the keys), not measured
         list(stub.Upload(iter([pb.Batch(agent_id="warm", boot_id="b", seq=1, node="n",
-                                        columns=batches[0].columns,
-                                        decisions=batches[0].decisions)])))
+                                        columns=batches[0].columns)])))
         c0, t0 = proc_cpu(col.pid), time.perf_counter()
         acks = sum(1 for _ in stub.Upload(iter(batches)))
         dt, cpu = time.perf_counter() - t0, proc_cpu(col.pid) - c0
@@ -69,8 +44,7 @@ def one_run(batches: list[pb.Batch], d: Path, extra: list[str]) -> tuple[float, 
 
 def main() -> None:
     n = BATCHES * PER_BATCH
-    forms = {"columns (agents)": make_batches(),
-             "one message per decision": make_batches(columns=False)}
+    forms = {"columns (agents)": decision_batches(BATCHES, PER_BATCH)}
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in forms}
     with tempfile.TemporaryDirectory() as d:
         for _ in range(RUNS):

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import source_cpu as sc  # bench/, beside this script
+import harness as h  # bench/harness.py, beside this script
 
 from natlens import netns
 from natlens.lab import topology
@@ -67,7 +67,7 @@ SLICE = float(os.environ.get("SLICE", "0.2"))
 ANSWER = os.environ.get("ANSWER", "1") == "1"
 RATE = int(os.environ.get("RATE", "0"))  # SYNs per second; 0: as fast as one sender goes
 ARGS = os.environ.get("ARGS", "--source ebpf").split()
-NONE, CT, NAT, FLOOR = "none", "conntrack -E", "natlens", sc.FLOOR
+NONE, CT, NAT, FLOOR = "none", "conntrack -E", "natlens", h.FLOOR
 CYCLE = [NONE, CT, NONE, NAT, NONE, FLOOR]
 SOL_NETLINK, ADD, DROP = 270, 1, 2
 NETFILTER = "/proc/sys/net/netfilter"
@@ -150,8 +150,8 @@ class Edge(NamedTuple):
 
 def edge(count_fd: int, pids: dict[str, list[int]]) -> Edge:
     return Edge(time.monotonic(), int(os.pread(count_fd, 32, 0)),
-                sc.busy() - time.process_time(),
-                {w: sum(sc.proc_cpu(p) for p in ps) for w, ps in pids.items()})
+                h.busy() - time.process_time(),
+                {w: sum(h.proc_cpu(p) for p in ps) for w, ps in pids.items()})
 
 
 def flood(pod: str, packets: Path, switch: Switch, count_fd: int, pids: dict[str, list[int]],
@@ -160,7 +160,7 @@ def flood(pod: str, packets: Path, switch: Switch, count_fd: int, pids: dict[str
     ``phase``; the first slice (the sender starting) and the last (cut short) are marked
     not ``kept``."""
     switch.listen(NONE)
-    sender = sc.Flooder(pod, packets, RATE).proc  # started and ready
+    sender = h.Flooder(pod, packets, RATE).proc  # started and ready
     assert sender.stdin and sender.stdout
     out: list[Slice] = []
     who = CYCLE[phase % len(CYCLE)]
@@ -238,7 +238,7 @@ def interval(num: list[float], den: list[float], own_n: float, own_d: float,
 
 def report(slices: list[list[Slice]], counted: dict[str, int], lost: int) -> None:
     flat = [s for fl in slices for s in fl]
-    print(f"{FLOODS} floods of {sc.FLOOD:,} SYNs ({'answered' if ANSWER else 'unanswered'})"
+    print(f"{FLOODS} floods of {h.FLOOD:,} SYNs ({'answered' if ANSWER else 'unanswered'})"
           f"{f' at {RATE:,}/s' if RATE else ''}, slices of {SLICE} s; natlens: "
           f"{' '.join(ARGS)}, which reported {lost} events lost")
     for who in (NONE, *(w for w in CYCLE if w != NONE)):
@@ -266,20 +266,20 @@ def report(slices: list[list[Slice]], counted: dict[str, int], lost: int) -> Non
 
 
 def main() -> None:
-    st = topology.up(load_scenario(sc.SEED), str(sc.SEED))
-    pod, node = st.pods[sc.CLIENT], st.nodes["k8s-node2"]
+    st = topology.up(load_scenario(h.SEED), str(h.SEED))
+    pod, node = st.pods[h.CLIENT], st.nodes["k8s-node2"]
     slices: list[list[Slice]] = []
     try:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
             if not ANSWER:
-                sc.silence_endpoints(st)
-            packets = sc.build_flood(pod, tmp)
-            sc.clear(node)
+                h.silence_endpoints(st)
+            packets = h.build_flood(pod, tmp)
+            h.clear(node)
             ct_out = tmp / "ct.txt"
-            ct = sc.conntrack_events(node, ct_out, [])
-            nl = sc.Natlens(node, tmp, "interleaved", ARGS)
-            floor = sc.floor_listener(node)
+            ct = h.conntrack_events(node, ct_out, [])
+            nl = h.Natlens(node, tmp, "interleaved", ARGS)
+            floor = h.floor_listener(node)
             try:
                 nl.watching()
                 time.sleep(0.5)
@@ -295,12 +295,12 @@ def main() -> None:
                 switch.listen(NONE)
                 pids = {CT: [ct.pid], NAT: [nl.ag.pid, nl.col.pid]}
                 for i in range(FLOODS):
-                    sc.clear(node)  # nobody listens: the flush makes no events
+                    h.clear(node)  # nobody listens: the flush makes no events
                     fl = flood(pod, packets, switch, count_fd, pids, i)
                     slices.append(fl)
                     print(f"flood {i}: " + ", ".join(
                         f"{s.who} {s.conns} in {s.secs:.2f}s" for s in fl), flush=True)
-                counted = {CT: ct_out.read_text().count("[NEW]"), NAT: sc.settle(nl.counted)}
+                counted = {CT: ct_out.read_text().count("[NEW]"), NAT: h.settle(nl.counted)}
                 lost = nl.lost()
             finally:
                 floor.close()

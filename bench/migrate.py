@@ -12,8 +12,8 @@ from pathlib import Path
 
 import sqlite_utils
 
-from natlens.collector.store.db import KEY_INSERT, KEY_SELECT, Store
 from natlens.collector.store.schema import DECISION_ROW, MIGRATIONS
+from natlens.collector.store.sqlite import KEY_INSERT, KEY_SELECT, SqliteStore
 
 N, KEYS = 2_000_000, 300
 
@@ -44,7 +44,7 @@ def main() -> None:
         path = Path(d) / "v6.db"
         schema6(path)
         t = time.perf_counter()
-        s = Store(str(path))
+        s = SqliteStore(str(path))
         dt = time.perf_counter() - t
         n = s.db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
         s.close()

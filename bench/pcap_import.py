@@ -28,12 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from natlens.lab import topology
-from natlens.lab.scenario import load_scenario
+from harness import CLIENT, NODE, VIP, VIP_PORT, seed_lab
 
 FLOOD = int(os.environ.get("FLOOD", "50000"))
 RUNS = int(os.environ.get("RUNS", "3"))
-SEED = Path(__file__).resolve().parent.parent / "examples" / "seed-bill-service.yaml"
 FIELDS = ["frame.time_epoch", "ip.src", "ip.dst", "tcp.srcport", "tcp.dstport",
           "tcp.flags", "tcp.seq_raw"]
 
@@ -53,11 +51,8 @@ print(n, syn, time.monotonic() - t)
 
 
 def capture(tmp: Path) -> tuple[Path, Path]:
-    sc = load_scenario(SEED)
-    st = topology.up(sc, str(SEED))
-    try:
-        node = st.nodes["k8s-node2"]
-        pod = st.pods["istio-demo/front-tomcat-v1-7f8c94c6c8-lfz5m"]
+    with seed_lab() as st:
+        node, pod = st.nodes[NODE], st.pods[CLIENT]
         rules = tmp / "node2.iptables-save"
         rules.write_text(subprocess.run(["ip", "netns", "exec", node, "iptables-save"],
                                         capture_output=True, text=True, check=True).stdout)
@@ -66,16 +61,14 @@ def capture(tmp: Path) -> tuple[Path, Path]:
                                  "-B", str(256 << 10), "-w", str(cap)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(1.5)
-        subprocess.run(["ip", "netns", "exec", pod, "hping3", "-q", "-S", "-p", "9999",
-                        "-i", "u100", "-c", str(FLOOD), "10.1.122.241"],
+        subprocess.run(["ip", "netns", "exec", pod, "hping3", "-q", "-S", "-p", str(VIP_PORT),
+                        "-i", "u100", "-c", str(FLOOD), VIP],
                        capture_output=True, timeout=900)
         time.sleep(1.5)
         dump.terminate()
         _, err = dump.communicate(timeout=30)
         print("tcpdump:", " ".join(ln for ln in err.splitlines() if "packets" in ln))
         return cap, rules
-    finally:
-        topology.down(st)
 
 
 def tshark(cap: Path) -> float:

@@ -26,26 +26,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from harness import SEED, rss_mib
+
 from natlens import netns
-from natlens.agent.rules.model import endpoint_key
 from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
 from natlens.lab.traffic import connect_once
+from natlens.proto.names import endpoint_key
 
-ROOT = Path(__file__).resolve().parent.parent
-SEED = ROOT / "examples" / "seed-bill-service.yaml"
 NATLENS = [sys.executable, "-m", "natlens"]
 COLLECTOR = "172.31.255.254:7070"
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return 0.0
 
 
 class Soak:
@@ -141,8 +131,8 @@ def main() -> int:
                 elapsed = time.monotonic() - t0
                 assert soak.collector is not None
                 rss.append({"t": round(elapsed), "connections": sum(tally.values()),
-                            "collector_mb": rss_mb(soak.collector.pid),
-                            **{f"agent_{n}_mb": rss_mb(p.pid)
+                            "collector_mb": rss_mib(soak.collector.pid),
+                            **{f"agent_{n}_mb": rss_mib(p.pid)
                                for n, p in soak.agents.items()}})
                 if not restarted and elapsed >= duration / 2:
                     os.killpg(soak.collector.pid, signal.SIGKILL)

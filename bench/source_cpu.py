@@ -34,15 +34,11 @@ Run: .venv/bin/python bench/source_cpu.py  (root; needs conntrack and bcc)
 
 from __future__ import annotations
 
-import ctypes
 import os
 import random
 import signal
-import socket
 import sqlite3
 import statistics
-import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,19 +46,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import synflood  # bench/, beside this script
+from harness import (
+    ANSWER,
+    CLIENT,
+    FLOOD,
+    FLOOR,
+    Flooder,
+    Natlens,
+    Window,
+    build_flood,
+    clear,
+    conntrack_events,
+    floor_listener,
+    proc_cpu,
+    seed_lab,
+    settle,
+    silence_endpoints,
+    table_count,
+    tree_at,
+)
 
-from natlens.agent.sources.netlink import ConntrackSource
-from natlens.lab import topology
-from natlens.lab.scenario import load_scenario
-
-FLOOD = int(os.environ.get("FLOOD", "60000"))
-RATE = int(os.environ.get("RATE", "30000"))  # SYNs per second; 0: as fast as it goes
 RUNS = int(os.environ.get("RUNS", "3"))
-ANSWER = os.environ.get("ANSWER") == "1"  # endpoints answer (SYN-ACK, then the RST)
-SEED = Path(__file__).resolve().parent.parent / "examples" / "seed-bill-service.yaml"
-VIP, VIP_PORT, TARGET_PORT = "10.1.122.241", 9999, 80
-CLIENT = "istio-demo/front-tomcat-v1-7f8c94c6c8-lfz5m"
 # Byte counters and timestamps (on by default) cost on every packet of every flow, not
 # per event; they are off here like for the conntrack -E run, and measured on their own.
 CONFIGS = {"ebpf aggregate": ["--source", "ebpf", "--no-ct-accounting"],
@@ -77,72 +81,6 @@ CONFIGS = {k: v for k, v in CONFIGS.items()
 # there, interleaved in the same rounds (this machine's speed drifts between runs by
 # more than most changes buy).
 BEFORE = os.environ.get("BEFORE", "")
-ROOT = Path(__file__).resolve().parent.parent
-NCPU = os.cpu_count() or 1
-USER_HZ = os.sysconf("SC_CLK_TCK")
-
-
-def busy() -> float:
-    """Whole-machine busy seconds so far (any origin): wall x CPUs minus the exact idle,
-    and minus steal (time the hypervisor gave this VM's CPUs to others, read from its
-    steal clock), which is no one's work here."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return time.monotonic() * NCPU - (v[3] + v[4] + v[7]) / USER_HZ
-
-
-def proc_cpu(pid: int) -> float:
-    """The process's exact CPU seconds, all threads (MAKE_PROCESS_CPUCLOCK(pid, SCHED))."""
-    return time.clock_gettime((~pid << 3) | 2)
-
-
-def clear(node_ns: str) -> None:
-    """Empty the table before a watcher starts: no startup snapshot, no flush events
-    inside a measured window."""
-    subprocess.run(["ip", "netns", "exec", node_ns, "conntrack", "-F"], capture_output=True)
-    for key in ("nf_conntrack_acct", "nf_conntrack_timestamp"):
-        subprocess.run(["ip", "netns", "exec", node_ns, "sysctl", "-qw",
-                        f"net.netfilter.{key}=0"], check=True)
-    time.sleep(0.5)
-
-
-READY = ("conntrack: subscribed", "source pcap: capturing")  # the agent's log says so
-
-
-def silence_endpoints(st: topology.LabState) -> None:
-    """The endpoints drop the flood's SYNs: no handshake, no RST, one DNAT each."""
-    rule = ("table inet natlens_bench {\n chain pre {\n"
-            "  type filter hook prerouting priority -300;\n"
-            f"  tcp dport {TARGET_PORT} tcp flags & (syn | ack) == syn drop\n }}\n}}\n")
-    for name, ns in st.pods.items():
-        if name != CLIENT:
-            subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rule,
-                           text=True, check=True)
-
-
-class Flooder:
-    """bench/synflood.py in the client pod, started and ready (packets loaded) before
-    ``run`` starts the clock."""
-
-    def __init__(self, pod_ns: str, packets: Path, rate: int = RATE) -> None:
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", pod_ns, sys.executable, synflood.__file__, "send",
-             str(packets), VIP, str(rate)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdin and self.proc.stdout
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("synflood did not start")
-
-    def run(self) -> tuple[float, float]:
-        """Send; the flood's rate in SYNs per second, and the sender's CPU seconds
-        (exact: the node's whole path for each SYN, conntrack events included, runs
-        in its system time)."""
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-        f = self.proc.stdout.readline().split()  # sent N in SECONDS s cpu SECONDS s
-        self.proc.wait(timeout=60)
-        return int(f[1]) / float(f[3]), float(f[6])
 
 
 @dataclass
@@ -160,54 +98,6 @@ class Run:
     made: int = 0        # entries the flood made in the node's table
 
 
-def table_count(node_ns: str) -> int:
-    """Entries to the ClusterIP in the node's conntrack table: right after a flood into
-    a flushed table, the connections the kernel made in this very run (a reset flow
-    stays 10 s)."""
-    out = subprocess.run(["ip", "netns", "exec", node_ns, "conntrack", "-L", "-p", "tcp",
-                          "--orig-dst", "10.1.122.241"],
-                         capture_output=True, text=True, check=True).stdout
-    return sum(1 for line in out.splitlines() if line.startswith("tcp"))
-
-
-def settle(count: Callable[[], int], timeout: float = 120) -> int:
-    last, since = -1, time.monotonic()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        n = count()
-        if n != last:
-            last, since = n, time.monotonic()
-        elif time.monotonic() - since > 1.5:
-            return n
-        time.sleep(0.2)
-    return last
-
-
-TAIL = float(os.environ.get("TAIL", "6"))  # seconds every window runs past the flood
-
-
-class Window:
-    """Whole-machine CPU over a window that ends TAIL seconds after the flood, in every
-    run: the machine's background load then weighs the same on each (a window that
-    ended when the count settled would charge the slower-settling watchers for it).
-    Less this script's own CPU (its polling of files and databases)."""
-
-    def __init__(self) -> None:
-        self.t, self.own = busy(), time.process_time()
-        self.end = 0.0
-
-    def flood_done(self) -> None:
-        self.end = time.monotonic() + TAIL
-
-    def cpu(self) -> float:
-        left = self.end - time.monotonic()
-        if left < 0:
-            print(f"  (counting settled {-left:.1f} s after the window; TAIL={TAIL} "
-                  "is too short for this run)", flush=True)
-        time.sleep(max(left, 0))
-        return busy() - self.t - (time.process_time() - self.own)
-
-
 def run_baseline(pod: str, node: str, packets: Path) -> Run:
     clear(node)
     fl = Flooder(pod, packets)
@@ -215,14 +105,6 @@ def run_baseline(pod: str, node: str, packets: Path) -> Run:
     rate, flood = fl.run()
     w.flood_done()
     return Run(w.cpu(), rate, flood, made=FLOOD)
-
-
-def conntrack_events(node: str, out: Path, events: list[str]) -> subprocess.Popen[bytes]:
-    """`conntrack -E` in ``node`` (with ``events``, e.g. ``-e NEW``), printing to ``out``,
-    with a 256 MiB socket buffer."""
-    return subprocess.Popen(["ip", "netns", "exec", node, "conntrack", "-E", *events,
-                             "-b", str(256 << 20)], stdout=out.open("w"),
-                            stderr=subprocess.DEVNULL)
 
 
 def run_conntrack(pod: str, node: str, tmp: Path, packets: Path, events: list[str]) -> Run:
@@ -242,20 +124,6 @@ def run_conntrack(pod: str, node: str, tmp: Path, packets: Path, events: list[st
     return Run(cpu, rate, flood, c1 - c0, counted=n, made=FLOOD)
 
 
-FLOOR = "listener that keeps nothing"
-SO_ATTACH_FILTER = 26
-
-
-def floor_listener(node: str) -> ConntrackSource:
-    """The agent's own subscription (NEW and DESTROY groups) with a classic BPF filter
-    (``ret #0``) attached before it binds, dropping every message before it is queued:
-    what the kernel spends on conntrack events for any listener."""
-    ret0 = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))  # BPF_RET|BPF_K
-    prog = struct.pack("@HP", 1, ctypes.addressof(ret0))  # struct sock_fprog, native
-    return ConntrackSource(node, attach=lambda s: s.setsockopt(
-        socket.SOL_SOCKET, SO_ATTACH_FILTER, prog))
-
-
 def run_floor(pod: str, node: str, packets: Path) -> Run:
     """The kernel's cost of conntrack events for any listener (``floor_listener``).
     No watcher can cost less than this."""
@@ -269,107 +137,6 @@ def run_floor(pod: str, node: str, packets: Path) -> Run:
         return Run(w.cpu(), rate, flood, made=FLOOD)
     finally:
         src.close()
-
-
-def tree_at(commit: str, tmp: Path) -> Path:
-    """A directory that, first on PYTHONPATH, makes ``natlens`` the code of ``commit``
-    (ahead of the editable install, whose finder Python asks last)."""
-    src = tmp / f"src-{commit}"
-    src.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit],
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-    pkg = tmp / f"py-{commit}" / "natlens"
-    pkg.mkdir(parents=True)
-    for item in (src / "natlens").iterdir():
-        (pkg / item.name).symlink_to(item)
-    for sub in ("agent", "collector", "proto", "lab"):
-        (pkg / sub).symlink_to(src / sub)
-    return pkg.parent
-
-
-class Natlens:
-    """A collector and an agent (``args``) on ``node``, started; ``watching`` waits
-    until the agent has subscribed. ``tree``: run them from that code (``tree_at``)."""
-
-    def __init__(self, node: str, tmp: Path, name: str, args: list[str],
-                 tree: Path | None = None) -> None:
-        self.db = tmp / f"{name.replace(' ', '_')}-{time.monotonic_ns()}.db"
-        self.bpffs = tmp / "bpffs"
-        self.bpffs.mkdir(exist_ok=True)
-        subprocess.run(["mount", "-t", "bpf", "bpf", str(self.bpffs)], check=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        # -P: without it `-m` puts the working directory first on sys.path, and run
-        # from the checkout that is this tree's natlens, whatever PYTHONPATH says (until
-        # this was found, every BEFORE run measured this tree twice).
-        nat = [sys.executable, "-P", "-m", "natlens"]
-        env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
-        if tree:
-            where = subprocess.run([sys.executable, "-P", "-c", "import natlens.agent; "
-                                    "print(natlens.agent.__file__)"], env=env, text=True,
-                                   capture_output=True, check=True).stdout.strip()
-            if not where.startswith(str(tree)):
-                raise RuntimeError(f"the agent of {tree} would run from {where}")
-        self.logs = (tmp / "collector.log", tmp / "agent.log")
-        self.col = subprocess.Popen([*nat, "collector", "--insecure", "--db", str(self.db),
-                                     "--listen", f"127.0.0.1:{port}"],
-                                    stdout=subprocess.PIPE, stderr=self.logs[0].open("w"),
-                                    text=True, env=env)
-        assert self.col.stdout and self.col.stdout.readline().startswith("listening")
-        self.ag = subprocess.Popen([*nat, "agent", "--insecure",
-                                    "--collector", f"127.0.0.1:{port}", "--node", "n",
-                                    "--netns", node, "--pin-root", str(self.bpffs),
-                                    "--counters-interval", "1", *args],
-                                   stderr=self.logs[1].open("w"), env=env)
-
-    def watching(self) -> None:
-        """Flood only once the agent watches: bcc compiles the program first (4 s or
-        more on a busy machine), and connections made before it subscribes are in the
-        table, not in its counts (the startup dump stores them as a snapshot)."""
-        deadline = time.monotonic() + 60
-        while not any(m in self.logs[1].read_text() for m in READY):
-            if time.monotonic() > deadline or self.ag.poll() is not None:
-                raise RuntimeError(f"agent not ready: {self.logs[1].read_text()[-500:]}")
-            time.sleep(0.1)
-
-    def counted(self) -> int:
-        try:
-            with sqlite3.connect(self.db) as c:
-                n = c.execute("SELECT COUNT(*) FROM decisions WHERE event='new' AND "
-                              "source IN ('netlink', 'pcap')").fetchone()[0]
-                if "counters" in {r[0] for r in c.execute(
-                        "SELECT name FROM sqlite_master WHERE type='table'")}:
-                    n += c.execute("SELECT COALESCE(SUM(connections),0) FROM counters"
-                                   ).fetchone()[0]
-                return int(n)
-        except sqlite3.Error:
-            return 0
-
-    def lost(self) -> int:
-        """Every loss the agent reported (overflow, capture drops, map full, malformed)."""
-        with sqlite3.connect(self.db) as c:
-            return int(c.execute("SELECT COALESCE(SUM(count),0) FROM lost_events"
-                                 ).fetchone()[0])
-
-    def stop(self) -> None:
-        """SIGTERM both; one still running 30 s later is killed and reported (a hang
-        is a defect to see, not to wait on), and bpffs is unmounted either way."""
-        hung = []
-        try:
-            for name, p in (("agent", self.ag), ("collector", self.col)):
-                p.terminate()
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    hung.append(f"natlens {name}")
-                    p.kill()
-                    p.wait()
-        finally:
-            subprocess.run(["umount", str(self.bpffs)], check=True)
-        if hung:
-            raise RuntimeError(f"did not exit within 30 s of SIGTERM: {', '.join(hung)}")
 
 
 def run_agent(pod: str, node: str, tmp: Path, packets: Path, name: str,
@@ -405,58 +172,38 @@ def run_agent(pod: str, node: str, tmp: Path, packets: Path, name: str,
     return Run(cpu, rate, flood, a1 - a0 + c1 - c0, a1 - a0, c1 - c0, n, nl.lost(), made)
 
 
-def build_flood(pod: str, tmp: Path) -> Path:
-    """FLOOD SYNs from the client pod ``pod`` to the seed VIP, built once (synflood.py)."""
-    packets = tmp / "syn.bin"
-    subprocess.run([sys.executable, synflood.__file__, "build", str(packets), client_ip(pod),
-                    VIP, str(VIP_PORT), str(FLOOD)], check=True)
-    return packets
-
-
-def client_ip(pod_ns: str) -> str:
-    out = subprocess.run(["ip", "netns", "exec", pod_ns, "ip", "-4", "-o", "addr", "show",
-                          "dev", "eth0"], capture_output=True, text=True, check=True).stdout
-    return out.split()[3].split("/")[0]
-
-
 def main() -> None:
-    sc = load_scenario(SEED)
-    st = topology.up(sc, str(SEED))
-    pod = st.pods[CLIENT]
-    node = st.nodes["k8s-node2"]
     base: list[Run] = []
     refs: dict[str, list[Run]] = {"conntrack -E -e NEW": [], "conntrack -E": [], FLOOR: []}
     configs: dict[str, tuple[list[str], str]] = {k: (v, "") for k, v in CONFIGS.items()}
     if BEFORE:
         configs.update({f"{k} @{BEFORE}": (v, BEFORE) for k, v in CONFIGS.items()})
     res: dict[str, list[Run]] = {k: [] for k in configs}
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            tmp = Path(d)
-            trees = {BEFORE: tree_at(BEFORE, tmp)} if BEFORE else {}
-            if not ANSWER:
-                silence_endpoints(st)
-            packets = build_flood(pod, tmp)
-            for i in range(RUNS):
-                base.append(run_baseline(pod, node, packets))
-                refs["conntrack -E -e NEW"].append(
-                    run_conntrack(pod, node, tmp, packets, ["-e", "NEW"]))
-                refs["conntrack -E"].append(run_conntrack(pod, node, tmp, packets, []))
-                refs[FLOOR].append(run_floor(pod, node, packets))
-                line = f"run {i}: baseline {base[-1].cpu:.2f}s at {base[-1].rate:,.0f}/s"
-                for name, runs in refs.items():
-                    line += f"; {name} {runs[-1].cpu:.2f}s ({runs[-1].counted} NEW events)"
-                order = list(configs.items())
-                random.Random(i).shuffle(order)  # no configuration always runs first
-                for name, (args, commit) in order:
-                    r = run_agent(pod, node, tmp, packets, name, args, trees.get(commit))
-                    res[name].append(r)
-                    line += (f"; {name} {r.cpu:.2f}s (agent {r.agent:.2f}s, collector "
-                             f"{r.collector:.2f}s, {r.counted} counted, {r.lost} lost, "
-                             f"flood {r.rate:,.0f}/s)")
-                print(line, flush=True)
-    finally:
-        topology.down(st)
+    with seed_lab() as st, tempfile.TemporaryDirectory() as d:
+        pod, node = st.pods[CLIENT], st.nodes["k8s-node2"]
+        tmp = Path(d)
+        trees = {BEFORE: tree_at(BEFORE, tmp)} if BEFORE else {}
+        if not ANSWER:
+            silence_endpoints(st)
+        packets = build_flood(pod, tmp)
+        for i in range(RUNS):
+            base.append(run_baseline(pod, node, packets))
+            refs["conntrack -E -e NEW"].append(
+                run_conntrack(pod, node, tmp, packets, ["-e", "NEW"]))
+            refs["conntrack -E"].append(run_conntrack(pod, node, tmp, packets, []))
+            refs[FLOOR].append(run_floor(pod, node, packets))
+            line = f"run {i}: baseline {base[-1].cpu:.2f}s at {base[-1].rate:,.0f}/s"
+            for name, runs in refs.items():
+                line += f"; {name} {runs[-1].cpu:.2f}s ({runs[-1].counted} NEW events)"
+            order = list(configs.items())
+            random.Random(i).shuffle(order)  # no configuration always runs first
+            for name, (args, commit) in order:
+                r = run_agent(pod, node, tmp, packets, name, args, trees.get(commit))
+                res[name].append(r)
+                line += (f"; {name} {r.cpu:.2f}s (agent {r.agent:.2f}s, collector "
+                         f"{r.collector:.2f}s, {r.counted} counted, {r.lost} lost, "
+                         f"flood {r.rate:,.0f}/s)")
+            print(line, flush=True)
     report(base, refs, res)
 
 

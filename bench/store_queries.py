@@ -19,15 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import sqlite_utils
-
 from natlens.agent.rules.live import to_snapshot
 from natlens.agent.rules.model import DeclaredEndpoint, DeclaredModel, ServicePort
 from natlens.collector.query.decisions import DecisionQuery, query_decisions
 from natlens.collector.report.build import ReportQuery, build_report
-from natlens.collector.store.db import DECISION_INSERT, KEY_INSERT, KEY_SELECT, Store
 from natlens.collector.store.retention import rollup
-from natlens.collector.store.stats import file_bytes
+from natlens.collector.store.sqlite import DECISION_INSERT, KEY_INSERT, KEY_SELECT, SqliteStore
 from natlens.proto import natlens_pb2 as pb
 
 N = int(os.environ.get("N", 10_000_000))
@@ -45,7 +42,7 @@ def model() -> DeclaredModel:
 
 
 def fill(path: Path) -> None:
-    s = Store(str(path))
+    s = SqliteStore(str(path))
     m = model()
     for node in NODES:
         s.ingest(pb.Batch(agent_id=node, boot_id="b", seq=1, node=node,
@@ -94,7 +91,7 @@ def main() -> None:
         t = time.perf_counter()
         fill(path)
         print(f"filled {N:,} decisions in {time.perf_counter() - t:.0f}s")
-        db = sqlite_utils.Database(sqlite3.connect(path))
+        db = SqliteStore(str(path), read_only=True)
         client = "10.244.3.77"
         hour = (T0 + 5 * 3600 * 10**9, T0 + 6 * 3600 * 10**9)
         rows, _ = query_decisions(db, DecisionQuery(client=client, since_ns=hour[0],
@@ -102,7 +99,7 @@ def main() -> None:
         point = timed(lambda: query_decisions(db, DecisionQuery(
             client=client, since_ns=hour[0], until_ns=hour[1], limit=1_000_000)))
         raw_report = timed(lambda: build_report(db, ReportQuery()), runs=1)
-        s = Store(str(path))
+        s = SqliteStore(str(path))
         t = time.perf_counter()
         rollup(s, T0 + DAY + 10 * 60 * 10**9)
         roll_t = time.perf_counter() - t
@@ -110,7 +107,7 @@ def main() -> None:
         report = timed(lambda: build_report(db, ReportQuery()))
         one = timed(lambda: build_report(db, ReportQuery(service="ns7/svc7:http")))
         total = sum(e["total"] for e in build_report(db, ReportQuery())["services"])
-        size = file_bytes(str(path))
+        size = db.size_bytes()
         print(json.dumps({
             "decisions": N, "point_query_s": round(point, 3), "point_query_rows": len(rows),
             "report_day_s": round(report, 3), "report_one_service_s": round(one, 3),
