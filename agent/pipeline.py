@@ -19,7 +19,6 @@ from natlens.agent.config import AgentConfig
 from natlens.agent.health.metrics import agent_registry
 from natlens.agent.health.server import Health, serve
 from natlens.agent.privileges import describe, keep_only
-from natlens.agent.rules.live import read_rules
 from natlens.agent.rules.model import DeclaredModel
 from natlens.agent.rules.watcher import RulesWatcher
 from natlens.agent.ship.batch import Batcher
@@ -35,7 +34,7 @@ log = logging.getLogger("natlens.agent")
 
 class Agent:
     def __init__(self, cfg: AgentConfig, source: Source | None = None,
-                 read: Callable[[str | None], DeclaredModel] = read_rules) -> None:
+                 read: Callable[[str | None], DeclaredModel] | None = None) -> None:
         """``source`` and ``read`` (the rules reader) replace the configured ones in
         tests that run the pipeline without a kernel to watch."""
         self.cfg = cfg
@@ -116,6 +115,6 @@ class Agent:
                       self.shipper.pending, self.cfg.collector, self.cfg.drain_timeout)
         self.shipper.stop()
         stats = self.source.stats if self.source is not None else {}
-        log.info("stopped: %s; rules read %d times", ", ".join(
-            f"{k}={v}" for k, v in stats.items()), self.rules.reads)
+        log.info("stopped: %s; rules read %d times, parsed %s", ", ".join(
+            f"{k}={v}" for k, v in stats.items()), self.rules.reads, self.rules.parses)
         return 0 if ok else 1

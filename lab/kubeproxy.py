@@ -51,6 +51,10 @@ def _service_rules(sc: Scenario, svc: Service, port: Port, fam: int,
         filt.append(f"-A KUBE-SERVICES -m comment --comment {_q(name + ' has no endpoints')} "
                     f"{match} -d {vip}{host} --dport {port.port} "
                     f"-j REJECT --reject-with {icmp}")
+        if port.node_port is not None:
+            filt.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment "
+                        f"{_q(name + ' has no endpoints')} -m addrtype --dst-type LOCAL "
+                        f"{match} --dport {port.node_port} -j REJECT --reject-with {icmp}")
         return
     svc_c = svc_chain(name, proto)
     chains.append(svc_c)

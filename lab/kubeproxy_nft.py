@@ -68,6 +68,29 @@ def render(sc: Scenario, fam: int = 4) -> str:
     chain("mark-for-masquerade")
     chain("masquerading")
     chain("services")
+    # Service ports with no endpoints are rejected before NAT, as kube-proxy does it.
+    for hook in ("forward", "output", "input"):
+        chain(f"filter-{hook}", f"type filter hook {hook} priority -110 ; policy accept ;")
+    chain("service-endpoints-check")
+    chain("nodeport-endpoints-check")
+    head.append(f'add chain {t} reject-chain {{ comment "helper for @no-endpoint-services '
+                f'/ @no-endpoint-nodeports" ; }}')
+    head += [
+        f"add map {t} no-endpoint-services {{ type {addr_type} . inet_proto . inet_service : "
+        f'verdict ; comment "vmap to drop or reject packets to services with no endpoints" ; }}',
+        f"add map {t} no-endpoint-nodeports {{ type inet_proto . inet_service : verdict ; "
+        f'comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }}',
+    ]
+    rules += [
+        f"add rule {t} reject-chain reject",
+        f"add rule {t} filter-forward ct state new jump service-endpoints-check",
+        f"add rule {t} filter-output ct state new jump service-endpoints-check",
+        f"add rule {t} filter-input ct state new jump nodeport-endpoints-check",
+        f"add rule {t} service-endpoints-check {ipf} daddr . meta l4proto . th dport "
+        "vmap @no-endpoint-services",
+        f"add rule {t} nodeport-endpoints-check fib daddr type local meta l4proto . "
+        "th dport vmap @no-endpoint-nodeports",
+    ]
     head += [
         f'add set {t} cluster-ips {{ type {addr_type} ; comment "Active ClusterIPs" ; }}',
         f"add map {t} service-ips {{ type {addr_type} . inet_proto . inet_service : verdict ; "
@@ -106,7 +129,15 @@ def _port(sc: Scenario, svc: Service, port: Port, fam: int, t: str, chains: list
     vip = svc.ip_of(fam)
     proto = port.protocol.lower()
     pods = sc.endpoints(svc, port, fam)
-    if not pods or vip is None:
+    if vip is None:
+        return
+    if not pods:
+        comment = f'comment "{svc.port_name(port)}"'
+        elements.append(f"add element {t} no-endpoint-services {{ {vip} . {proto} . "
+                        f"{port.port} {comment} : goto reject-chain }}")
+        if port.node_port is not None:
+            elements.append(f"add element {t} no-endpoint-nodeports {{ {proto} . "
+                            f"{port.node_port} {comment} : goto reject-chain }}")
         return
     sc_name = service_chain(svc, port)
     chains.append(f"add chain {t} {sc_name}")

@@ -1,16 +1,17 @@
 """Names both sides of the wire use: how an endpoint is written, and what each source
-and event enum is called in the store, the report and the metrics."""
+and event enum is called in the store, the report and the metrics.
+
+The enum values are written out rather than read from the generated protobuf module:
+the rules parsers use this module too, and importing protobuf was a tenth of
+``rules parse``'s start (tests/unit/test_columns.py holds them equal)."""
 
 from __future__ import annotations
 
 import ipaddress
 
-from natlens.proto import natlens_pb2 as pb
-
-SOURCES: dict[int, str] = {pb.SOURCE_NETLINK: "netlink", pb.SOURCE_EBPF: "ebpf",
-                           pb.SOURCE_PCAP: "pcap"}
-EVENTS: dict[int, str] = {pb.EVENT_NEW: "new", pb.EVENT_DESTROY: "destroy",
-                          pb.EVENT_SNAPSHOT: "snapshot", pb.EVENT_RECOVERED: "recovered"}
+# natlens.proto.Source and Event values (proto/natlens.proto)
+SOURCES: dict[int, str] = {1: "netlink", 2: "ebpf", 3: "pcap"}
+EVENTS: dict[int, str] = {1: "new", 2: "destroy", 3: "snapshot", 4: "recovered"}
 # Events that count as a decision in a distribution (a snapshot was made before the
 # agent looked; a destroy ends a connection already counted).
 COUNTED_EVENTS = ("new", "recovered")

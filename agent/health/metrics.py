@@ -31,6 +31,10 @@ class _AgentCollector(Collector):
         yield CounterMetricFamily("natlens_agent_rules_reads", "Reads of the node's rules "
                                   "(skipped while nf_tables' generation stays put)",
                                   a.rules.reads)
+        if a.rules.parses is not None:
+            yield CounterMetricFamily("natlens_agent_rules_parses", "Reads of the node's "
+                                      "rules that found them changed and parsed them",
+                                      a.rules.parses)
         events = CounterMetricFamily("natlens_agent_events", "Conntrack events read, by "
                                      "kind", labels=["kind"])
         for kind, n in sorted(a.source.stats.items() if a.source else ()):

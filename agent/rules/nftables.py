@@ -20,6 +20,7 @@ from typing import Any
 from natlens.agent.rules.model import (
     DeclaredEndpoint,
     DeclaredModel,
+    Ignored,
     ServicePort,
 )
 from natlens.errors import NatlensError
@@ -35,6 +36,12 @@ class _Table:
     family: str
     chains: dict[str, list[str]] = field(default_factory=dict)
     elements: dict[str, list[str]] = field(default_factory=dict)
+    maps: set[str] = field(default_factory=set)  # verdict maps (their elements are rules)
+    used: set[tuple[str, int]] = field(default_factory=set)  # (chain or map, index) read
+
+    def rules(self) -> int:
+        return (sum(len(r) for r in self.chains.values())
+                + sum(len(self.elements.get(m, [])) for m in self.maps))
 
 
 _BLOCK = re.compile(r"^(chain|map|set)\s+(\S+)\s*\{$")
@@ -47,6 +54,11 @@ _DNAT = re.compile(r"dnat (?:ip6? )?to (\[[0-9a-fA-F:.]+\]|[0-9.]+):(\d+)")
 _SERVICE_ELEMENT = re.compile(
     r'^(\S+) \. (\w+) \. (\d+)(?: comment "[^"]*")? : (?:goto|jump) (\S+)$')
 _NODEPORT_ELEMENT = re.compile(r'^(\w+) \. (\d+)(?: comment "[^"]*")? : (?:goto|jump) (\S+)$')
+_NO_ENDPOINT_SERVICE = re.compile(
+    r'^(?P<vip>\S+) \. (?P<proto>\w+) \. (?P<port>\d+)(?: comment "(?P<comment>[^"]*)")? : .+$')
+_NO_ENDPOINT_NODEPORT = re.compile(
+    r'^(?P<proto>\w+) \. (?P<port>\d+)(?: comment "(?P<comment>[^"]*)")? : .+$')
+_PORT_CHAIN = re.compile(r"^(service|external|endpoint|local|firewall)-[A-Z2-7]{8}-")
 _PORT_NAME = re.compile(r"^(?:service|external)-[A-Z2-7]{8}-([^/]+)/([^/]+)/(\w+)/(.*)$")
 
 
@@ -103,6 +115,8 @@ def _tables(text: str) -> list[_Table]:
                 block = (m.group(1), m.group(2))
                 if m.group(1) == "chain":
                     table.chains[m.group(2)] = []
+                elif m.group(1) == "map":
+                    table.maps.add(m.group(2))
                 continue
             if line.startswith(("comment ", "flags ")):
                 continue
@@ -137,13 +151,16 @@ def _endpoints(t: _Table, chain: str) -> tuple[tuple[DeclaredEndpoint, ...], str
     rules = t.chains.get(chain)
     if rules is None:
         raise NftParseError(f"chain {chain!r} is referenced but not listed")
-    affinity = "ClientIP" if any("@affinity-" in r for r in rules) else "None"
+    affinity = "None"
     slots: Counter[str] = Counter()
     total = 0
-    for r in rules:
+    for i, r in enumerate(rules):
         if "@affinity-" in r:
+            affinity = "ClientIP"
+            t.used.add((chain, i))
             continue
         m = _NUMGEN.search(r)
+        g = None if m else _GOTO.search(r)
         if m:
             total = int(m.group(1))
             for item in _split_elements(m.group(2)):
@@ -153,25 +170,32 @@ def _endpoints(t: _Table, chain: str) -> tuple[tuple[DeclaredEndpoint, ...], str
                 lo = int(im.group(1))
                 hi = int(im.group(2)) if im.group(2) else lo
                 slots[im.group(3)] += hi - lo + 1
-            break
-        g = _GOTO.search(r)
-        if g and g.group(1).startswith("endpoint-"):
+        elif g and g.group(1).startswith("endpoint-"):
             slots[g.group(1)], total = 1, 1
-            break
+        else:
+            continue
+        t.used.add((chain, i))
+        break
     if total and sum(slots.values()) != total:
         raise NftParseError(f"chain {chain!r}: numgen mod {total} maps "
                             f"{sum(slots.values())} slots")
-    eps = []
-    for ep_chain, k in slots.items():
-        target = None
-        for r in t.chains.get(ep_chain, []):
-            d = _DNAT.search(r)
-            if d:
-                target = endpoint_key(d.group(1).strip("[]"), int(d.group(2)))
-        if target is None:
-            raise NftParseError(f"endpoint chain {ep_chain!r} has no 'dnat to'")
-        eps.append(DeclaredEndpoint(target, k / total, ep_chain))
+    eps = [DeclaredEndpoint(_dnat(t, ep_chain), k / total, ep_chain)
+           for ep_chain, k in slots.items()]
     return tuple(sorted(eps, key=lambda e: e.endpoint)), affinity
+
+
+def _dnat(t: _Table, ep_chain: str) -> str:
+    """An endpoint chain's ``dnat to`` target (the last one)."""
+    target = None
+    for i, r in enumerate(t.chains.get(ep_chain, [])):
+        d = _DNAT.search(r)
+        if d:
+            target = endpoint_key(d.group(1).strip("[]"), int(d.group(2)))
+            at = i
+    if target is None:
+        raise NftParseError(f"endpoint chain {ep_chain!r} has no 'dnat to'")
+    t.used.add((ep_chain, at))
+    return target
 
 
 def _resolve(t: _Table, chain: str) -> tuple[str | None, str]:
@@ -186,9 +210,10 @@ def _resolve(t: _Table, chain: str) -> tuple[str | None, str]:
     rules = t.chains.get(chain)
     if rules is None:
         raise NftParseError(f"chain {chain!r} is referenced but not listed")
-    for r in reversed(rules):
-        g = _UNCONDITIONAL_GOTO.match(_COMMENT.sub("", r))
+    for i in range(len(rules) - 1, -1, -1):
+        g = _UNCONDITIONAL_GOTO.match(_COMMENT.sub("", rules[i]))
         if g:
+            t.used.add((chain, i))
             target = g.group(1)
             return target, "Cluster" if target.startswith("service-") else "Local"
     if any(_GOTO.search(_COMMENT.sub("", r)) for r in rules):
@@ -231,6 +256,19 @@ def _rule_text(expr: list[Any], family: str) -> str:
     return " ".join(parts)
 
 
+def _element_text(el: Any) -> str:
+    """A set or map element of ``nft -j`` written as the text listing writes it."""
+    if not isinstance(el, list):
+        return str(el)
+    key, verdict = el  # map: [key, verdict]
+    comment = ""
+    if isinstance(key, dict) and "elem" in key:  # an element with a comment
+        comment = f' comment "{key["elem"].get("comment", "")}"'
+        key = key["elem"]["val"]
+    parts = key["concat"] if isinstance(key, dict) and "concat" in key else [key]
+    return " . ".join(str(p) for p in parts) + comment + " : " + _verdict(verdict)
+
+
 def _tables_json(text: str) -> list[_Table]:
     """``nft -j list table …`` / ``nft -j list ruleset`` as the same tables."""
     try:
@@ -264,46 +302,95 @@ def _tables_json_unchecked(text: str) -> list[_Table]:
         elif kind == "rule":
             t.chains.setdefault(body["chain"], []).append(_rule_text(body["expr"], family))
         elif kind in ("set", "map"):
-            out = []
-            for el in body.get("elem", []):
-                if isinstance(el, list):  # map: [key, verdict]
-                    key, verdict = el
-                    parts = key["concat"] if isinstance(key, dict) and "concat" in key else [key]
-                    out.append(" . ".join(str(p) for p in parts) + " : " + _verdict(verdict))
-                else:
-                    out.append(str(el))
-            t.elements[body["name"]] = out
+            if kind == "map":
+                t.maps.add(body["name"])
+            t.elements[body["name"]] = [_element_text(el) for el in body.get("elem", [])]
     return list(tables.values())
+
+
+def _service_ports(t: _Table) -> list[ServicePort]:
+    """ClusterIP, external and load-balancer IPs (``service-ips``), then node ports."""
+    out = []
+    cluster_ips = set(t.elements.get("cluster-ips", []))
+    for i, el in enumerate(t.elements.get("service-ips", [])):
+        m = _SERVICE_ELEMENT.match(el)
+        if not m:
+            raise NftParseError(f"service-ips element {el!r} not understood")
+        vip, proto, port, target = m.groups()
+        kind = "clusterIP" if vip in cluster_ips and target.startswith("service-") \
+            else "externalIP"
+        out.append(_port(t, kind, vip, int(port), proto, target))
+        t.used.add(("service-ips", i))
+    for i, el in enumerate(t.elements.get("service-nodeports", [])):
+        m = _NODEPORT_ELEMENT.match(el)
+        if not m:
+            raise NftParseError(f"service-nodeports element {el!r} not understood")
+        proto, port, target = m.groups()
+        out.append(_port(t, "nodePort", "::" if t.family == "ip6" else "0.0.0.0", int(port),
+                         proto, target))
+        t.used.add(("service-nodeports", i))
+    return out
+
+
+def _port(t: _Table, kind: str, vip: str, port: int, proto: str, target: str) -> ServicePort:
+    chain, policy = _resolve(t, target)
+    name, _ = _service_name(target)
+    eps, affinity = _endpoints(t, chain) if chain else ((), "None")
+    return ServicePort(name, kind, vip, port, proto, affinity, policy, eps, chain or "")
+
+
+def _no_endpoints(t: _Table, known: set[tuple[str, int, str]]) -> list[ServicePort]:
+    """``no-endpoint-services`` and ``no-endpoint-nodeports``: service ports with no
+    endpoint, which kube-proxy drops or rejects. A port the service maps already hold
+    is a Local-policy port with no local endpoint, already modeled."""
+    out = []
+    cluster_ips = set(t.elements.get("cluster-ips", []))
+    any_addr = "::" if t.family == "ip6" else "0.0.0.0"
+    for name, pattern in (("no-endpoint-services", _NO_ENDPOINT_SERVICE),
+                          ("no-endpoint-nodeports", _NO_ENDPOINT_NODEPORT)):
+        for i, el in enumerate(t.elements.get(name, [])):
+            m = pattern.match(el)
+            if not m:
+                raise NftParseError(f"{name} element {el!r} not understood")
+            g = m.groupdict()
+            vip, port, proto = g.get("vip") or any_addr, int(g["port"]), g["proto"]
+            t.used.add((name, i))
+            if (vip, port, proto) in known:
+                continue
+            kind = ("nodePort" if name == "no-endpoint-nodeports" else
+                    "clusterIP" if vip in cluster_ips else "externalIP")
+            service = g["comment"] or f"{endpoint_key(vip, port)}/{proto}"
+            out.append(ServicePort(service, kind, vip, port, proto))
+            known.add((vip, port, proto))
+    return out
+
+
+def _ignored(t: _Table) -> list[tuple[str, str]]:
+    """(chain or map kind, reason) of every rule and verdict-map element not read."""
+    out = []
+    for chain, rules in t.chains.items():
+        kind = chain.split("-", 1)[0] + "-*" if _PORT_CHAIN.match(chain) else chain
+        out += [(kind, "kube-proxy's own bookkeeping") for i in range(len(rules))
+                if (chain, i) not in t.used]
+    for m in t.maps:
+        out += [(m, "not a step to an endpoint natlens models")
+                for i in range(len(t.elements.get(m, []))) if (m, i) not in t.used]
+    return out
 
 
 def parse_nft(text: str) -> DeclaredModel:
     """The model of an nftables listing, text (``nft list``) or JSON (``nft -j list``)."""
     tables = _tables_json(text) if text.lstrip().startswith("{") else _tables(text)
     services: list[ServicePort] = []
+    tally: Counter[tuple[str, str, str]] = Counter()
+    modeled = 0
     for t in tables:
-        cluster_ips = set(t.elements.get("cluster-ips", []))
-        for el in t.elements.get("service-ips", []):
-            m = _SERVICE_ELEMENT.match(el)
-            if not m:
-                raise NftParseError(f"service-ips element {el!r} not understood")
-            vip, proto, port, target = m.groups()
-            chain, policy = _resolve(t, target)
-            name, _ = _service_name(target)
-            eps, affinity = _endpoints(t, chain) if chain else ((), "None")
-            kind = "clusterIP" if vip in cluster_ips and target.startswith("service-") \
-                else "externalIP"
-            services.append(ServicePort(name, kind, vip, int(port), proto, affinity, policy,
-                                        eps, chain or ""))
-        for el in t.elements.get("service-nodeports", []):
-            m = _NODEPORT_ELEMENT.match(el)
-            if not m:
-                raise NftParseError(f"service-nodeports element {el!r} not understood")
-            proto, port, target = m.groups()
-            chain, policy = _resolve(t, target)
-            name, _ = _service_name(target)
-            eps, affinity = _endpoints(t, chain) if chain else ((), "None")
-            services.append(ServicePort(name, "nodePort", "::" if t.family == "ip6"
-                                        else "0.0.0.0", int(port), proto, affinity, policy,
-                                        eps, chain or ""))
+        ports = _service_ports(t)
+        ports += _no_endpoints(t, {(s.vip, s.port, s.protocol) for s in ports})
+        services += ports
+        modeled += len(t.used)
+        for kind, why in _ignored(t):
+            tally[(f"{t.family} kube-proxy", kind, why)] += 1
     services.sort(key=lambda s: (s.service, s.kind, s.vip, s.port, s.protocol))
-    return DeclaredModel("nftables", tuple(services))
+    return DeclaredModel("nftables", tuple(services),
+                         tuple(Ignored(*k, n) for k, n in sorted(tally.items())), modeled)

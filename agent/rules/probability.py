@@ -8,6 +8,7 @@ prints back) are the same rule, and the share we declare must be the kernel's.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from fractions import Fraction
@@ -32,12 +33,18 @@ def effective_shares(rule_probs: Sequence[Fraction | None]) -> list[Fraction]:
     """Share of each rule in a chain where rule i is tried only if all earlier missed.
 
     ``None`` is an unconditional rule: it takes everything left, and any rule after it
-    is unreachable (share 0).
+    is unreachable (share 0). Every service with n endpoints has the same rules, so the
+    shares are computed once per sequence.
     """
+    return list(_shares(tuple(rule_probs)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _shares(rule_probs: tuple[Fraction | None, ...]) -> tuple[Fraction, ...]:
     shares: list[Fraction] = []
     remaining = Fraction(1)
     for p in rule_probs:
         take = remaining if p is None else remaining * p
         shares.append(take)
         remaining -= take
-    return shares
+    return tuple(shares)

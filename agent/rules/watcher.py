@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from natlens.agent.rules.generation import Generation, iptables_version, tracks
-from natlens.agent.rules.live import RulesUnavailable, read_rules, to_snapshot
+from natlens.agent.rules.live import RulesReader, RulesUnavailable, to_snapshot
 from natlens.agent.rules.model import DeclaredModel
 from natlens.proto import natlens_pb2 as pb
 
@@ -27,11 +27,13 @@ Vips = set[tuple[str, int, str]]
 class RulesWatcher:
     def __init__(self, netns: str | None, interval: float,
                  emit: Callable[[pb.RuleSnapshot], None],
-                 read: Callable[[str | None], DeclaredModel] = read_rules,
+                 read: Callable[[str | None], DeclaredModel] | None = None,
                  on_read: Callable[[], None] = lambda: None) -> None:
         """``emit`` gets each new snapshot; ``on_read`` is called after every read that
-        worked (the agent is ready from the first)."""
-        self.netns, self.interval, self._emit, self._read = netns, interval, emit, read
+        worked (the agent is ready from the first); ``read``: the node's reader by
+        default, which parses only rules that changed."""
+        self.netns, self.interval, self._emit = netns, interval, emit
+        self._read = read or RulesReader()
         self._on_read = on_read
         self.reads = 0              # for the stop line and /metrics
         self.hash = ""
@@ -41,6 +43,11 @@ class RulesWatcher:
         self._gen: Generation | None = None   # None: read every interval
         self._gen_at_read: int | None = None  # the generation the last read saw
         self._iptables_v = ""
+
+    @property
+    def parses(self) -> int | None:
+        """How many reads parsed the rules (None with a reader that does not say)."""
+        return getattr(self._read, "parses", None)
 
     def open(self) -> None:
         """While the agent can still enter the namespace: the socket that says whether

@@ -88,3 +88,54 @@ def test_a_foreign_nftables_rule_is_caught_as_skewed(
     assert {e["endpoint"]: e["declared"] for e in entry["endpoints"]} == {
         "10.244.1.168:80": 0.5, "10.244.2.74:80": 0.5}
     assert entry["verdict"] == "skewed"
+
+
+BOTH_MODES = {
+    "name": "both-modes",
+    "nodes": [{"name": "n1", "podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"], "pods": [
+        {"name": f"web-{i}", "namespace": "web", "ips": [f"10.244.1.{20 + i}",
+                                                          f"fd00:10:244:1::{20 + i:x}"],
+         "labels": {"app": "web"}, "serve": {"port": 8080, "body": f"web-{i}"}}
+        for i in range(3)] + [
+        {"name": "dns-0", "namespace": "kube", "ip": "10.244.1.53", "labels": {"app": "dns"},
+         "serve": {"port": 53, "body": "dns-0", "protocol": "UDP"}}]}],
+    "services": [
+        {"name": "web", "namespace": "web", "clusterIPs": ["10.96.0.80", "fd00:10:96::50"],
+         "selector": {"app": "web"}, "ports": [
+             {"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]},
+        {"name": "sticky", "namespace": "web", "clusterIP": "10.96.0.81",
+         "selector": {"app": "web"}, "sessionAffinity": "ClientIP",
+         "ports": [{"name": "http", "port": 8081, "targetPort": 8080}]},
+        {"name": "empty", "namespace": "web", "clusterIP": "10.96.0.82",
+         "selector": {"app": "nothing"},
+         "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30082}]},
+        {"name": "dns", "namespace": "kube", "clusterIP": "10.96.0.10",
+         "selector": {"app": "dns"},
+         "ports": [{"name": "dns", "port": 53, "targetPort": 53, "protocol": "UDP"}]}],
+}
+
+
+def live_model(tmp_path: Path, mode: str) -> dict[tuple[Any, ...], Any]:
+    """The node's rules as the agent reads them, built by the lab in ``mode``: each
+    service port with its endpoints and their shares (chain names differ by mode)."""
+    path = write_scenario(tmp_path, {**BOTH_MODES, "name": f"both-{mode}", "proxyMode": mode})
+    info = json.loads(natlens("lab", "up", path).stdout)
+    try:
+        model = json.loads(natlens("rules", "parse", "--netns", info["nodes"]["n1"]).stdout)
+    finally:
+        natlens("lab", "down", path, "--prefix", info["prefix"])
+    assert model["mode"] == mode
+    return {(s["service"], s["kind"], s["vip"], s["port"], s["protocol"]): (
+        s["affinity"], s["policy"], sorted((e["endpoint"], round(e["probability"], 8))
+                                           for e in s["endpoints"]))
+        for s in model["services"]}
+
+
+def test_the_same_cluster_gives_the_same_model_in_both_modes(tmp_path: Path) -> None:
+    ipt, nft = live_model(tmp_path, "iptables"), live_model(tmp_path, "nftables")
+    assert ipt == nft
+    # a service with no endpoints is in both
+    assert nft[("web/empty:http", "clusterIP", "10.96.0.82", 80, "tcp")][2] == []
+    assert nft[("web/empty:http", "nodePort", "0.0.0.0", 30082, "tcp")][2] == []
+    assert nft[("web/sticky:http", "clusterIP", "10.96.0.81", 8081, "tcp")][0] == "ClientIP"
+    assert len(nft[("web/web:http", "clusterIP", "fd00:10:96::50", 80, "tcp")][2]) == 3

@@ -124,3 +124,14 @@ def test_columns_that_do_not_line_up_are_refused_whole(tmp_path: Path, bad: pb.B
         s.ingest(bad)
     s.close()
     assert sqlite_utils.Database(tmp_path / "db")["batches"].count == 0
+
+
+def test_the_names_of_sources_and_events_are_the_wire_enums() -> None:
+    from natlens.proto.names import EVENTS, SOURCES
+
+    assert {pb.Source.Name(k): v for k, v in SOURCES.items()} == {
+        f"SOURCE_{v.upper()}": v for v in SOURCES.values()}
+    assert {pb.Event.Name(k): v for k, v in EVENTS.items()} == {
+        f"EVENT_{v.upper()}": v for v in EVENTS.values()}
+    assert set(pb.Source.values()) - {0} == set(SOURCES)
+    assert set(pb.Event.values()) - {0} == set(EVENTS)

@@ -110,12 +110,74 @@ def test_malformed_dumps_name_the_problem(text: str, needle: str) -> None:
         parse_iptables_save(text)
 
 
+def rule_lines(text: str) -> int:
+    return sum(1 for ln in text.splitlines() if ln.strip().startswith(("-A ", "-I ")))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list('*:-AJj "KUBE-SVCSEP\n0123456789.COMMIT!/')),
                max_size=300))
-def test_fuzzed_dumps_fail_cleanly(text: str) -> None:
-    with contextlib.suppress(RulesParseError):
-        parse_iptables_save(text)
+def test_fuzzed_dumps_fail_cleanly_or_account_for_every_rule(text: str) -> None:
+    try:
+        m = parse_iptables_save(text)
+    except RulesParseError as e:
+        assert str(e) and "\n" not in str(e)  # one line, for the CLI
+        return
+    # Nothing vanishes: every rule is in a service port's path or counted as ignored.
+    assert m.modeled + sum(i.rules for i in m.ignored) == rule_lines(text)
+    assert all(s.endpoints == () or abs(sum(e.probability for e in s.endpoints) - 1) < 1e-9
+               for s in m.services)
+
+
+@pytest.mark.parametrize("name", ["seed-node2.iptables-save", "kube-proxy-mixed.iptables-save"])
+def test_every_rule_of_a_real_dump_is_modeled_or_counted(name: str) -> None:
+    text = (FIX / name).read_text()
+    m = parse_iptables_save(text)
+    assert m.modeled + sum(i.rules for i in m.ignored) == rule_lines(text)
+    assert m.modeled > 0 and m.ignored
+
+
+RESTORE = """*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-A - [0:0]
+:KUBE-SEP-A1 - [0:0]
+:KUBE-SEP-A2 - [0:0]
+:KUBE-SVC-OLD - [0:0]
+:KUBE-SEP-OLD - [0:0]
+-A KUBE-SEP-OLD -j DNAT --to-destination 10.9.9.9:80
+-A KUBE-SVC-OLD -j KUBE-SEP-OLD
+-A KUBE-SERVICES -m comment --comment "ns/a:http cluster IP" -d 10.96.0.5/32 -p tcp --dport 0 -j KUBE-SVC-A
+-A KUBE-SVC-A -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-OLD
+-F KUBE-SVC-A
+-N KUBE-SEP-A3
+-A KUBE-SVC-A -j KUBE-SEP-A2
+-I KUBE-SVC-A 1 -m statistic --mode random --probability 0.3333333333 -j KUBE-SEP-A1
+-A KUBE-SEP-A1 -j DNAT --to-destination 10.1.0.1:8080
+-A KUBE-SEP-A2 -j DNAT --to-destination 10.1.0.2:8080
+-A KUBE-SEP-A3 -j DNAT --to-destination 10.1.0.3:8080
+-D KUBE-SEP-A3 1
+-X KUBE-SVC-OLD
+-X KUBE-SEP-OLD
+-X KUBE-SEP-GONE-BEFORE
+COMMIT
+"""
+
+
+def test_iptables_restore_input_is_applied_as_the_kernel_would() -> None:
+    """What kube-proxy writes (its debug logs): chains flushed, deleted and inserted
+    into, in order; a port numbered 0 is a port like any other."""
+    m = parse_iptables_save(RESTORE)
+    (s,) = m.services
+    assert (s.service, s.vip, s.port) == ("ns/a:http", "10.96.0.5", 0)
+    assert [(e.endpoint, e.chain) for e in s.endpoints] == [
+        ("10.1.0.1:8080", "KUBE-SEP-A1"), ("10.1.0.2:8080", "KUBE-SEP-A2")]
+    third = float(kernel_probability(0.3333333333))
+    assert [e.probability for e in s.endpoints] == [third, 1 - third]
+
+
+def test_a_flush_of_every_chain_leaves_no_service() -> None:
+    m = parse_iptables_save(RESTORE.replace("COMMIT", "-F\nCOMMIT"))
+    assert m.services == () and m.modeled == 0
 
 
 @settings(max_examples=40, deadline=None)

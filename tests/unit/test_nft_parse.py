@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -12,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from natlens.agent.rules.model import DeclaredModel
-from natlens.agent.rules.nftables import NftParseError, parse_nft
+from natlens.agent.rules.nftables import NftParseError, _tables, _tables_json, parse_nft
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -160,8 +159,13 @@ json_values = st.recursive(
 @given(st.lists(st.dictionaries(st.sampled_from(["table", "chain", "rule", "map", "set"]),
                                 json_values, min_size=1, max_size=1), max_size=6))
 def test_json_fuzz_gives_a_model_or_a_parse_error(objects: list[dict[str, object]]) -> None:
-    with contextlib.suppress(NftParseError):
-        parse_nft(json.dumps({"nftables": objects}))
+    text = json.dumps({"nftables": objects})
+    try:
+        m = parse_nft(text)
+    except NftParseError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert_accounted(m, text)
 
 
 @settings(deadline=None)
@@ -169,5 +173,44 @@ def test_json_fuzz_gives_a_model_or_a_parse_error(objects: list[dict[str, object
     [*(FIX / "kube-proxy-affinity.nft").read_text().splitlines(), "}", "{", "elements = {",
      "table ip kube-proxy {"]), max_size=40))
 def test_text_fuzz_gives_a_model_or_a_parse_error(lines: list[str]) -> None:
-    with contextlib.suppress(NftParseError):
-        parse_nft("\n".join(lines))
+    text = "\n".join(lines)
+    try:
+        m = parse_nft(text)
+    except NftParseError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert_accounted(m, text)
+
+
+def assert_accounted(m: DeclaredModel, text: str) -> None:
+    """Nothing vanishes: every rule and verdict-map element of kube-proxy's tables is in
+    a service port's path or counted as ignored; shares are whole."""
+    tables = _tables_json(text) if text.lstrip().startswith("{") else _tables(text)
+    assert m.modeled + sum(i.rules for i in m.ignored) == sum(t.rules() for t in tables)
+    for s in m.services:
+        assert s.endpoints == () or abs(sum(e.probability for e in s.endpoints) - 1) < 1e-9
+
+
+@pytest.mark.parametrize("name", ["seed-node2.nft", "kube-proxy-mixed.nft",
+                                  "kube-proxy-local.nft", "kube-proxy-local.json",
+                                  "kube-proxy-affinity.nft", "kube-proxy-affinity.json"])
+def test_every_rule_of_a_real_listing_is_modeled_or_counted(name: str) -> None:
+    text = (FIX / name).read_text()
+    m = parse_nft(text)
+    assert_accounted(m, text)
+    assert m.modeled > 0 and m.ignored
+
+
+def test_services_without_endpoints_are_in_the_model() -> None:
+    """kube-proxy's no-endpoint-services map: as in iptables mode, the port is there
+    with no endpoints (comment names it; without one, VIP:PORT/proto)."""
+    text = (FIX / "seed-node2.nft").read_text().replace(
+        "\tmap service-ips {", "\tmap no-endpoint-services {\n"
+        "\t\ttype ipv4_addr . inet_proto . inet_service : verdict\n"
+        '\t\telements = { 10.1.0.9 . tcp . 80 comment "ns/empty:http" : goto reject-chain,'
+        "\n\t\t\t     10.1.0.10 . udp . 0 : drop }\n\t}\n\n\tmap service-ips {")
+    m = parse_nft(text)
+    got = {(s.service, s.vip, s.port, s.protocol): s.endpoints for s in m.services}
+    assert got[("ns/empty:http", "10.1.0.9", 80, "tcp")] == ()
+    assert got[("10.1.0.10:0/udp", "10.1.0.10", 0, "udp")] == ()
+    assert_accounted(m, text)
