@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from natlens.errors import NatlensError
+from natlens.inputs import read_text
 from natlens.proto.names import endpoint_key
 
 
@@ -396,9 +397,9 @@ def _cross_check(sc: Scenario, source: str) -> None:
 def load_scenario(path: str | Path) -> Scenario:
     p = Path(path)
     try:
-        text = p.read_text()
-    except OSError as e:
-        raise ScenarioError(f"{path}: {e.strerror}") from None
+        text = read_text(str(p))
+    except NatlensError as e:
+        raise ScenarioError(str(e)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

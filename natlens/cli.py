@@ -264,6 +264,9 @@ def _argv_without(ctx: click.Context, skip: set[str]) -> list[str]:
               "through this kubeconfig: names at the time for every IP, and a new rules "
               "epoch when a Service's endpoints change.")
 @click.option("--in-cluster", is_flag=True, help="The same, with the pod's service account.")
+@click.option("--read-only", is_flag=True, help="Serve the dashboard, its API and /metrics "
+              "over the store as it is (an archived one, say), with --http: no gRPC, no "
+              "ingest, retention or rollups; nothing in the file changes.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | None,
@@ -272,7 +275,7 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
                   retain_rollups: str, maintenance_interval: float, metrics_max_series: int,
                   max_streams: int, max_message_bytes: int, max_batch_records: int,
                   max_agent_rate: float, kubeconfig: str | None, in_cluster: bool,
-                  log_level: str) -> None:
+                  read_only: bool, log_level: str) -> None:
     """Run the collector: receive agents' streams and store them in SQLite.
 
     It refuses plaintext unless --insecure: agents ship every connection of their node."""
@@ -291,7 +294,10 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
     if keep_r < keep_d:
         raise click.BadParameter("rollups must be kept at least as long as decisions",
                                  param_hint="--retain-rollups")
-    tls = tls_settings(TlsFiles(tls_cert, tls_key, tls_ca), insecure, side="collector")
+    if read_only and http is None:
+        raise click.UsageError("--read-only serves the HTTP side only: give --http HOST:PORT")
+    tls = None if read_only else tls_settings(TlsFiles(tls_cert, tls_key, tls_ca), insecure,
+                                              side="collector")
     token = read_token(token_file)
     if tls is not None:
         server_credentials(tls)
@@ -306,7 +312,7 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
         maintenance_interval=maintenance_interval, metrics_max_series=metrics_max_series,
         kubeconfig="in-cluster" if in_cluster else kubeconfig,
         limits=Limits(max_batch_records, max_agent_rate), max_streams=max_streams,
-        max_message_bytes=max_message_bytes)))
+        max_message_bytes=max_message_bytes, read_only=read_only)))
 
 
 # ---------------------------------------------------------------- report
@@ -384,21 +390,15 @@ def rules() -> None:
 @click.option("--netns", metavar="NAME", help="Read the live rules of this network namespace.")
 def rules_parse(file: str | None, mode: str, netns: str | None) -> None:
     """Print the declared model of FILE (- for stdin), or of the live node."""
-    from natlens.agent.rules.dump import parse_dump
-    from natlens.agent.rules.live import read_iptables, read_ipvs, read_nftables, read_rules
-
     if file is None:
-        if mode == "nftables":
-            live = read_nftables(netns)
-            if live is None:
-                raise CliError("no kube-proxy nftables table (nft list table ip kube-proxy)")
-            model = live
-        else:
-            model = {"iptables": read_iptables, "ipvs": read_ipvs}.get(mode, read_rules)(netns)
-    else:
-        with click.open_file(file) as f:
-            text = f.read()
-        model = parse_dump(text, mode)
+        from natlens.agent.rules.live import read_rules
+
+        model = read_rules(netns, mode)
+    else:  # only the parser of the file's mode is loaded: a big node's dump is read at once
+        from natlens.agent.rules.dump import parse_dump
+        from natlens.inputs import read_text
+
+        model = parse_dump(read_text(file), mode)
     print_json(model.to_json())
 
 

@@ -88,8 +88,9 @@ BATCH = 5000
 
 def _rules(rules_file: str | None) -> DeclaredModel | None:
     from natlens.agent.rules.dump import parse_dump
+    from natlens.inputs import read_text
 
-    return None if rules_file is None else parse_dump(Path(rules_file).read_text())
+    return None if rules_file is None else parse_dump(read_text(rules_file, "--rules"))
 
 
 def _pair_file(file: str, pairer: Pairer, batcher: Batcher, model: DeclaredModel | None,

@@ -9,6 +9,7 @@ file named, rather than as an opaque handshake failure later.
 from __future__ import annotations
 
 import hmac
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import grpc
 
 from natlens.errors import NatlensError
+from natlens.inputs import read_text
 
 TOKEN_HEADER = "authorization"
 
@@ -42,15 +44,33 @@ def read_pem(path: str, what: str, marker: str = "-----BEGIN ") -> bytes:
     return data
 
 
+def check_with_openssl(tls: TlsFiles) -> None:
+    """Load the files as OpenSSL will (gRPC takes PEM bytes it does not check until the
+    first handshake): a truncated or damaged certificate, a key that is not the
+    certificate's, or a CA file without a usable certificate fails here, named."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca:
+        try:
+            ctx.load_verify_locations(cafile=tls.ca)
+        except (ssl.SSLError, ValueError) as e:
+            raise SecurityError(f"--tls-ca {tls.ca}: not a usable CA certificate "
+                                f"({e.args[-1] if e.args else e})") from None
+    if tls.cert and tls.key:
+        try:
+            ctx.load_cert_chain(tls.cert, tls.key)
+        except (ssl.SSLError, ValueError) as e:
+            raise SecurityError(f"--tls-cert {tls.cert} / --tls-key {tls.key}: not a usable "
+                                f"certificate and key ({e.args[-1] if e.args else e})"
+                                ) from None
+
+
 def read_token(path: str | None) -> str | None:
     if path is None:
         return None
     try:
-        token = Path(path).read_text().strip()
-    except OSError as e:
-        raise SecurityError(f"token file {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise SecurityError(f"token file {path}: not text") from None
+        token = read_text(path, "token file").strip()
+    except NatlensError as e:
+        raise SecurityError(str(e)) from None
     if not token or any(c.isspace() for c in token):
         raise SecurityError(f"token file {path}: expected one non-empty token without spaces")
     return token
@@ -63,6 +83,7 @@ def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
         raise SecurityError("--tls-cert and --tls-key go together")
     pair = (read_pem(tls.key, "--tls-key", "PRIVATE KEY"), read_pem(tls.cert, "--tls-cert"))
     ca = read_pem(tls.ca, "--tls-ca") if tls.ca else None
+    check_with_openssl(tls)
     return grpc.ssl_server_credentials([pair], root_certificates=ca,
                                        require_client_auth=ca is not None)
 
@@ -75,7 +96,9 @@ def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
         raise SecurityError("--tls-ca is needed to verify the collector")
     key = read_pem(tls.key, "--tls-key", "PRIVATE KEY") if tls.key else None
     cert = read_pem(tls.cert, "--tls-cert") if tls.cert else None
-    return grpc.ssl_channel_credentials(read_pem(tls.ca, "--tls-ca"), key, cert)
+    ca = read_pem(tls.ca, "--tls-ca")
+    check_with_openssl(tls)
+    return grpc.ssl_channel_credentials(ca, key, cert)
 
 
 class TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]

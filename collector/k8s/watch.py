@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
@@ -29,16 +30,27 @@ from natlens.collector.k8s.state import (
     slice_service,
 )
 from natlens.collector.store.api import Store
+from natlens.errors import NatlensError
 
 log = logging.getLogger("natlens.collector.k8s")
 GONE = 410
 
 
+class KubeconfigError(NatlensError):
+    """The kubeconfig (or the pod's service account) cannot be used; says why."""
+
+
 def api_client(kubeconfig: str | None) -> client.ApiClient:
     """From a kubeconfig file, or the in-cluster service account when None."""
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    config.load_incluster_config()
+    try:
+        if kubeconfig:
+            return config.new_client_from_config(config_file=kubeconfig)
+        config.load_incluster_config()
+    except (config.ConfigException, ValueError, TypeError, AttributeError, KeyError,
+            OSError, yaml.YAMLError) as e:
+        where = kubeconfig or "the in-cluster service account"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KubeconfigError(f"{where}: not a usable kubeconfig ({first})") from None
     return client.ApiClient()
 
 

@@ -8,9 +8,11 @@ side, on a read-only one that never blocks the writer.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -32,10 +34,12 @@ from natlens.collector.store.schema import (
     DECISION_ROW,
     ROLLUP_KEY,
     check_version,
+    found_version,
     migrate,
 )
 from natlens.collector.store.sql import LATE_NS, SqlStore
 from natlens.collector.store.validate import check_key, model_json, validate
+from natlens.errors import NatlensError
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import KEY_OF, OPTIONAL, column, count
 from natlens.proto.names import EVENTS, SOURCES, endpoint_key
@@ -58,13 +62,58 @@ TIME_COLUMN = {"decision_rows": "time_ns", "counters": "window_end_ns", "rollups
                "pods": "from_ns", "services": "from_ns", "endpoint_epochs": "time_ns"}
 
 
+class StoreHeld(NatlensError):
+    """Another process writes this store: one writer per store."""
+
+
+def hold(path: str) -> int:
+    """An exclusive lock on ``PATH.lock`` for as long as this process lives (flock: the
+    kernel drops it when the process dies, kill -9 included). Not on the database
+    file itself: closing any descriptor of it would drop SQLite's own locks."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StoreHeld(f"{path} is written by another natlens process (pid {holder}): one "
+                        "writer per store; report and query read it as it is, and "
+                        "collector --read-only serves it") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def quiescent(path: str) -> bool:
+    """No writer has the store open: no WAL beside it (the last connection to close
+    removes it), no rollback journal of another program's write, and nobody holds its
+    lock. Then a reader opens it immutable, and leaves not even an empty -wal or -shm
+    file behind."""
+    if os.path.exists(f"{path}-wal") or os.path.exists(f"{path}-journal"):
+        return False
+    try:
+        fd = os.open(f"{path}.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
 class SqliteStore(SqlStore):
     def __init__(self, path: str, read_only: bool = False) -> None:
         """``read_only``: for reports and queries, which must not change a byte of the
-        file (no migration, no WAL switch); the schema must be this natlens's."""
+        file (no migration, no WAL switch, no lock); the schema must be this natlens's.
+        A writer holds the store's lock until ``close``."""
         self.path, self.read_only = path, read_only
+        self._held = None if read_only else hold(path)
         if read_only:
-            conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True,
+            mode = "immutable=1" if quiescent(path) else "mode=ro"
+            conn = sqlite3.connect(f"file:{quote(path)}?{mode}", uri=True,
                                    check_same_thread=False)
         else:
             conn = sqlite3.connect(path, check_same_thread=False)
@@ -73,6 +122,7 @@ class SqliteStore(SqlStore):
         if read_only:
             check_version(self.db)
         else:
+            found_version(self.db)  # a newer or foreign file is refused before any write
             self.db.enable_wal()
             self.db.execute("PRAGMA synchronous = NORMAL")
             migrate(self.db)
@@ -87,6 +137,9 @@ class SqliteStore(SqlStore):
 
     def close(self) -> None:
         self.db.close()
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
 
     def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         try:

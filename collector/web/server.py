@@ -29,6 +29,10 @@ from natlens.timeparse import duration_ns, time_ns
 PAGE = resources.files("natlens.collector.web").joinpath("dashboard.html").read_bytes()
 
 
+class HttpListenError(NatlensError, OSError):
+    """The HTTP address could not be bound; the message names it."""
+
+
 class BadRequest(ValueError):
     """A query string the API cannot use; answered with 400 and this text."""
 
@@ -156,7 +160,10 @@ def serve_http(open_reader: Callable[[], Store], host: str, port: int, metrics: 
     handler = type("BoundHandler", (Handler,), {
         "api": Api(open_reader), "metrics": metrics, "probes": probes,
         "want": f"Bearer {token}".encode() if token else None})
-    srv = ThreadingHTTPServer((host, port), handler)
+    try:
+        srv = ThreadingHTTPServer((host, port), handler)
+    except OSError as e:
+        raise HttpListenError(f"cannot serve HTTP on {host}:{port}: {e.strerror}") from None
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, name="http", daemon=True).start()
     return srv

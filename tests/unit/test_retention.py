@@ -194,6 +194,7 @@ def test_a_locked_database_is_said_in_one_line(tmp_path: Path) -> None:
     holder = sqlite3.connect(path)
     holder.execute("PRAGMA journal_mode = DELETE")
     holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("CREATE TABLE other_program (x)")  # a write in flight: a hot journal
     try:
         r = subprocess.run([sys.executable, "-m", "natlens", "report", "--db", str(path)],
                            capture_output=True, text=True, timeout=60)
