@@ -12,9 +12,11 @@ its table dump ships what the kernel-side seen set does not know as recovered.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from natlens.agent.decode.counters import CounterTracker
 from natlens.agent.sources.conntrack import DEFAULT_RCVBUF, Overflow
@@ -25,6 +27,31 @@ from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import DecisionRow
 
 log = logging.getLogger("natlens.agent")
+
+
+def outlives_the_agent(mountpoint: str) -> bool:
+    """Whether a mount this process made stays when it exits: it does when the mount
+    namespace is the host's (PID 1's, and this is not PID 1 of a container); where PID
+    1's namespace cannot be read (no CAP_SYS_PTRACE), when the mount propagates."""
+    try:
+        ours = os.stat("/proc/self/ns/mnt").st_ino
+        init = os.stat("/proc/1/ns/mnt").st_ino
+    except OSError:
+        return propagates(mountpoint)
+    return ours == init and os.getpid() != 1
+
+
+def propagates(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Whether the mount at ``mountpoint`` is shared with other mount namespaces (the
+    host's): only then does it outlive this process. Under ``ip netns exec`` (or in a
+    container) new mounts are private or slave, and go with the process."""
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return True  # cannot tell: say nothing
+    fields = [ln.split(" - ", 1)[0].split() for ln in lines]
+    mine = [f for f in fields if len(f) > 4 and f[4] == mountpoint]
+    return bool(mine) and any(o.startswith("shared:") for o in mine[-1][6:])
 
 
 class EbpfSource(NetlinkSource):
@@ -53,6 +80,12 @@ class EbpfSource(NetlinkSource):
         f = self._filter = EbpfFilter(self.pin, self.decisions, self.sample)
         if f.mounted:
             log.info("bpffs: mounted at %s for the pinned maps", f.mounted)
+            if not outlives_the_agent(f.mounted):
+                log.warning("bpffs: %s was mounted in this process's own mount namespace "
+                            "(as under ip netns exec): the pinned counters go with it and "
+                            "will not carry over to a restarted agent; mount bpffs there "
+                            "on the host (or run the agent in the host's mount namespace "
+                            "with --netns)", f.mounted)
         log.info("source ebpf: eBPF filter (%s mode%s), maps %s in %s, epoch %s",
                  "decision" if self.decisions else "aggregate",
                  f", 1 in {self.sample} decisions" if self.sample > 1 else "",

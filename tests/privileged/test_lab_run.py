@@ -101,16 +101,31 @@ def test_udp_service(tmp_path: Path) -> None:
     assert entry["total"] == 1000 and entry["verdict"] == "consistent"
 
 
+CLIENTS = 60
+
+
 def test_client_ip_affinity_is_judged_on_first_connections(tmp_path: Path) -> None:
+    """60 clients, 5 connections each: every client stays on one endpoint (affinity), and
+    the 60 first choices are judged against the declared 50/50 (enough to test)."""
     d = seed(name="affinity")
     d["services"][0]["sessionAffinity"] = "ClientIP"
-    d["nodes"][0]["pods"].append({"name": "front-2", "namespace": "istio-demo",
-                                  "ip": "10.244.1.170", "labels": {"app": "front"}})
-    d["traffic"] = [{"from": p, "service": "istio-demo/bill-service:http", "connections": 40}
-                    for p in ("front-tomcat-v1-7f8c94c6c8-lfz5m", "front-2")]
+    clients = [f"front-{i}" for i in range(CLIENTS)]
+    d["nodes"][0]["pods"] += [{"name": c, "namespace": "istio-demo",
+                               "ip": f"10.244.1.{100 + i}", "labels": {"app": "front"}}
+                              for i, c in enumerate(clients)]
+    d["traffic"] = [{"from": c, "service": "istio-demo/bill-service:http", "connections": 5}
+                    for c in clients]
     result = lab_run(write_scenario(tmp_path, d))
     (entry,) = result["report"]["services"]
     assert entry["affinity"] == "ClientIP"
-    assert entry["total"] == 2  # one first connection per client
+    assert entry["total"] == CLIENTS  # one first connection per client
     assert entry["counted"] == "first connection per client"
-    assert entry["verdict"] == "insufficient-data"
+    assert entry["test"]["method"] in ("chi-square", "exact-multinomial")
+    assert entry["verdict"] == "consistent"
+    truth = result["ground_truth"]["k8s-node2"]["istio-demo/bill-service:http"]
+    assert sum(truth.values()) == 5 * CLIENTS
+    # each client's 5 connections went where its first did: the per-endpoint connection
+    # counts are multiples of 5 and add up to the clients' first choices times 5
+    assert all(n % 5 == 0 for n in truth.values())
+    assert {ep: n // 5 for ep, n in truth.items()} == {
+        e["endpoint"]: e["observed"] for e in entry["endpoints"] if e["observed"]}

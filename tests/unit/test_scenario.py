@@ -1,4 +1,4 @@
-import contextlib
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -6,7 +6,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from natlens.lab.scenario import ScenarioError, load_scenario, parse_scenario
+from natlens.lab.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SEED = ROOT / "examples" / "seed-bill-service.yaml"
@@ -124,14 +124,33 @@ _VALUES = st.recursive(
     "extraRules": _VALUES, "clusterCIDR": _VALUES}))
 def test_fuzzed_scenarios_parse_or_say_where(data: dict) -> None:  # type: ignore[type-arg]
     try:
-        parse_scenario(data, "fuzz.yaml")
+        sc = parse_scenario(data, "fuzz.yaml")
     except ScenarioError as e:
-        assert str(e)
+        assert str(e).startswith("fuzz.yaml") and "\n" not in str(e)
+        return
+    assert_well_formed(sc)
+
+
+def assert_well_formed(sc: Scenario) -> None:
+    """What an accepted scenario promises: pods inside their node's podCIDR, unique
+    addresses, traffic from pods that exist to service ports that exist."""
+    addrs = [ip for p in sc.pods for ip in p.ips]
+    assert len(addrs) == len(set(addrs))
+    for node in sc.nodes:
+        nets = [ipaddress.ip_network(c) for c in node.pod_cidrs]
+        for p in node.pods:
+            assert all(any(ipaddress.ip_address(ip) in n for n in nets) for ip in p.ips)
+    for t in sc.traffic:
+        sc.pod(t.source)
+        sc.service_port(t.service)
 
 
 def test_mutated_seed_yaml_never_crashes() -> None:
     text = SEED.read_text()
     for i in range(0, len(text), 7):
         for junk in ("", ":", "- ", "{", "]", "\t"):
-            with contextlib.suppress(ScenarioError, yaml.YAMLError):
-                parse_scenario(yaml.safe_load(text[:i] + junk + text[i + 1:]), "m.yaml")
+            try:
+                sc = parse_scenario(yaml.safe_load(text[:i] + junk + text[i + 1:]), "m.yaml")
+            except (ScenarioError, yaml.YAMLError):
+                continue
+            assert_well_formed(sc)
