@@ -1,5 +1,6 @@
-"""The kernel program itself: loaded through bcc, run by the kernel on messages built
-to ctnetlink's layout (BPF_PROG_TEST_RUN), checked against the Python decoder."""
+"""The kernel program itself: loaded through bcc, run by the kernel (BPF_PROG_TEST_RUN)
+on messages the kernel sent and on messages made from them (tests/ctmsg.py), checked
+against the Python decoder."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from natlens.agent.decode.decision import to_decision
 from natlens.agent.sources.ebpf_filter import EbpfFilter
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import DecisionRow
+from tests import ctmsg
 from tests.ctmsg import message
 
 from .bpf_run import test_run as run
@@ -74,6 +76,19 @@ def expect(ev: CtEvent, got: DecisionRow) -> DecisionRow:
     no timestamps (then both use the time the record was read)."""
     event = pb.EVENT_DESTROY if ev.kind == "destroy" else pb.EVENT_NEW
     return to_decision(ev, event, pb.SOURCE_EBPF, got.time_ns)
+
+
+@pytest.mark.parametrize("name", sorted(ctmsg.captured()))
+def test_the_kernels_own_messages(filt: EbpfFilter, name: str) -> None:
+    """Every captured event (TCP, UDP, SCTP; IPv4, IPv6; with and without a zone) makes
+    the record the Python decoder makes of it, which tests/unit/test_ctnetlink.py holds
+    to what conntrack(8) read."""
+    data = ctmsg.captured()[name].data
+    (ev,) = c.messages(data)
+    assert isinstance(ev, CtEvent)
+    assert run(filt.fn.fd, data) == 0
+    (r,) = records(filt)
+    assert r == expect(ev, r)
 
 
 def test_dnat_new_event_is_counted_and_passed(filt: EbpfFilter) -> None:

@@ -1,4 +1,5 @@
-"""The ctnetlink decoder against messages built to the kernel's layout, and fuzzed."""
+"""The ctnetlink decoder against messages the kernel sent (tests/fixtures/ctnetlink,
+read beside by conntrack(8)), messages made from them (tests/ctmsg.py), and fuzzed."""
 
 import contextlib
 import ipaddress
@@ -9,10 +10,40 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from natlens.agent.decode import ctnetlink as c
-from tests.ctmsg import message, tuple_attr
+from tests import ctmsg
+from tests.ctmsg import message
 
 SEED_ORIG = ("10.244.1.169", "10.1.122.241", 6, 40000, 9999)
 SEED_REPLY = ("10.244.2.74", "10.244.1.169", 6, 80, 40000)
+
+
+@pytest.mark.parametrize("name", sorted(ctmsg.captured()))
+def test_the_kernels_messages_decode_to_what_conntrack_read(name: str) -> None:
+    """Each field as libnetfilter_conntrack read the same message from the kernel."""
+    cap = ctmsg.captured()[name]
+    o, r = cap.said["orig"], cap.said["reply"]
+    (ev,) = c.messages(cap.data)
+    assert isinstance(ev, c.CtEvent)
+    assert ev.kind == cap.said["kind"] and ev.is_dnat
+    assert ev.orig == c.Tuple(str(ipaddress.ip_address(o["src"])),
+                              str(ipaddress.ip_address(o["dst"])), o["proto"], o["sport"],
+                              o["dport"])
+    assert ev.reply == c.Tuple(str(ipaddress.ip_address(r["src"])),
+                               str(ipaddress.ip_address(r["dst"])), r["proto"], r["sport"],
+                               r["dport"])
+    assert (ev.ct_id, ev.zone) == (cap.said["id"], cap.said["zone"])
+    if ev.kind == "destroy":
+        assert (ev.orig_packets, ev.orig_bytes, ev.reply_packets, ev.reply_bytes) == (
+            o["packets"], o["bytes"], r["packets"], r["bytes"])
+        lo, hi = ctmsg.window()
+        assert lo <= ev.start_ns <= ev.stop_ns <= hi
+        assert (ev.stop_ns - ev.start_ns) // 10**9 == cap.said["deltatime_s"]
+    else:
+        assert (ev.orig_packets, ev.orig_bytes, ev.start_ns, ev.stop_ns) == (0, 0, 0, 0)
+    # the agent's path reads the same
+    (vals,) = c.event_messages(cap.data)
+    assert isinstance(vals, tuple) and c.values_dnat(vals)
+    assert (vals[8], vals[9], vals[3]) == (ev.ct_id, ev.zone, ev.orig.proto)
 
 
 def test_seed_new_event_is_a_dnat_decision() -> None:
@@ -64,21 +95,46 @@ def test_round_trip(ips: tuple, sport: int, vport: int, eport: int, ct_id: int, 
     assert [gone.orig_packets, gone.orig_bytes, gone.reply_packets, gone.reply_bytes] == counters
 
 
+def well_formed(out: list[c.CtEvent | c.Done | c.NetlinkError]) -> None:
+    """What the decoder hands on is always in range, whatever it was given."""
+    for ev in out:
+        if isinstance(ev, c.NetlinkError):
+            assert -(2**31) <= ev.errno <= 2**31
+        if not isinstance(ev, c.CtEvent):
+            continue
+        assert ev.kind in ("new", "update", "destroy")
+        for t in (ev.orig, ev.reply):
+            ipaddress.ip_address(t.src)
+            ipaddress.ip_address(t.dst)
+            assert 0 <= t.proto < 256 and 0 <= t.sport < 65536 and 0 <= t.dport < 65536
+        assert 0 <= ev.ct_id < 2**32 and 0 <= ev.zone < 2**16
+        assert all(0 <= v < 2**64 for v in (ev.orig_packets, ev.orig_bytes, ev.reply_packets,
+                                             ev.reply_bytes, ev.start_ns, ev.stop_ns))
+
+
 @settings(max_examples=500)
 @given(st.binary(max_size=400))
-def test_random_bytes_never_crash(buf: bytes) -> None:
+def test_random_bytes_decode_in_range_or_fail_cleanly(buf: bytes) -> None:
     with contextlib.suppress(c.DecodeError):
-        list(c.messages(buf))
+        well_formed(c.messages(buf))
 
 
 @settings(max_examples=300)
-@given(st.integers(0, 200), st.binary(min_size=1, max_size=8))
-def test_corrupted_real_messages_fail_cleanly(pos: int, junk: bytes) -> None:
-    buf = bytearray(message("new", SEED_ORIG, SEED_REPLY, 9))
-    pos %= len(buf)
+@given(st.sampled_from(sorted(ctmsg.captured())), st.integers(0, 400),
+       st.binary(min_size=1, max_size=8))
+def test_corrupted_kernel_messages_fail_cleanly(name: str, pos: int, junk: bytes) -> None:
+    """Corrupted anywhere past the netlink header: an error, or one event in range."""
+    data = ctmsg.captured()[name].data
+    buf = bytearray(data)
+    pos = 16 + pos % (len(buf) - 16)
     buf[pos:pos + len(junk)] = junk
-    with contextlib.suppress(c.DecodeError):
-        list(c.messages(bytes(buf)))
+    buf = buf[:len(data)]
+    try:
+        out = c.messages(bytes(buf))
+    except c.DecodeError:
+        return
+    well_formed(out)
+    assert len(out) == 1
 
 
 def test_truncated_message_is_an_error() -> None:
@@ -132,19 +188,15 @@ def test_a_cached_layout_reads_what_a_fresh_walk_reads(
 
 
 def test_same_length_other_order_is_planned_again() -> None:
-    """Two messages of one length and type whose attributes come in another order."""
-    from tests.ctmsg import nla
-
-    def msg(body: bytes) -> bytes:
-        body = struct.pack("=BBH", 2, 0, 0) + body
-        return struct.pack("=IHHII", 16 + len(body), 0x100, c.NLM_F_CREATE, 0, 0) + body
-
-    tuples = (tuple_attr(c.CTA_TUPLE_ORIG, *SEED_ORIG) + tuple_attr(c.CTA_TUPLE_REPLY,
-                                                                     *SEED_REPLY))
-    ct_id, zone = nla(c.CTA_ID, struct.pack(">I", 41)), nla(c.CTA_ZONE, struct.pack(">H", 3))
-    a, b = msg(tuples + ct_id + zone), msg(zone + tuples + ct_id)
-    assert len(a) == len(b)
-    for buf in (a, b, a):
+    """Messages of one length and type whose attributes come in other orders (the
+    kernel's, its last attribute moved to the front, its third moved to the end)."""
+    a = message("new", SEED_ORIG, SEED_REPLY, 41, zone=3)
+    n = len(list(ctmsg.attributes(a)))
+    b = ctmsg.reordered(a, [n - 1, *range(n - 1)])
+    d = ctmsg.reordered(a, [i for i in range(n) if i != 2] + [2])
+    assert len(a) == len(b) == len(d) and len({a, b, d}) == 3
+    c._LAYOUTS.clear()
+    for buf in (a, b, a, d, b):
         (ev,) = c.messages(buf)
         assert isinstance(ev, c.CtEvent)
         assert (ev.ct_id, ev.zone, ev.orig, ev.reply) == (41, 3, c.Tuple(*SEED_ORIG),
