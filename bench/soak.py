@@ -1,14 +1,18 @@
 """Soak: the seed lab at a steady rate of new connections for a long time, with the
 collector killed (kill -9) and restarted in the middle. Zero loss means the report's
-per-endpoint totals equal the client tally; memory should stay flat (RSS of the agents
-and the collector every minute).
+per-endpoint totals equal the client tally; memory should stay flat: the agents' and the
+collector's RSS is sampled ``SAMPLES`` times over the run (every minute at most) and
+``rss_slope_mb_per_min`` is each process's Theil-Sen slope over the samples after the
+first quarter of the run (warm-up), either side of the collector's outage: a leak of a
+few MB a minute shows however long the run.
 
 The collector runs in the lab's underlay namespace and each agent inside its node's
 namespace (as in tests/privileged/test_faults.py), so nothing touches the root
 namespace. Run as root:
   DURATION=1800 RATE=1000 .venv/bin/python bench/soak.py      # the 30-minute soak
   DURATION=120 .venv/bin/python bench/soak.py                  # what CI runs
-Env: SOURCE (netlink|auto, default netlink: every connection shipped as a decision).
+Env: SOURCE (netlink|auto, default netlink: every connection shipped as a decision),
+SAMPLES (RSS samples over the run, default 60).
 Prints one JSON object; exits 1 when a count differs.
 """
 
@@ -23,7 +27,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from itertools import combinations
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from harness import SEED, rss_mib
@@ -106,8 +112,26 @@ class Soak:
         subprocess.run(["umount", str(self.work / "bpf")], capture_output=True)
 
 
+def slopes(rss: list[dict[str, Any]], warmup: float, outage: tuple[float, float],
+           ) -> dict[str, float]:
+    """MB a minute, per process: the median of the slopes between every two samples taken
+    after ``warmup`` seconds on the same side of the collector's ``outage`` (Theil-Sen,
+    one intercept per side): the outage's one step in the agents' memory (batches held
+    while the collector is down) is not a trend, a leak of a few MB a minute is."""
+    sides = ([r for r in rss if warmup <= r["t"] < outage[0]],
+             [r for r in rss if r["t"] >= max(warmup, outage[1])])
+    out = {}
+    for key in (k for k in rss[0] if k.endswith("_mb")):
+        pairs = [(b[key] - a[key]) / ((b["t"] - a["t"]) / 60) for side in sides
+                 for a, b in combinations(side, 2) if b["t"] > a["t"]]
+        if pairs:
+            out[key.removesuffix("_mb")] = round(float(median(pairs)), 3)
+    return out
+
+
 def main() -> int:
     duration = float(os.environ.get("DURATION", 1800))
+    every = min(60.0, duration / float(os.environ.get("SAMPLES", 60)))
     rate = float(os.environ.get("RATE", 1000))
     source = os.environ.get("SOURCE", "netlink")
     with tempfile.TemporaryDirectory(prefix="natlens-soak-") as d:
@@ -125,21 +149,22 @@ def main() -> int:
             t0 = time.monotonic()
             t.start()
             rss: list[dict[str, Any]] = []
-            restarted = False
+            outage = (duration, duration)
             while t.is_alive():
-                t.join(timeout=min(60.0, duration / 10))
+                t.join(timeout=every - (time.monotonic() - t0) % every)
                 elapsed = time.monotonic() - t0
                 assert soak.collector is not None
                 rss.append({"t": round(elapsed), "connections": sum(tally.values()),
                             "collector_mb": rss_mib(soak.collector.pid),
                             **{f"agent_{n}_mb": rss_mib(p.pid)
                                for n, p in soak.agents.items()}})
-                if not restarted and elapsed >= duration / 2:
+                if outage[0] == duration and elapsed >= duration / 2:
                     os.killpg(soak.collector.pid, signal.SIGKILL)
                     soak.collector.wait(timeout=10)
                     time.sleep(5)
                     soak.start_collector()
-                    restarted = True
+                    # the agents' memory settles once they have resent what they held
+                    outage = (elapsed, time.monotonic() - t0 + 15)
             achieved = sum(tally.values()) / (time.monotonic() - t0)
             for p in soak.agents.values():
                 os.killpg(p.pid, signal.SIGTERM)
@@ -157,7 +182,9 @@ def main() -> int:
                       "rate_achieved": round(achieved, 1), "source": source,
                       "client_tally": dict(tally), "client_failed": failed[0],
                       "observed": dict(observed), "exact": observed == tally,
-                      "lost": report["lost"], "rss_every_interval": rss}
+                      "lost": report["lost"], "rss_every_interval": rss,
+                      "outage_s": [round(t) for t in outage],
+                      "rss_slope_mb_per_min": slopes(rss, duration / 4, outage)}
             print(json.dumps(result, indent=1))
             return 0 if observed == tally and not failed[0] else 1
         finally:

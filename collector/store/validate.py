@@ -10,12 +10,19 @@ from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import ColumnsError, check
 from natlens.proto.names import EVENTS, SOURCES
 
+# The largest count a store keeps: SQLite's INTEGER and PostgreSQL's BIGINT are signed.
+# The wire's uint64 counts above it are no real node's (2^63 bytes is 8 EiB).
+BIGGEST = 2**63 - 1
+COUNTER_FIELDS = ("connections", "bytes", "packets", "total_connections", "total_closed",
+                  "total_orig_packets", "total_orig_bytes", "total_reply_packets",
+                  "total_reply_bytes", "total_duration_ns")
+
 
 def validate(batch: pb.Batch) -> None:
     if not batch.agent_id or not batch.boot_id or not batch.node:
         raise BatchRejected("batch without agent_id, boot_id or node")
-    if batch.seq == 0:
-        raise BatchRejected("batch without a sequence number")
+    if batch.seq == 0 or batch.seq > BIGGEST:
+        raise BatchRejected("batch without a sequence number (1 to 2^63-1)")
     for r in batch.rules:
         if not r.hash or not r.mode:
             raise BatchRejected("rule snapshot without hash or mode")
@@ -25,6 +32,10 @@ def validate(batch: pb.Batch) -> None:
         raise BatchRejected(str(e)) from None
     if n and max(batch.columns.client_port) > 65535:
         raise BatchRejected("decision with a port above 65535")
+    cols = batch.columns
+    if any(max(col, default=0) > BIGGEST for col in (
+            cols.orig_packets, cols.orig_bytes, cols.reply_packets, cols.reply_bytes)):
+        raise BatchRejected("decision with a count above 2^63-1")
     for k in batch.columns.keys:
         check_key((k.protocol, k.vip, k.vip_port, k.endpoint_ip, k.endpoint_port, k.source,
                    k.event))
@@ -33,6 +44,11 @@ def validate(batch: pb.Batch) -> None:
             raise BatchRejected("counter without epoch, vip, endpoint or protocol")
         if c.vip_port > 65535 or c.endpoint_port > 65535:
             raise BatchRejected("counter with a port above 65535")
+        if max(getattr(c, f) for f in COUNTER_FIELDS) > BIGGEST:
+            raise BatchRejected("counter with a count above 2^63-1")
+    for lost in batch.lost:
+        if max(lost.count, lost.recovered, lost.total) > BIGGEST:
+            raise BatchRejected("lost events with a count above 2^63-1")
 
 
 def check_key(raw: tuple[Any, ...]) -> None:

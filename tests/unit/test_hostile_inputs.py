@@ -139,7 +139,7 @@ def test_every_command_fails_in_one_line_on_every_bad_file(workdir: Path) -> Non
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(run, [a for _, a in todo], as_nobody))
     bad = []
-    for (name, argv), r in zip(todo, results, strict=True):
+    for (name, _argv), r in zip(todo, results, strict=True):
         lines = r.stderr.strip().splitlines()
         if (r.returncode not in (1, 2) or "Traceback" in r.stderr or not lines
                 or not lines[-1].startswith("natlens: error: ")

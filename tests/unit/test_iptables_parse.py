@@ -1,4 +1,3 @@
-import contextlib
 from pathlib import Path
 
 import pytest

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,6 +22,7 @@ from natlens.collector.store.api import BatchRejected
 from natlens.collector.store.sqlite import SqliteStore
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import DecisionRow, pack
+from natlens.proto.names import EVENTS, SOURCES, endpoint_key
 
 from .test_retention import EPS, T0, decision
 
@@ -130,16 +132,36 @@ def test_garbage_on_the_wire_gets_a_status_and_the_collector_goes_on(
     assert sqlite_utils.Database(tmp_path / "db")["decisions"].count == 20
 
 
-ADDRESS = st.text(alphabet="0123456789.", max_size=8)
-ROWS = st.lists(st.builds(
-    DecisionRow, time_ns=st.integers(-2**63, 2**63 - 1), protocol=st.text(max_size=4),
-    client_ip=ADDRESS, client_port=st.integers(0, 2**32 - 1), vip=ADDRESS,
-    vip_port=st.integers(0, 2**32 - 1), endpoint_ip=ADDRESS,
-    endpoint_port=st.integers(0, 2**32 - 1), ct_id=st.integers(0, 3),
-    source=st.integers(0, 5), event=st.integers(0, 6), zone=st.integers(0, 2),
-    orig_packets=st.integers(0, 2**64 - 1), orig_bytes=st.integers(0, 2**64 - 1),
-    reply_packets=st.integers(0, 2**64 - 1), reply_bytes=st.integers(0, 2**64 - 1),
-    duration_ns=st.integers(-2**63, 2**63 - 1)), max_size=4)
+def batch_and_rows(v: bool) -> st.SearchStrategy[tuple[pb.Batch, list[DecisionRow]]]:
+    """A batch and its decisions: every field valid (``v``: then the batch is stored),
+    or any value of the field's wire type."""
+    def pick(valid: st.SearchStrategy[Any], anything: st.SearchStrategy[Any]
+             ) -> st.SearchStrategy[Any]:
+        return valid if v else st.one_of(valid, anything)
+
+    address = pick(st.sampled_from(["10.1.0.1", "10.244.1.9", "fd00::1"]),
+                   st.text(alphabet="0123456789.", max_size=8))
+    port = pick(st.integers(0, 65535), st.integers(0, 2**32 - 1))
+    name = pick(st.sampled_from(["a", "n1"]), st.text(max_size=3))
+    rows = st.lists(st.builds(
+        DecisionRow, time_ns=st.integers(-2**63, 2**63 - 1),
+        protocol=pick(st.sampled_from(["tcp", "udp"]), st.text(max_size=4)),
+        client_ip=address, client_port=port, vip=address, vip_port=port, endpoint_ip=address,
+        endpoint_port=port, ct_id=st.integers(0, 3),
+        source=pick(st.integers(1, 3), st.integers(0, 5)),
+        event=pick(st.integers(1, 4), st.integers(0, 6)), zone=st.integers(0, 2),
+        orig_packets=st.integers(0, 2**64 - 1), orig_bytes=st.integers(0, 2**64 - 1),
+        reply_packets=st.integers(0, 2**64 - 1), reply_bytes=st.integers(0, 2**64 - 1),
+        duration_ns=st.integers(-2**63, 2**63 - 1)), max_size=4)
+    batch = st.builds(
+        pb.Batch, agent_id=name, boot_id=name, seq=pick(st.integers(1, 3), st.integers(0, 3)),
+        node=name, sample_rate=st.integers(0, 5),
+        counters=st.lists(st.builds(
+            pb.CounterDelta, epoch=name, vip=address, endpoint_ip=address,
+            protocol=pick(st.just("tcp"), st.text(max_size=3)), vip_port=port,
+            total_connections=st.integers(0, 10)), max_size=3),
+        rules=st.lists(st.builds(pb.RuleSnapshot, hash=name, mode=name), max_size=2))
+    return st.tuples(batch, rows)
 
 
 def _count(store: SqliteStore, table: str) -> int:
@@ -148,18 +170,12 @@ def _count(store: SqliteStore, table: str) -> int:
 
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.builds(
-    pb.Batch, agent_id=st.text(max_size=3), boot_id=st.text(max_size=3),
-    seq=st.integers(0, 3), node=st.text(max_size=3), sample_rate=st.integers(0, 5),
-    counters=st.lists(st.builds(
-        pb.CounterDelta, epoch=st.text(max_size=3), vip=st.text(max_size=4),
-        endpoint_ip=st.text(max_size=4), protocol=st.text(max_size=3),
-        vip_port=st.integers(0, 2**32 - 1), total_connections=st.integers(0, 10)), max_size=3),
-    rules=st.lists(st.builds(pb.RuleSnapshot, hash=st.text(max_size=3),
-                             mode=st.text(max_size=3)), max_size=2)), ROWS)
+@given(st.one_of(batch_and_rows(True), batch_and_rows(False)))
 def test_fuzzed_batches_are_stored_whole_or_refused_whole(tmp_path_factory: pytest.TempPathFactory,
-                                                         batch: pb.Batch,
-                                                         rows: list[DecisionRow]) -> None:
+                                                         fuzzed: tuple[pb.Batch,
+                                                                       list[DecisionRow]]
+                                                         ) -> None:
+    batch, rows = fuzzed
     batch.columns.CopyFrom(pack(rows))
     store = SqliteStore(str(tmp_path_factory.mktemp("fz") / "db"))
     try:
@@ -169,10 +185,26 @@ def test_fuzzed_batches_are_stored_whole_or_refused_whole(tmp_path_factory: pyte
             for table in ("batches", "decisions", "counters", "rule_snapshots", "lost_events"):
                 assert _count(store, table) == 0, table
             return
-        # Stored whole: the batch, each distinct decision once, each distinct snapshot,
-        # and a counter row per key whose total grew.
+        # Stored whole: the batch, each distinct snapshot, a counter row per key whose
+        # total grew, and each decision once: the first sent of those with one identity
+        # (time, service port, endpoint, source, event, client, conntrack id and zone).
         assert _count(store, "batches") == 1
-        assert _count(store, "decisions") == len(set(rows))
+        first: dict[tuple[Any, ...], DecisionRow] = {}
+        for r in rows:
+            first.setdefault((r.time_ns, r.protocol, r.vip, r.vip_port, r.endpoint_ip,
+                              r.endpoint_port, r.source, r.event, r.client_ip, r.client_port,
+                              r.ct_id, r.zone), r)
+        assert _count(store, "decisions") == len(first)
+        fields = ("time_ns", "client_ip", "client_port", "vip", "vip_port", "ct_id", "zone",
+                  "orig_packets", "orig_bytes", "reply_packets", "reply_bytes", "duration_ns")
+        stored = store.db.execute(f"SELECT {', '.join(fields)}, endpoint, source, event "
+                                  "FROM decisions").fetchall()
+        assert sorted(r[:len(fields)] for r in stored) == sorted(
+            tuple(getattr(r, f) for f in fields) for r in first.values())
+        assert {(r[-3], r[-2], r[-1]) for r in stored} == {
+            (endpoint_key(r.endpoint_ip, r.endpoint_port), SOURCES[r.source], EVENTS[r.event])
+            for r in first.values()}
+        assert all(0 <= r[2] <= 65535 and 0 <= r[4] <= 65535 for r in stored)
         assert _count(store, "rule_snapshots") == len({(r.time_ns, r.hash)
                                                        for r in batch.rules})
         grew = {(c.epoch, c.protocol, c.vip, c.vip_port, c.endpoint_ip, c.endpoint_port)
