@@ -115,13 +115,16 @@ def serve(cfg: CollectorConfig) -> int:
 
 def check_free(listen: str) -> None:
     """Fail in one line when another process listens on ``listen`` (gRPC's own bind
-    error comes with a page of its log)."""
+    error comes with a page of its log). SO_REUSEADDR, as gRPC binds: connections of a
+    collector that just died linger in TIME_WAIT and must not keep its successor out;
+    only a listening socket does."""
     host, _, port = listen.rpartition(":")
     if not port.isdigit() or int(port) == 0:
         return
     host = host.strip("[]") or "0.0.0.0"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, int(port)))
         except OSError as e:

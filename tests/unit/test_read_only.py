@@ -132,3 +132,26 @@ def test_a_second_collector_on_the_same_store_or_address_is_refused(tmp_path: Pa
     finally:
         first.terminate()
         first.wait(timeout=30)
+
+
+def test_an_address_whose_old_connections_linger_is_free() -> None:
+    """A collector restarted after kill -9 finds its port with the dead one's accepted
+    connections in TIME_WAIT: that must not keep it out (the 30-minute soak's restart
+    met exactly this), while a listener must."""
+    import socket
+
+    from natlens.collector.server import ListenError, check_free
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}"):
+        check_free(f"127.0.0.1:{port}")
+    accepted.close()  # the server side closes first: its end waits in TIME_WAIT
+    client.close()
+    listener.close()
+    states = subprocess.run(["ss", "-tanH", "state", "time-wait", f"sport = :{port}"],
+                            capture_output=True, text=True).stdout
+    assert states.strip(), "no TIME_WAIT left to test against"
+    check_free(f"127.0.0.1:{port}")
