@@ -461,18 +461,27 @@ def _endpoints(dump: _Dump, chain: str) -> tuple[str, tuple[DeclaredEndpoint, ..
 
 def _dnat(lines: list[str], rules: list[int]) -> tuple[int, str]:
     """(index, ``--to-destination``) of an endpoint chain's first DNAT rule, the one
-    that applies; (0, "")."""
+    that applies; (0, ""). Written out for the common case (one quoted comment, as
+    iptables-save prints every comment): 20,000 of these on a big node, where
+    ``scan_rule`` for each cost a fifth of the command."""
     for n in rules:
         text = lines[n]
-        at = text.find(" --to-destination ")
-        if at >= 0 and " -j DNAT" in text:
-            if '"' in text:
+        if " --to-destination " not in text:
+            continue  # KUBE-MARK-MASQ and the like
+        q = text.find('"')
+        if q >= 0:
+            if text.count('"') != 2:
                 r = scan_rule(text, n + 1)
                 if r.target == "DNAT" and r.to_destination:
                     return n, r.to_destination
                 continue
+            text = text[:q] + text[text.rfind('"') + 1:]
+        at = text.find(" --to-destination ")
+        if at >= 0 and target_of(text, n + 1) == "DNAT":
             end = text.find(" ", at + 18)
-            return n, text[at + 18:] if end < 0 else text[at + 18:end]
+            to = text[at + 18:] if end < 0 else text[at + 18:end]
+            if to:
+                return n, to
     return 0, ""
 
 

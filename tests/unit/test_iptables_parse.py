@@ -4,7 +4,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from natlens.agent.rules.iptables import RulesParseError, parse_iptables_save, tokenize
+from natlens.agent.rules.iptables import (
+    RulesParseError,
+    _dnat,
+    parse_iptables_save,
+    scan_rule,
+    tokenize,
+)
 from natlens.agent.rules.model import DeclaredModel
 from natlens.agent.rules.probability import effective_shares, kernel_probability
 from natlens.lab import kubeproxy
@@ -218,3 +224,24 @@ def test_a_declared_empty_selection_chain_is_a_port_without_endpoints() -> None:
                         if not ln.startswith("-A KUBE-SVC-PK4BNTKC2JYVE7B2 "))
     (s,) = parse_iptables_save(flushed).services
     assert s.service == "istio-demo/bill-service:http" and s.endpoints == ()
+
+
+COMMENTS = st.sampled_from(["", "ns/svc:http", "a --to-destination 9.9.9.9:1",
+                            "b -j DNAT", "c -j DNAT --to-destination 8.8.8.8:2",
+                            'd \\" -j DNAT --to-destination 7.7.7.7:3'])
+
+
+@given(st.lists(st.tuples(COMMENTS, st.sampled_from(["DNAT", "KUBE-MARK-MASQ", "ACCEPT"]),
+                          st.booleans(), st.sampled_from(["", " -m tcp -p tcp", " -s 1.2.3.4/32"])),
+                min_size=1, max_size=4))
+def test_the_dnat_fast_path_reads_what_the_general_scan_reads(
+        rules: list[tuple[str, str, bool, str]]) -> None:
+    """An endpoint chain's DNAT rule, found by the written-out search, is the one the
+    general rule scan finds, whatever the comments hold."""
+    lines = [f'-A KUBE-SEP-X -m comment --comment "{c}"{opts} -j {target}'
+             + (" --to-destination 10.0.0.1:80" if to else "")
+             for c, target, to, opts in rules]
+    ref = next(((n, r.to_destination) for n, line in enumerate(lines)
+                if (r := scan_rule(line, n + 1)).target == "DNAT" and r.to_destination),
+               (0, ""))
+    assert _dnat(lines, list(range(len(lines)))) == ref
