@@ -256,13 +256,16 @@ def _endpoint_from_dnat(to: str, lineno: int) -> str:
     return endpoint_key(host, int(port))
 
 
+_KINDS = {p: p + "*" for p in ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-EXT-",
+                               "KUBE-XLB-")}
+
+
 def chain_kind(chain: str) -> str:
     """How ``ignored`` groups a chain: kube-proxy's per-service chains by prefix."""
-    for prefix in ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-FW-",
-                   "KUBE-XLB-"):
-        if chain.startswith(prefix):
-            return prefix + "*"
-    return chain
+    kind = _KINDS.get(chain[:9])
+    if kind is not None:
+        return kind
+    return "KUBE-FW-*" if chain.startswith("KUBE-FW-") else chain
 
 
 @dataclass
@@ -368,14 +371,26 @@ def read_dump(text: str) -> _Dump:
     seen_table = False
     kept: dict[str, list[int]] | None = None  # the open table's, if read
     get = None
+    # iptables-save prints a chain's rules together: while lines start with the last
+    # rule's "-A CHAIN ", one startswith per line places them (most of a big dump)
+    prefix, append = "\n", None  # no line holds a newline: matches none
     dump.lines = lines = text.splitlines()
     for i, line in enumerate(lines):
+        if line.startswith(prefix):
+            append(i)  # type: ignore[misc]
+            continue
         if get is not None and line.startswith("-A "):  # nearly every line: a rule
             end = line.find(" ", 3)
-            rules = get(line[3:end] if end > 0 else line[3:])
-            if rules is not None:
+            if end > 0:
+                rules = get(line[3:end])
+                if rules is not None:
+                    rules.append(i)
+                    prefix, append = line[:end + 1], rules.append
+                    continue
+            elif (rules := get(line[3:])) is not None:
                 rules.append(i)
                 continue
+        prefix = "\n"
         lineno = i + 1
         line = line.strip()
         if not line or line[0] == "#":
@@ -445,18 +460,50 @@ def _endpoints(dump: _Dump, chain: str) -> tuple[str, tuple[DeclaredEndpoint, ..
             else:
                 picks.append(h)
     shares = float_shares(tuple(h.probability for h in picks))
-    nat = dump.chains["nat"]
+    nat, lines = dump.chains["nat"], dump.lines
     out = []
     for h, share in zip(picks, shares, strict=True):
         rules = nat.get(h.target)
         if rules is None:
             raise RulesParseError(f"line {h.line + 1}: jump to missing chain {h.target!r}")
-        n, to = _dnat(dump.lines, rules)
-        if not to:
-            raise RulesParseError(f"line {h.line + 1}: chain {h.target} has no DNAT rule")
+        n, key = _sep_fast(lines, rules)
+        if not key:
+            n, to = _dnat(lines, rules)
+            if not to:
+                raise RulesParseError(f"line {h.line + 1}: chain {h.target} has no DNAT rule")
+            key = _endpoint_from_dnat(to, n + 1)
         used.add(n)
-        out.append(DeclaredEndpoint(_endpoint_from_dnat(to, n + 1), share, h.target))
+        out.append(DeclaredEndpoint(key, share, h.target))
     return affinity, tuple(out)
+
+
+_DNAT_TO = " -j DNAT --to-destination "
+
+
+def _sep_fast(lines: list[str], rules: list[int]) -> tuple[int, str]:
+    """(index, endpoint key) of an endpoint chain's DNAT rule as kube-proxy writes it and
+    iptables-save prints it: the chain's last rule, ``… -j DNAT --to-destination
+    IPv4:PORT`` after the one quoted comment; (0, "") for anything else, which
+    ``_dnat`` reads. Two searches from the end of the line instead of a scan: this runs
+    for every endpoint of a node (bench/rules_parse.py)."""
+    if not rules:
+        return 0, ""
+    n = rules[-1]
+    text = lines[n]
+    at = text.rfind(_DNAT_TO)
+    if at < 0 or at < text.rfind('"') or text.count('"') not in (0, 2):
+        return 0, ""
+    to = text[at + 26:]
+    colon = to.find(":")
+    if colon < 0 or " " in to or "[" in to or to.find(":", colon + 1) >= 0:
+        return 0, ""  # more options, IPv6, or no port: the general reading
+    port = to[colon + 1:]
+    if not port.isdigit() or (port[0] == "0" and port != "0"):
+        return 0, ""
+    for m in rules[:-1]:
+        if " --to-destination " in lines[m]:
+            return 0, ""  # an earlier DNAT rule would apply first
+    return n, to
 
 
 def _dnat(lines: list[str], rules: list[int]) -> tuple[int, str]:
@@ -531,25 +578,33 @@ def _ignored(dump: _Dump) -> tuple[Ignored, ...]:
     """Every rule not on a service's path to an endpoint, by table, chain and reason."""
     tally = Counter(dump.other)
     lines, used = dump.lines, dump.used
+    plumbing = "kube-proxy's own bookkeeping"
+    marks: Counter[tuple[str, str]] = Counter()  # KUBE-MARK-MASQ rules, by table and kind
     for table, chains in dump.chains.items():
         for chain, rules in chains.items():
+            rest = [n for n in rules if n not in used]
+            if not rest:
+                continue
             kind, select = chain_kind(chain), chain.startswith(_SELECT_PREFIXES)
-            for n in rules:
-                if n in used:
-                    continue
+            # most of them, one in every endpoint chain
+            masq = sum(lines[n].endswith(" -j KUBE-MARK-MASQ") for n in rest)
+            if masq:
+                marks[(table, kind)] += masq
+            if masq == len(rest):
+                continue
+            for n in rest:
                 text = lines[n]
+                if text.endswith(" -j KUBE-MARK-MASQ"):
+                    continue
                 # a rule of a selection chain is checked whole even when unused: a
                 # malformed probability is an error wherever it stands
-                if text.endswith(" -j KUBE-MARK-MASQ"):  # most of them, in every SEP
-                    target = "KUBE-MARK-MASQ"
-                elif select:
-                    target = scan_rule(text, n + 1).target
-                else:
-                    target = target_of(_unquoted(text), n + 1)
-                why = ("kube-proxy's own bookkeeping" if target in _PLUMBING
-                       or target.startswith("KUBE-MARK-") else
-                       "not a step to an endpoint natlens models")
+                target = (scan_rule(text, n + 1).target if select
+                          else target_of(_unquoted(text), n + 1))
+                why = (plumbing if target in _PLUMBING or target.startswith("KUBE-MARK-")
+                       else "not a step to an endpoint natlens models")
                 tally[(table, kind, why)] += 1
+    for (table, kind), n in marks.items():
+        tally[(table, kind, plumbing)] += n
     return tuple(Ignored(table, chain, why or "not a kube-proxy chain", n)
                  for (table, chain, why), n in sorted(tally.items()))
 

@@ -38,7 +38,7 @@ def section(path: tuple[str, ...]) -> str:
     return "\n".join(found)
 
 
-ALL = list(commands())
+ALL = list(commands(cli.load_all()))
 
 
 @pytest.mark.parametrize("path,cmd", ALL, ids=[" ".join(p) for p, _ in ALL])
