@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 NATLENS := $(VENV)/bin/natlens
 
-.PHONY: install demo test test-unit lint proto proto-check bench clean
+.PHONY: install demo test test-unit lint proto proto-check bench image clean
 
 install:
 	@bash scripts/install.sh
@@ -16,6 +16,9 @@ test: install
 
 test-unit: install
 	$(PY) -m pytest -q -m "not privileged" tests
+
+image: install
+	bash scripts/image.sh
 
 lint: install
 	$(VENV)/bin/ruff check .

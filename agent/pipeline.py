@@ -72,8 +72,7 @@ class Agent:
         if not self.cfg.keep_privileges:
             kept = keep_only(self.source.capabilities()
                              | ({"CAP_SYS_ADMIN"} if self.cfg.netns else set()))
-            log.info("privileges: kept %s; dropped the rest (bounding set too)",
-                     describe(kept))
+            log.info("privileges: %s", describe(kept))
         self._start_serving()
         if not self.rules.read_now():
             log.error("rules: starting without a declared model; decisions are kept and "

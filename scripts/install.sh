@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 ARCH=$(dpkg --print-architecture)
 APT_PACKAGES=(iptables nftables conntrack hping3 tcpdump iproute2 util-linux procps
               python3 python3-venv python3-dev python3-bpfcc bpfcc-tools chromium
-              "linux-headers-$ARCH")
+              "linux-headers-$ARCH" podman runc debootstrap uidmap)
 VENV=${VENV:-.venv}
 
 missing=()
@@ -25,20 +25,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# bcc compiles the eBPF program against a kernel header tree. The program uses UAPI
-# headers only, so Debian's current header packages serve any kernel; bcc wants them
-# merged into one tree, which the agent finds at this path.
-HEADERS=/var/lib/natlens/kernel-headers
-if [ ! -f "$HEADERS/include/linux/kconfig.h" ] && [ "$(id -u)" = 0 ]; then
-  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1)
-  if [ -n "$common" ] && [ -d "${common%-common}-$ARCH" ]; then
-    rm -rf "$HEADERS.tmp" && mkdir -p "$(dirname "$HEADERS")"
-    cp -a "$common" "$HEADERS.tmp" && cp -a "${common%-common}-$ARCH/." "$HEADERS.tmp"
-    rm -rf "$HEADERS" && mv "$HEADERS.tmp" "$HEADERS"
-    echo "install: kernel headers for bcc in $HEADERS (from $common)"
-  else
-    echo "install: no Debian kernel headers found; the eBPF source will fall back" >&2
-  fi
+# bcc compiles the eBPF program against a kernel header tree (scripts/kernel_headers.sh).
+if [ "$(id -u)" = 0 ]; then
+  bash scripts/kernel_headers.sh /var/lib/natlens/kernel-headers
 fi
 
 # bcc (Debian's python3-bpfcc) lives in the system Python's dist-packages, so the venv

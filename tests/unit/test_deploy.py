@@ -29,3 +29,40 @@ def test_yaml_is_lint_clean() -> None:
 def test_dockerfile_is_hadolint_clean() -> None:
     r = run(str(BIN / "hadolint"), "Dockerfile")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _imports(path: Path, module_level_only: bool) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    out: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_the_agent_image_installs_every_package_the_agent_imports() -> None:
+    """Every import in agent/ and proto/ (at any depth), and every module-level import of
+    natlens/ (the CLI the agent starts through), is a distribution the agent's image
+    installs (pyproject.toml's [tool.natlens] agent-dependencies)."""
+    import importlib.metadata
+    import re
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from requirements import name, requirements
+
+    agent = {name(r) for r in requirements("agent", ROOT / "pyproject.toml")}
+    dists = importlib.metadata.packages_distributions()
+    needed: dict[str, str] = {}
+    for folder, module_level in (("agent", False), ("proto", False), ("natlens", True)):
+        for path in (ROOT / folder).rglob("*.py"):
+            for top in _imports(path, module_level):
+                for dist in dists.get(top, []):
+                    if dist != "natlens":
+                        needed.setdefault(re.sub(r"[-_.]+", "-", dist).lower(), str(path))
+    assert needed.keys() - agent == set(), needed
+    assert agent - needed.keys() == set(), "listed for the agent but not imported by it"
