@@ -60,7 +60,8 @@ def query_decisions_cmd(db: str, client: str | None, service: str | None,
                         since: str | None, start: str | None, end: str | None, limit: int,
                         output: str) -> None:
     """One row per decision: when, where, from which client, to which endpoint, and the
-    pod that had the endpoint's IP at that moment."""
+    pod that had the endpoint's IP at that moment. A connection's end (its DESTROY
+    event) is not a decision and is not listed."""
     from natlens.collector.query.decisions import DecisionQuery, query_decisions
     from natlens.collector.report.shape import decisions_json
 

@@ -15,6 +15,9 @@ EVENTS: dict[int, str] = {1: "new", 2: "destroy", 3: "snapshot", 4: "recovered"}
 # Events that count as a decision in a distribution (a snapshot was made before the
 # agent looked; a destroy ends a connection already counted).
 COUNTED_EVENTS = ("new", "recovered")
+# Events that are a decision of one connection: what `query decisions` lists (a destroy
+# is the end of a connection already listed by its decision).
+DECISION_EVENTS = ("new", "recovered", "snapshot")
 
 
 def source_name(source: int, default: str = "unknown") -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from natlens.collector.query.names import PodNames, ServiceNames
 from natlens.collector.store.api import DecisionFilter, Store, Window
 from natlens.errors import NatlensError
-from natlens.proto.names import endpoint_ip, endpoint_key, split_endpoint
+from natlens.proto.names import DECISION_EVENTS, endpoint_ip, endpoint_key, split_endpoint
 
 
 class QueryError(NatlensError, ValueError):
@@ -44,7 +44,9 @@ def endpoint_filter(endpoint: str) -> dict[str, str]:
 
 def query_decisions(store: Store, q: DecisionQuery) -> tuple[list[dict[str, Any]], bool]:
     """Matching decisions, oldest first, and whether ``limit`` cut the list short.
-    Times are ns (``time_ns``); the caller formats them."""
+    Times are ns (``time_ns``); the caller formats them. A connection's DESTROY event is
+    not listed: it is not a second decision (a client reusing a source port makes the
+    kernel destroy the old entry mid-run)."""
     services = ServiceNames(store)
     ports = None
     if q.service:
@@ -53,8 +55,8 @@ def query_decisions(store: Store, q: DecisionQuery) -> tuple[list[dict[str, Any]
             raise QueryError(f"no service {q.service!r} in the stored rules")
     rows = store.decisions(DecisionFilter(
         Window(q.node, q.since_ns, q.until_ns), client=q.client, ports=ports,
-        source=q.source, limit=q.limit,
-        **(endpoint_filter(q.endpoint) if q.endpoint else {})))  # type: ignore[arg-type]
+        source=q.source, events=DECISION_EVENTS, limit=q.limit,
+        **(endpoint_filter(q.endpoint) if q.endpoint else {})))
     truncated = len(rows) > q.limit
     rows = rows[:q.limit]
     pods = PodNames(store, {endpoint_ip(r.endpoint) for r in rows})

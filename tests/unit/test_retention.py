@@ -148,6 +148,20 @@ def test_a_reused_ip_is_named_by_the_pod_that_had_it_then(tmp_path: Path) -> Non
     store.close()
 
 
+def test_a_connection_is_listed_once_though_its_destroy_is_stored(tmp_path: Path) -> None:
+    """A client reusing a source port makes the kernel destroy the old entry while the
+    traffic runs: its DESTROY row is the end of a listed decision, not another one."""
+    store = SqliteStore(str(tmp_path / "db"))
+    new = decision(T0 + 10, EPS[0])
+    end = new._replace(time_ns=T0 + 20, event=pb.EVENT_DESTROY, orig_bytes=5, reply_bytes=9)
+    Feed(store).send([new, end, decision(T0 + 30, EPS[1], event=pb.EVENT_RECOVERED),
+                      decision(T0 + 40, EPS[1], event=pb.EVENT_SNAPSHOT)], rules=True)
+    rows, _ = query_decisions(store, DecisionQuery())
+    assert [(r["time_ns"], r["event"]) for r in rows] == [
+        (T0 + 10, "new"), (T0 + 30, "recovered"), (T0 + 40, "snapshot")]
+    store.close()
+
+
 def test_report_by_hour_tests_each_hour_and_finds_the_bad_one(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "db"))
     feed = Feed(store)
