@@ -245,3 +245,11 @@ def test_the_dnat_fast_path_reads_what_the_general_scan_reads(
                 if (r := scan_rule(line, n + 1)).target == "DNAT" and r.to_destination),
                (0, ""))
     assert _dnat(lines, list(range(len(lines)))) == ref
+
+
+@given(st.text(alphabet=' ab"\\\t-', max_size=30))
+def test_tokenize_splits_as_the_token_pattern_does(text: str) -> None:
+    """The fast split around one quoted comment reads what the general pattern reads."""
+    from natlens.agent.rules.iptables import _TOKEN
+
+    assert tokenize(text) == [b or q.replace('\\"', '"') for q, b in _TOKEN.findall(text)]
