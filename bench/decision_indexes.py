@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from natlens.collector.store.schema import DECISION_COLUMNS, DECISION_ROW
-from natlens.collector.store.sqlite import DECISION_INSERT, KEY_INSERT, KEY_SELECT, SqliteStore
+from natlens.collector.store.sqlite import DECISION_INSERT, SqliteStore
+from natlens.collector.store.write import KEY_INSERT, KEY_SELECT
 
 WIDE_INSERT = (f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) "
                f"VALUES ({', '.join('?' * len(DECISION_COLUMNS))})")

@@ -13,7 +13,8 @@ from pathlib import Path
 import sqlite_utils
 
 from natlens.collector.store.schema import DECISION_ROW, MIGRATIONS
-from natlens.collector.store.sqlite import KEY_INSERT, KEY_SELECT, SqliteStore
+from natlens.collector.store.sqlite import SqliteStore
+from natlens.collector.store.write import KEY_INSERT, KEY_SELECT
 
 N, KEYS = 2_000_000, 300
 

@@ -24,7 +24,8 @@ from natlens.agent.rules.model import DeclaredEndpoint, DeclaredModel, ServicePo
 from natlens.collector.query.decisions import DecisionQuery, query_decisions
 from natlens.collector.report.build import ReportQuery, build_report
 from natlens.collector.store.retention import rollup
-from natlens.collector.store.sqlite import DECISION_INSERT, KEY_INSERT, KEY_SELECT, SqliteStore
+from natlens.collector.store.sqlite import DECISION_INSERT, SqliteStore
+from natlens.collector.store.write import KEY_INSERT, KEY_SELECT
 from natlens.proto import natlens_pb2 as pb
 
 N = int(os.environ.get("N", 10_000_000))

@@ -20,6 +20,7 @@ from natlens.cliutil import (
     CliError,
     check_hostport,
     collector_client_options,
+    db_option,
     open_store,
     parse_duration,
     print_json,
@@ -259,7 +260,8 @@ def _argv_without(ctx: click.Context, skip: set[str]) -> list[str]:
 
 
 @cli.command(name="collector")
-@click.option("--db", required=True, type=click.Path(dir_okay=False), help="SQLite file.")
+@db_option("The store: an SQLite file (one collector), or postgresql://USER@HOST:PORT/DB "
+           "shared by collector replicas (password also from PG* variables and PGPASSFILE).")
 @click.option("--listen", default="127.0.0.1:7070", show_default=True, metavar="HOST:PORT",
               help="gRPC address for agents.")
 @click.option("--tls-cert", metavar="PEM", help="The collector's certificate; turns on TLS.")
@@ -349,7 +351,7 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
 # ---------------------------------------------------------------- report
 
 @cli.command()
-@click.option("--db", required=True, type=click.Path(dir_okay=False), help="SQLite file.")
+@db_option()
 @click.option("--service", metavar="NS/NAME[:PORT]", help="Only this service (port).")
 @click.option("--node", help="Only decisions made on this node.")
 @window_options

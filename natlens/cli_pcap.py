@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 from natlens.cliutil import (
     check_hostport,
     collector_client_options,
+    db_option,
     print_json,
     tls_settings,
 )
@@ -35,8 +36,8 @@ def pcap() -> None:
 @pcap.command(name="import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--node", required=True, help="The node the capture was taken on.")
-@click.option("--db", type=click.Path(dir_okay=False), help="Store into this natlens "
-              "database (created if missing).")
+@db_option("Store into this natlens store: an SQLite file (created if missing) or a "
+           "postgresql:// URL.", required=False)
 @click.option("--collector", metavar="HOST:PORT", help="Or ship to a running collector, as "
               "an agent would (TLS options below).")
 @collector_client_options

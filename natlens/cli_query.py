@@ -8,6 +8,7 @@ import click
 
 from natlens.cliutil import (
     CliError,
+    db_option,
     open_store,
     parse_time,
     print_json,
@@ -15,8 +16,7 @@ from natlens.cliutil import (
     window_options,
 )
 
-_db = click.option("--db", required=True, type=click.Path(dir_okay=False),
-                   help="The collector's SQLite file.")
+_db = db_option()
 _out = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
                     show_default=True)
 
@@ -142,14 +142,14 @@ def query_undeclared_cmd(db: str, node: str | None, since: str | None, start: st
 
 @click.group(name="db")
 def db_group() -> None:
-    """The collector's SQLite file."""
+    """The collector's store: its size, and moving it into PostgreSQL."""
 
 
 @db_group.command(name="stats")
 @_db
 @_out
 def db_stats_cmd(db: str, output: str) -> None:
-    """Rows, oldest and newest per table, and the file's size."""
+    """Rows, oldest and newest per table, and the store's size."""
     from natlens.timeparse import rfc3339
 
     with open_store(db) as store:
@@ -158,9 +158,27 @@ def db_stats_cmd(db: str, output: str) -> None:
         print_json(st)
         return
     per = st["bytes_per_decision"]
-    click.echo(f"{db}: {st['bytes'] / 1e6:.1f} MB, schema {st['schema_version']}"
+    click.echo(f"{st['path']}: {st['bytes'] / 1e6:.1f} MB, schema {st['schema_version']}"
                + (f", {per} bytes per decision" if per else ""))
     _table([{"table": t["table"], "rows": t["rows"],
              "oldest": rfc3339(t["oldest_ns"]) if t.get("oldest_ns") else "",
              "newest": rfc3339(t["newest_ns"]) if t.get("newest_ns") else ""}
             for t in st["tables"]], ["table", "rows", "oldest", "newest"], "no tables")
+
+
+@db_group.command(name="copy")
+@click.option("--from", "source", required=True, metavar="PATH",
+              help="The SQLite store to copy (opened read-only).")
+@click.option("--to", "target", required=True, metavar="URL",
+              help="postgresql://USER@HOST:PORT/DB: a new or empty database.")
+def db_copy_cmd(source: str, target: str) -> None:
+    """Move an SQLite store into PostgreSQL: every table, rows unchanged, so reports and
+    queries answer the same before and after. Stop the collector (or run it with
+    --read-only) first: rows it writes during the copy are not copied."""
+    from natlens.collector.store.copy import copy_store
+    from natlens.collector.store.postgres import redact
+
+    copied = copy_store(source, target,
+                        lambda t, n: click.echo(f"{t}: {n} rows", err=True))
+    click.echo(f"copied {sum(copied.values())} rows in {len(copied)} tables from {source} "
+               f"to {redact(target)}")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
@@ -68,6 +68,19 @@ def print_json(obj: Any) -> None:
     """Indented JSON on stdout (orjson: the standard library's indenting encoder, in
     Python, took longer than parsing a big node's rules)."""
     click.echo(orjson.dumps(obj, option=orjson.OPT_INDENT_2))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DB_HELP = ("The store: an SQLite file, or postgresql://USER@HOST:PORT/DB (password and "
+           "other settings also from the PG* environment variables and PGPASSFILE).")
+
+
+def db_option(help: str = DB_HELP, required: bool = True) -> Callable[[F], F]:
+    """``--db``: an SQLite path or a PostgreSQL URL (not a click.Path: a URL is no file)."""
+    option: Callable[[F], F] = click.option("--db", required=required, metavar="PATH|URL",
+                                            help=help)
+    return option
 
 
 @contextmanager

@@ -8,9 +8,14 @@ import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from tests.pgserver import PgServer
+from tests.pgserver import unavailable as pg_unavailable
 
 # Fuzzers and property tests run with a fixed seed and a bounded number of examples, so
 # a CI run is reproducible and its time is bounded; HYPOTHESIS_PROFILE=explore searches
@@ -49,3 +54,27 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"privileged test cannot run under CI=true: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL server for the session (tests/pgserver.py)."""
+    reason = pg_unavailable()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL tests cannot run under CI=true: {reason}", pytrace=False)
+        pytest.skip(reason)
+    server = PgServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty store of each backend: an SQLite path, or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "db")
+    server: PgServer = request.getfixturevalue("pg_server")
+    return server.create_db()

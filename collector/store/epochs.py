@@ -36,6 +36,14 @@ class RulesEpochs:
         times, _ = self._by_node.get(node, ([], []))
         return times[-1] if times else None
 
+    def count(self, node: str) -> int:
+        return len(self._by_node.get(node, ([], []))[0])
+
+    def replace(self, node: str, epochs: Iterable[tuple[int, str]]) -> None:
+        """The node's versions as another writer left them (PostgreSQL replicas)."""
+        self._by_node.pop(node, None)
+        self.add(node, epochs)
+
     def add(self, node: str, epochs: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
         """Add the versions not known yet; returns those (for ``drop``)."""
         times, hashes = self._by_node.setdefault(node, ([], []))

@@ -1,4 +1,5 @@
-"""Open the store a ``--db`` value names: an SQLite file path (the embedded default)."""
+"""Open the store a ``--db`` value names: an SQLite file path (the embedded default) or
+a ``postgresql://`` URL (a database shared by collector replicas)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ class StoreError(NatlensError):
 def open_store(url: str, read_only: bool = False) -> Store:
     """``read_only``: reports and queries, which never change the store; the store must
     exist then."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return _open_postgres(url, read_only)
+    if "://" in url:
+        raise StoreError(f"{url.split('://')[0]}://…: not a store natlens knows (an SQLite "
+                         "file path, or postgresql://USER@HOST:PORT/DB)")
     from natlens.collector.store.sqlite import SqliteStore
 
     path = Path(url)
@@ -40,3 +46,23 @@ def sqlite_error(url: str, e: sqlite3.DatabaseError) -> StoreError:
     if "unable to open" in msg:
         return StoreError(f"{url}: cannot open ({msg}; is its folder writable?)")
     return StoreError(f"{url}: {msg}")
+
+
+def _open_postgres(url: str, read_only: bool) -> Store:
+    """Connection and schema errors (bad URL, wrong password, server down, another
+    application's database) as one line."""
+    import psycopg
+
+    from natlens.collector.store.api import StoreUnavailable
+    from natlens.collector.store.postgres import PostgresStore, redact
+    from natlens.collector.store.schema import SchemaError
+
+    try:
+        return PostgresStore(url, read_only=read_only)
+    except StoreUnavailable as e:
+        raise StoreError(str(e)) from None
+    except SchemaError as e:
+        raise StoreError(f"{redact(url)}: {e}") from None
+    except psycopg.Error as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StoreError(f"{redact(url)}: {first}") from None

@@ -76,5 +76,5 @@ def clause(column: str, segments: Segments) -> tuple[str, list[int]]:
         if hi is not None:
             conds.append(f"{column} < ?")
             args.append(hi)
-        parts.append("(" + (" AND ".join(conds) or "1") + ")")
-    return "(" + (" OR ".join(parts) or "0") + ")", args
+        parts.append("(" + (" AND ".join(conds) or "1 = 1") + ")")
+    return "(" + (" OR ".join(parts) or "1 = 0") + ")", args

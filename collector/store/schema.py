@@ -11,6 +11,10 @@ import sqlite_utils
 from natlens.errors import NatlensError
 
 SCHEMA_VERSION = 7
+# The time column of each table that has one (a rollup's is the start of its bucket).
+TIME_COLUMN = {"decision_rows": "time_ns", "counters": "window_end_ns", "rollups": "bucket_ns",
+               "rule_snapshots": "time_ns", "lost_events": "time_ns", "batches": "received_ns",
+               "pods": "from_ns", "services": "from_ns", "endpoint_epochs": "time_ns"}
 
 
 class SchemaError(NatlensError, RuntimeError):

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.pgserver import PgServer
+
 from .helpers import SEED, SERVICE, free_port, natlens
 
 pytestmark = pytest.mark.privileged
@@ -226,3 +228,51 @@ def test_db_stats_counts_rows(lab_db: tuple[Path, dict[str, int]]) -> None:
     assert rows["decisions"] == sum(events.values())
     assert rows["rule_snapshots"] == 2 and rows["pods"] == 3
     assert st["bytes_per_decision"] > 0
+
+
+def test_db_copy_into_postgres_answers_the_same(lab_db: tuple[Path, dict[str, int]],
+                                               pg_server: PgServer) -> None:
+    """A real lab run's store moved into PostgreSQL: the report, the queries and the
+    row counts are the same before and after."""
+    db, truth = lab_db
+    url = pg_server.create_db()
+    r = natlens("db", "copy", "--from", str(db), "--to", url)
+    assert "copied" in r.stdout and pg_server.url().split("@")[1].split("/")[0] in r.stdout
+    assert "natlens-test" not in r.stdout + r.stderr  # the password is not printed
+    for args in (["report", "-o", "json"],
+                 ["query", "decisions", "--client", CLIENT_IP, "-o", "json"],
+                 ["query", "decisions", "--endpoint", V1, "-o", "json"],
+                 ["query", "rules", "--node", "k8s-node2", "-o", "json"],
+                 ["query", "undeclared", "-o", "json"]):
+        before = json.loads(natlens(*args, "--db", str(db)).stdout)
+        after = json.loads(natlens(*args, "--db", url).stdout)
+        for out in (before, after):
+            if isinstance(out, dict):  # when it was asked: now
+                for k in ("generated_at", "store", "at"):
+                    out.pop(k, None)
+        assert after == before, args
+    rows = {t["table"]: t["rows"] for t in json.loads(
+        natlens("db", "stats", "--db", url, "-o", "json").stdout)["tables"]}
+    old = {t["table"]: t["rows"] for t in json.loads(
+        natlens("db", "stats", "--db", str(db), "-o", "json").stdout)["tables"]}
+    assert rows == {t: n for t, n in old.items() if t in rows} and rows["decisions"] >= 2000
+    # into a database that is not empty: refused, nothing changed
+    r = natlens("db", "copy", "--from", str(db), "--to", url, check=False)
+    assert r.returncode == 1 and "not empty" in r.stderr
+    assert sum(truth.values()) == 2000
+
+
+@pytest.mark.parametrize(("make_url", "needle"), [
+    (lambda s: s.url(password="wrong"), "password authentication failed"),
+    (lambda s: s.url("nonexistent"), 'database "nonexistent" does not exist'),
+    (lambda s: f"postgresql://postgres@127.0.0.1:{free_port()}/x", "refused"),
+    (lambda s: "postgresql://postgres@127.0.0.1:notaport/x", "invalid"),
+])
+def test_bad_postgres_urls_are_one_line(pg_server: PgServer, make_url: Any,
+                                        needle: str) -> None:
+    url = make_url(pg_server)
+    for args in (["report", "--db", url], ["db", "stats", "--db", url]):
+        r = natlens(*args, check=False)
+        assert r.returncode == 1, r.stderr
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith("natlens: error:") and needle in line and "wrong" not in line

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlite_utils
@@ -16,14 +18,16 @@ from natlens.agent.rules.live import to_snapshot
 from natlens.agent.rules.model import DeclaredEndpoint, DeclaredModel, ServicePort
 from natlens.collector.query.decisions import DecisionQuery, query_decisions
 from natlens.collector.report.build import ReportQuery, build_report, build_report_by_hour
-from natlens.collector.store.api import PodRecord
-from natlens.collector.store.plan import DAY, HOUR, MINUTE
+from natlens.collector.store.api import PodRecord, Store
+from natlens.collector.store.plan import DAY, HOUR, MINUTE, floor_to
 from natlens.collector.store.retention import Maintenance, Policy, prune, rollup
 from natlens.collector.store.schema import MIGRATIONS, SCHEMA_VERSION
 from natlens.collector.store.sql import LATE_NS
 from natlens.collector.store.sqlite import SqliteStore
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import DecisionRow, pack
+from tests.pgserver import PgServer
+from tests.stores import writer
 
 T0 = 1_800_000_000 * 10**9 - (1_800_000_000 * 10**9) % HOUR  # an hour boundary
 VIP, EPS = "10.96.0.10", ("10.244.1.5", "10.244.2.6")
@@ -43,7 +47,7 @@ decision = row
 
 
 class Feed:
-    def __init__(self, store: SqliteStore, node: str = "n1") -> None:
+    def __init__(self, store: Store, node: str = "n1") -> None:
         self.store, self.node, self.seq = store, node, 0
 
     def send(self, decisions: list[DecisionRow], rules: bool = False) -> None:
@@ -53,19 +57,18 @@ class Feed:
                                    rules=[to_snapshot(MODEL, T0 - HOUR)] if rules else []))
 
 
-def pruned_before(store: SqliteStore) -> int:
-    row = store.db.execute("SELECT value_ns FROM retention WHERE name = 'pruned_before_ns'"
-                           ).fetchone()
-    return int(row[0]) if row else 0
+def pruned_before(store: Any) -> int:
+    rows = store._rows("SELECT value_ns FROM retention WHERE name = 'pruned_before_ns'")
+    return int(rows[0][0]) if rows else 0
 
 
-def total(store: SqliteStore, q: ReportQuery | None = None) -> dict[str, int]:
+def total(store: Store, q: ReportQuery | None = None) -> dict[str, int]:
     rep = build_report(store, q or ReportQuery())
     return {e["endpoint"]: e["observed"] for s in rep["services"] for e in s["endpoints"]}
 
 
-def test_rollups_keep_the_counts_after_decisions_are_pruned(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "db"))
+def test_rollups_keep_the_counts_after_decisions_are_pruned(db: str) -> None:
+    store = writer(db)
     feed = Feed(store)
     # 3 hours of traffic, one connection a minute alternating endpoints, bytes on close
     sent = [decision(T0 + m * MINUTE + 5, EPS[m % 2]) for m in range(180)]
@@ -80,33 +83,35 @@ def test_rollups_keep_the_counts_after_decisions_are_pruned(tmp_path: Path) -> N
     Maintenance(store, policy, clock=lambda: now).run_once()
     cut = pruned_before(store)
     assert cut == now - HOUR  # older than the retention, and rolled up long ago
-    left = store.db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
-    assert left == 2 * sum(1 for d in sent if d.time_ns >= cut)  # new + destroy rows
+    left = store._rows("SELECT COUNT(*) FROM decisions")[0][0]
+    # PostgreSQL drops whole day partitions: rows stay until their day is past the cut
+    kept_from = floor_to(cut, DAY) if db.startswith("postgresql") else cut
+    assert left == 2 * sum(1 for d in sent if d.time_ns >= kept_from)  # new + destroy rows
     # the report over everything still counts every connection: rollups before the cut
     assert total(store) == before
-    minute = store.db.execute("SELECT SUM(connections), SUM(closed), SUM(orig_bytes) FROM "
-                              "rollups WHERE granularity = 'minute'").fetchone()
-    hour = store.db.execute("SELECT SUM(connections), SUM(closed), SUM(orig_bytes), COUNT(*) "
-                            "FROM rollups WHERE granularity = 'hour'").fetchone()
+    minute = store._rows("SELECT SUM(connections), SUM(closed), SUM(orig_bytes) FROM "
+                         "rollups WHERE granularity = 'minute'")[0]
+    hour = store._rows("SELECT SUM(connections), SUM(closed), SUM(orig_bytes), COUNT(*) "
+                       "FROM rollups WHERE granularity = 'hour'")[0]
     assert minute == (180, 180, 18000) and hour[:3] == minute and hour[3] == 3 * 2
     # a second pass changes nothing; rollups past their own retention go
     Maintenance(store, policy, clock=lambda: now).run_once()
     assert total(store) == before
     prune(store, now + 31 * DAY, policy)
-    assert store.db.execute("SELECT COUNT(*) FROM rollups").fetchone()[0] == 0
+    assert store._rows("SELECT COUNT(*) FROM rollups")[0][0] == 0
     store.close()
 
 
-def test_a_late_batch_lands_in_its_rollup(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "db"))
+def test_a_late_batch_lands_in_its_rollup(db: str) -> None:
+    store = writer(db)
     feed = Feed(store)
     feed.send([decision(T0 + 10 * MINUTE, EPS[0])], rules=True)
     rollup(store, T0 + 20 * MINUTE)
     # an agent cut off for a few minutes delivers a decision from minute 12
     feed.send([decision(T0 + 12 * MINUTE, EPS[1])])
     rollup(store, T0 + 20 * MINUTE + LATE_NS // 2)
-    rows = store.db.execute("SELECT bucket_ns, endpoint, connections FROM rollups WHERE "
-                            "granularity = 'minute' ORDER BY bucket_ns").fetchall()
+    rows = store._rows("SELECT bucket_ns, endpoint, connections FROM rollups WHERE "
+                            "granularity = 'minute' ORDER BY bucket_ns")
     assert rows == [(T0 + 10 * MINUTE, f"{EPS[0]}:8080", 1), (T0 + 12 * MINUTE,
                                                               f"{EPS[1]}:8080", 1)]
     store.close()
@@ -137,8 +142,8 @@ def test_the_first_released_schema_is_upgraded_with_its_rows(tmp_path: Path) -> 
     store.close()
 
 
-def test_a_reused_ip_is_named_by_the_pod_that_had_it_then(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "db"))
+def test_a_reused_ip_is_named_by_the_pod_that_had_it_then(db: str) -> None:
+    store = writer(db)
     store.record_pods([PodRecord(EPS[0], "web", "front-old", "n1", T0, T0 + HOUR),
                        PodRecord(EPS[0], "web", "front-new", "n2", T0 + HOUR + 1, None)])
     Feed(store).send([decision(T0 + 10, EPS[0]), decision(T0 + 2 * HOUR, EPS[0])], rules=True)
@@ -148,10 +153,10 @@ def test_a_reused_ip_is_named_by_the_pod_that_had_it_then(tmp_path: Path) -> Non
     store.close()
 
 
-def test_a_connection_is_listed_once_though_its_destroy_is_stored(tmp_path: Path) -> None:
+def test_a_connection_is_listed_once_though_its_destroy_is_stored(db: str) -> None:
     """A client reusing a source port makes the kernel destroy the old entry while the
     traffic runs: its DESTROY row is the end of a listed decision, not another one."""
-    store = SqliteStore(str(tmp_path / "db"))
+    store = writer(db)
     new = decision(T0 + 10, EPS[0])
     end = new._replace(time_ns=T0 + 20, event=pb.EVENT_DESTROY, orig_bytes=5, reply_bytes=9)
     Feed(store).send([new, end, decision(T0 + 30, EPS[1], event=pb.EVENT_RECOVERED),
@@ -162,8 +167,8 @@ def test_a_connection_is_listed_once_though_its_destroy_is_stored(tmp_path: Path
     store.close()
 
 
-def test_report_by_hour_tests_each_hour_and_finds_the_bad_one(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "db"))
+def test_report_by_hour_tests_each_hour_and_finds_the_bad_one(db: str) -> None:
+    store = writer(db)
     feed = Feed(store)
     good = [decision(T0 + i * 10**9 * 10, EPS[i % 2]) for i in range(300)]        # hour 0
     bad = [decision(T0 + HOUR + i * 10**9 * 10, EPS[0]) for i in range(300)]     # hour 1
@@ -175,8 +180,8 @@ def test_report_by_hour_tests_each_hour_and_finds_the_bad_one(tmp_path: Path) ->
     store.close()
 
 
-def test_nodes_are_compared_for_the_same_service(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "db"))
+def test_nodes_are_compared_for_the_same_service(db: str) -> None:
+    store = writer(db)
     Feed(store, "n1").send([decision(T0 + i, EPS[i % 2]) for i in range(400)], rules=True)
     Feed(store, "n2").send([decision(T0 + i, EPS[0]) for i in range(400)], rules=True)
     (cmp,) = build_report(store, ReportQuery())["comparisons"]
@@ -185,8 +190,8 @@ def test_nodes_are_compared_for_the_same_service(tmp_path: Path) -> None:
     store.close()
 
 
-def test_bytes_are_weighed_per_endpoint(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "db"))
+def test_bytes_are_weighed_per_endpoint(db: str) -> None:
+    store = writer(db)
     feed = Feed(store)
     feed.send([decision(T0 + i, EPS[i % 2]) for i in range(100)]
               + [decision(T0 + 200 + i, EPS[i % 2], event=pb.EVENT_DESTROY,
@@ -248,8 +253,8 @@ def test_plan_covers_the_window_exactly_once(since: int | None, until: int | Non
         assert lo is None or lo % M == 0
 
 
-def test_reports_read_rollups_for_whole_minutes_and_rows_for_the_rest(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "db"))
+def test_reports_read_rollups_for_whole_minutes_and_rows_for_the_rest(db: str) -> None:
+    store = writer(db)
     feed = Feed(store)
     sent = [decision(T0 + i * 20 * 10**9 + 3, EPS[i % 3 == 0]) for i in range(600)]  # 3h20
     feed.send(sent, rules=True)
@@ -269,3 +274,32 @@ def test_reports_read_rollups_for_whole_minutes_and_rows_for_the_rest(tmp_path: 
                if v}
         assert got == want, (lo, hi)
     store.close()
+
+
+def test_postgres_retention_drops_whole_days_on_one_replica(pg_server: PgServer) -> None:
+    """Both replicas run a maintenance pass at once: one holds the lock and removes
+    each day once; the rollups keep every count."""
+    url = pg_server.create_db()
+    a, b = writer(url), writer(url)
+    day0 = floor_to(T0, DAY)
+    sent = [decision(day0 + d * DAY + i * MINUTE, EPS[i % 2]) for d in range(4)
+            for i in range(30)]
+    Feed(a).send(sent, rules=True)
+    before = total(a)
+    now = day0 + 4 * DAY + HOUR
+    policy = Policy(decisions_ns=2 * DAY, rollups_ns=30 * DAY)
+    with b._leader():  # b is in the middle of its own pass
+        assert Maintenance(a, policy, clock=lambda: now).run_once() == {}
+    removed = [Maintenance(s, policy, clock=lambda: now) for s in (a, b)]
+    results: list[dict[str, int]] = []
+    threads = [threading.Thread(target=lambda m=m: results.append(m.run_once()))
+               for m in removed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r.get("decisions", 0) for r in results) == 2 * 30  # days 0 and 1, once
+    assert [d for d in a.partitions() if d < day0 // DAY + 2] == []
+    assert total(a) == before == total(b)
+    a.close()
+    b.close()

@@ -1,16 +1,23 @@
-"""The SQLite store: exactly-once batches, atomicity, rules epochs, schema versions."""
+"""Both stores (SQLite, PostgreSQL): exactly-once batches, atomicity, rules epochs, schema
+versions."""
 
 import logging
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlite_utils
 
 from natlens.collector.store.api import BatchRejected
+from natlens.collector.store.open import StoreError, open_store
+from natlens.collector.store.plan import DAY
 from natlens.collector.store.schema import SCHEMA_VERSION, SchemaError
 from natlens.collector.store.sqlite import SqliteStore
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import DecisionRow, pack
+from tests.pgserver import PgServer
+from tests.privileged.helpers import free_port
+from tests.stores import count, rows, writer
 
 
 def row(t: int, ep: str = "10.244.1.168", event: pb.Event = pb.EVENT_NEW) -> DecisionRow:
@@ -31,26 +38,24 @@ def batch(seq: int, decisions: list[DecisionRow], rules: list[pb.RuleSnapshot] =
                     columns=pack(decisions), rules=list(rules))
 
 
-def count(path: Path, table: str) -> int:
-    return sqlite_utils.Database(path)[table].count
 
 
-def test_a_batch_sent_twice_is_stored_once(tmp_path: Path) -> None:
-    s = SqliteStore(str(tmp_path / "db"))
+def test_a_batch_sent_twice_is_stored_once(db: str) -> None:
+    s = writer(db)
     b = batch(1, [decision(1), decision(2)])
     assert s.ingest(b) is True
     assert s.ingest(b) is False
     s.close()
-    assert count(tmp_path / "db", "decisions") == 2
-    assert count(tmp_path / "db", "batches") == 1
+    assert count(db, "decisions") == 2
+    assert count(db, "batches") == 1
 
 
-def test_out_of_order_batches_are_all_kept(tmp_path: Path) -> None:
-    s = SqliteStore(str(tmp_path / "db"))
+def test_out_of_order_batches_are_all_kept(db: str) -> None:
+    s = writer(db)
     for seq in (3, 1, 2):
         assert s.ingest(batch(seq, [decision(seq)]))
     s.close()
-    assert count(tmp_path / "db", "decisions") == 3
+    assert count(db, "decisions") == 3
 
 
 @pytest.mark.parametrize("bad", [
@@ -60,28 +65,27 @@ def test_out_of_order_batches_are_all_kept(tmp_path: Path) -> None:
     batch(1, [bad(2, vip="x", endpoint_ip="y", event=99)]),
     batch(1, [bad(2, vip="x", endpoint_ip="y", vip_port=70000)]),
 ])
-def test_rejected_batches_store_nothing(tmp_path: Path, bad: pb.Batch) -> None:
-    s = SqliteStore(str(tmp_path / "db"))
+def test_rejected_batches_store_nothing(db: str, bad: pb.Batch) -> None:
+    s = writer(db)
     s.ingest(batch(7, [decision(1)]))
     with pytest.raises(BatchRejected):
         s.ingest(bad)
     s.close()
-    assert count(tmp_path / "db", "decisions") == 1
-    assert count(tmp_path / "db", "batches") == 1
+    assert count(db, "decisions") == 1
+    assert count(db, "batches") == 1
 
 
-def test_decisions_are_judged_by_the_rules_in_force_at_their_time(tmp_path: Path) -> None:
-    s = SqliteStore(str(tmp_path / "db"))
+def test_decisions_are_judged_by_the_rules_in_force_at_their_time(db: str) -> None:
+    s = writer(db)
     s.ingest(batch(1, [decision(5)], [pb.RuleSnapshot(time_ns=10, mode="iptables", hash="h1")]))
     s.ingest(batch(2, [decision(15), decision(25)],
                    [pb.RuleSnapshot(time_ns=20, mode="iptables", hash="h2")]))
     s.close()
-    s2 = SqliteStore(str(tmp_path / "db"))  # epochs reload from disk
+    s2 = writer(db)  # epochs reload from disk
     assert (s2.rules_at("k8s-node2", 12), s2.rules_at("k8s-node2", 30)) == ("h1", "h2")
     s2.close()
-    rows = sqlite_utils.Database(tmp_path / "db").execute(
-        "SELECT time_ns, rules_hash FROM decisions ORDER BY time_ns").fetchall()
-    assert rows == [(5, "h1"), (15, "h1"), (25, "h2")]
+    assert rows(db, "SELECT time_ns, rules_hash FROM decisions ORDER BY time_ns") == [
+        (5, "h1"), (15, "h1"), (25, "h2")]
 
 
 def test_newer_schema_is_refused_and_foreign_files_too(tmp_path: Path) -> None:
@@ -115,13 +119,12 @@ def counter(total: int, epoch: str = "e1", closed: int = 0) -> pb.CounterDelta:
                            total_connections=total, total_closed=closed)
 
 
-def connections(path: Path) -> int:
-    return int(sqlite_utils.Database(path).execute(
-        "SELECT COALESCE(SUM(connections), 0) FROM counters").fetchone()[0])
+def connections(db: str) -> int:
+    return int(rows(db, "SELECT COALESCE(SUM(connections), 0) FROM counters")[0][0])
 
 
-def test_counter_totals_count_once_across_resends_and_restarts(tmp_path: Path) -> None:
-    s = SqliteStore(str(tmp_path / "db"))
+def test_counter_totals_count_once_across_resends_and_restarts(db: str) -> None:
+    s = writer(db)
     s.ingest(pb.Batch(agent_id="a", boot_id="b1", seq=1, node="n", counters=[counter(5)]))
     # A restarted agent (new boot) re-reads the pinned maps and ships the same total.
     s.ingest(pb.Batch(agent_id="a", boot_id="b2", seq=1, node="n", counters=[counter(5)]))
@@ -132,11 +135,11 @@ def test_counter_totals_count_once_across_resends_and_restarts(tmp_path: Path) -
     s.ingest(pb.Batch(agent_id="a", boot_id="b3", seq=1, node="n",
                       counters=[counter(2, "e2")]))
     s.close()
-    assert connections(tmp_path / "db") == 9 + 2
+    assert connections(db) == 9 + 2
 
 
-def test_a_batch_failing_halfway_stores_nothing(tmp_path: Path) -> None:
-    s = SqliteStore(str(tmp_path / "db"))
+def test_a_batch_failing_halfway_stores_nothing(db: str) -> None:
+    s = writer(db)
     s.ingest(pb.Batch(agent_id="a", boot_id="b", seq=1, node="n",
                       counters=[counter(5, closed=3)]))
     # More connections but fewer closed ones: not a state these maps can be in.
@@ -144,20 +147,20 @@ def test_a_batch_failing_halfway_stores_nothing(tmp_path: Path) -> None:
                    columns=pack([decision(1), decision(2)]), counters=[counter(6, closed=1)])
     with pytest.raises(BatchRejected, match="backwards"):
         s.ingest(bad)
-    assert count(tmp_path / "db", "decisions") == 0
-    assert count(tmp_path / "db", "batches") == 1
-    assert connections(tmp_path / "db") == 5
+    assert count(db, "decisions") == 0
+    assert count(db, "batches") == 1
+    assert connections(db) == 5
     # the decision key the failed batch added went with it; the next batch adds it again
-    assert count(tmp_path / "db", "decision_keys") == 0
+    assert count(db, "decision_keys") == 0
     s.ingest(pb.Batch(agent_id="a", boot_id="b", seq=2, node="n",
                       columns=pack([decision(1), decision(2)])))
     s.close()
-    assert count(tmp_path / "db", "decisions") == 2
+    assert count(db, "decisions") == 2
 
 
-def test_a_decision_sent_twice_is_kept_once_and_said(tmp_path: Path,
+def test_a_decision_sent_twice_is_kept_once_and_said(db: str,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    s = SqliteStore(str(tmp_path / "db"))
+    s = writer(db)
     s.ingest(batch(1, [decision(1), decision(2)]))
     other_conn = row(2)._replace(ct_id=99)  # same time, another connection
     with caplog.at_level(logging.WARNING, logger="natlens.collector.store"):
@@ -165,4 +168,67 @@ def test_a_decision_sent_twice_is_kept_once_and_said(tmp_path: Path,
     assert s.repeated_decisions == 1
     assert "batch 2 from a: 1 decisions were stored already" in caplog.text
     s.close()
-    assert count(tmp_path / "db", "decisions") == 4
+    assert count(db, "decisions") == 4
+
+
+# ---- PostgreSQL only
+
+def test_postgres_refuses_newer_schemas_and_other_applications(pg_server: PgServer) -> None:
+    url = pg_server.create_db()
+    writer(url).close()
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("UPDATE schema_version SET version = %s", [SCHEMA_VERSION + 1])
+    with pytest.raises(StoreError, match="newer than this natlens"):
+        open_store(url)
+    other = pg_server.create_db()
+    with psycopg.connect(other, autocommit=True) as c:
+        c.execute("CREATE TABLE invoices (id int)")
+    with pytest.raises(StoreError, match=r"not a natlens database: .*invoices"):
+        open_store(other)
+    with pytest.raises(StoreError, match="empty database"):
+        open_store(pg_server.create_db(), read_only=True)
+
+
+def test_postgres_connection_errors_are_one_line_without_the_password(
+        pg_server: PgServer) -> None:
+    wrong = pg_server.url(password="not-it")
+    with pytest.raises(StoreError) as e:
+        open_store(wrong)
+    assert "password authentication failed" in str(e.value) and "not-it" not in str(e.value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(StoreError, match="does not exist"):
+        open_store(pg_server.url("no_such_db"))
+    closed = free_port()
+    with pytest.raises(StoreError, match=r"refused|failed"):
+        open_store(f"postgresql://postgres@127.0.0.1:{closed}/x")
+    with pytest.raises(StoreError, match="not a store natlens knows"):
+        open_store("mysql://root@localhost/db")
+
+
+def test_postgres_keeps_decisions_in_day_partitions(pg_server: PgServer) -> None:
+    url = pg_server.create_db()
+    s = writer(url)
+    day = 20_000 * DAY
+    assert s.ingest(batch(1, [decision(day + 5)._replace(ct_id=1),
+                              decision(day + DAY + 5)._replace(ct_id=2)]))
+    assert {20_000, 20_001} <= set(s.partitions())
+    assert count(url, "decisions") == 2
+    s.close()
+
+
+def test_postgres_replicas_share_one_store_exactly_once(pg_server: PgServer) -> None:
+    """Two collectors on one database: a batch resent to the other replica (an agent's
+    failover) is a duplicate there too; the rules one replica stored stamp the
+    decisions the other stores; maintenance runs on one at a time."""
+    url = pg_server.create_db()
+    a, b = writer(url), writer(url)
+    rules = [pb.RuleSnapshot(time_ns=10, mode="iptables", hash="h1")]
+    assert a.ingest(batch(1, [decision(11)], rules))
+    assert b.ingest(batch(1, [decision(11)], rules)) is False
+    assert b.ingest(batch(2, [decision(12)]))
+    assert rows(url, "SELECT time_ns, rules_hash FROM decisions ORDER BY time_ns") == [
+        (11, "h1"), (12, "h1")]
+    with a._leader() as first, b._leader() as second:
+        assert (first, second) == (True, False)
+    a.close()
+    b.close()
