@@ -16,8 +16,8 @@ import grpc
 
 from natlens.collector.ingest.limits import Limits
 from natlens.collector.ingest.servicer import CollectorServicer
-from natlens.collector.store.api import Store
-from natlens.collector.store.open import open_store
+from natlens.collector.store.api import Store, StoreUnavailable
+from natlens.collector.store.open import open_store, redact
 from natlens.collector.store.retention import Maintenance, Policy
 from natlens.collector.web.metrics import IngestMetrics
 from natlens.collector.web.server import Probes, serve_http
@@ -99,7 +99,7 @@ def serve(cfg: CollectorConfig) -> int:
                      *web.server_address[:2])
         if cfg.read_only:
             log.info("read-only: serving %s as it is (no ingest, retention or rollups)",
-                     cfg.db)
+                     redact(cfg.db))
         else:
             _ingest(cfg, store, metrics, probes, running)
         probes.ready = True
@@ -131,6 +131,14 @@ def check_free(listen: str) -> None:
             raise ListenError(f"cannot listen on {listen}: {e.strerror}") from None
 
 
+def _unreachable(store: Store) -> str | None:
+    try:
+        store.ping()
+    except StoreUnavailable as e:
+        return f"store unreachable: {e}"
+    return None
+
+
 def _ingest(cfg: CollectorConfig, store: Store, metrics: IngestMetrics, probes: Probes,
             running: contextlib.ExitStack) -> None:
     """The gRPC server, retention and the Kubernetes watch, each stopped by ``running``."""
@@ -153,6 +161,7 @@ def _ingest(cfg: CollectorConfig, store: Store, metrics: IngestMetrics, probes: 
     running.callback(maintenance.stop)
     probes.problem = lambda: (f"retention: {maintenance.last_error}"
                               if maintenance.last_error else None)
+    probes.unready = lambda: _unreachable(store)
     if cfg.kubeconfig is not None:
         from natlens.collector.k8s.watch import Watcher, api_client
 
@@ -162,7 +171,8 @@ def _ingest(cfg: CollectorConfig, store: Store, metrics: IngestMetrics, probes: 
         running.callback(watcher.stop)
         log.info("k8s: watching pods, services and endpointslices (%s)", cfg.kubeconfig)
     log.info("collector listening on %s:%d, storing into %s (decisions kept %s, rollups %s)",
-             host, port, cfg.db, _days(cfg.policy.decisions_ns), _days(cfg.policy.rollups_ns))
+             host, port, redact(cfg.db), _days(cfg.policy.decisions_ns),
+             _days(cfg.policy.rollups_ns))
     print(f"listening {host}:{port}", flush=True)
 
 

@@ -125,7 +125,8 @@ def cli() -> None:
 # ---------------------------------------------------------------- agent / collector
 
 @cli.command()
-@click.option("--collector", metavar="HOST:PORT", help="Collector gRPC address (required).")
+@click.option("--collector", metavar="HOST:PORT[,HOST:PORT…]", help="Collector gRPC address "
+              "(required); several: replicas sharing a PostgreSQL store, failed over in turn.")
 @click.option("--node", default=lambda: os.environ.get("NODE_NAME") or os.uname().nodename,
               show_default="$NODE_NAME or the hostname", help="Node name put on every record.")
 @click.option("--netns", metavar="NAME", help="Watch this network namespace (/run/netns/NAME "
@@ -309,7 +310,8 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
                   max_streams: int, max_message_bytes: int, max_batch_records: int,
                   max_agent_rate: float, kubeconfig: str | None, in_cluster: bool,
                   read_only: bool, log_level: str) -> None:
-    """Run the collector: receive agents' streams and store them in SQLite.
+    """Run the collector: receive agents' streams and store them (SQLite, or PostgreSQL
+    shared by several collector replicas).
 
     It refuses plaintext unless --insecure: agents ship every connection of their node."""
     from natlens.collector.ingest.limits import Limits

@@ -176,7 +176,7 @@ def db_copy_cmd(source: str, target: str) -> None:
     queries answer the same before and after. Stop the collector (or run it with
     --read-only) first: rows it writes during the copy are not copied."""
     from natlens.collector.store.copy import copy_store
-    from natlens.collector.store.postgres import redact
+    from natlens.collector.store.open import redact
 
     copied = copy_store(source, target,
                         lambda t, n: click.echo(f"{t}: {n} rows", err=True))

@@ -125,6 +125,8 @@ def tls_settings(files: TlsFiles, insecure: bool, side: str) -> TlsFiles | None:
 
 
 def check_hostport(value: str, flag: str) -> None:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint=flag)
+    """HOST:PORT, or several comma-separated (collector replicas to fail over between)."""
+    for one in value.split(","):
+        host, sep, port = one.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise click.BadParameter(f"{one!r} is not HOST:PORT", param_hint=flag)

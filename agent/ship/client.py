@@ -4,6 +4,10 @@ A batch leaves memory only when the collector acknowledges it (after its commit)
 When the collector is unreachable the agent says so once, keeps what it has and
 reconnects with jittered exponential backoff, resending every unacknowledged batch;
 the collector stores each (agent, boot, seq) once, so a resend is harmless.
+
+Given several collectors (``A:7070,B:7070``, replicas sharing one PostgreSQL store), the
+agent streams to one and, when that stream fails, goes straight on to the next; the
+backoff applies once every address has failed in turn.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ class Shipper:
         collector's certificate for that name instead of the target's host. With a
         ``spool`` every batch is on disk until acknowledged (and memory holds no more
         than the spool does); a batch that does not fit is first ``degrade``d."""
-        self.target = target
+        self.targets = [t.strip() for t in target.split(",") if t.strip()]
+        self._at = 0  # which of targets this agent streams to
         self.credentials = credentials
         self.metadata = token_metadata(token)
         self.options: list[tuple[str, Any]] = [("grpc.max_send_message_length", 64 << 20),
@@ -73,6 +78,11 @@ class Shipper:
         self.dropped_decisions = 0
         self.sent = self.acked = self.send_errors = 0
         self._call: Any = None  # the running stream call, cancelled by stop()
+        self._tried = 0  # addresses that failed since the last acknowledgement
+
+    @property
+    def target(self) -> str:
+        return self.targets[self._at]
 
     def start(self) -> None:
         if self.spool is not None:
@@ -135,6 +145,16 @@ class Shipper:
             call.cancel()
         self._thread.join(timeout=5)
 
+    def _failed_over(self) -> bool:
+        """Move to the next collector; False once every address failed in a row (then
+        the caller backs off before the round starts again)."""
+        failed = self.target
+        self._at = (self._at + 1) % len(self.targets)
+        if self._tried % len(self.targets):
+            log.warning("collector %s failed; failing over to %s", failed, self.target)
+            return True
+        return False
+
     def _requests(self, ended: threading.Event) -> Iterator[pb.Batch]:
         sent_upto = 0
         while not ended.is_set() and not self._stop.is_set():
@@ -174,6 +194,7 @@ class Shipper:
                                     time.monotonic() - down_since)
                         down_since = None
                     delay = self.backoff[0]
+                    self._tried = 0
                     with self._cond:
                         if self._unacked.pop((ack.boot_id, ack.seq), None) is not None:
                             self.acked += 1
@@ -181,6 +202,7 @@ class Shipper:
                                 self.spool.remove(ack.boot_id, ack.seq)
                         self._cond.notify_all()
             except grpc.RpcError as e:
+                self._tried += 1
                 # The exception is the call itself, and its traceback holds the frames
                 # that hold the call: a cycle that only the garbage collector frees, maybe
                 # at interpreter exit, when the call's __del__ can wait forever for a lock
@@ -204,6 +226,8 @@ class Shipper:
                     self._cond.notify_all()  # the request generator returns
                 self._call = call = None
                 channel.close()
+            if len(self.targets) > 1 and self._failed_over():
+                continue
             if self._stop.wait(delay * random.uniform(0.5, 1.5)):
                 break
             delay = min(delay * 2, self.backoff[1])

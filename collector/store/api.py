@@ -224,3 +224,6 @@ class Store(Protocol):
         """Rows, oldest and newest per table, size (``natlens db stats``)."""
 
     def size_bytes(self) -> int: ...
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable when the store cannot be reached now (readiness)."""

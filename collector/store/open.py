@@ -5,9 +5,21 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from natlens.collector.store.api import Store
 from natlens.errors import NatlensError
+
+
+def redact(url: str) -> str:
+    """A ``--db`` value fit for logs and messages: a URL without its password."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 class StoreError(NatlensError):
@@ -54,7 +66,7 @@ def _open_postgres(url: str, read_only: bool) -> Store:
     import psycopg
 
     from natlens.collector.store.api import StoreUnavailable
-    from natlens.collector.store.postgres import PostgresStore, redact
+    from natlens.collector.store.postgres import PostgresStore
     from natlens.collector.store.schema import SchemaError
 
     try:

@@ -23,13 +23,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.adapt import Loader
 
 from natlens.collector.store.api import StoreUnavailable
+from natlens.collector.store.open import redact
 from natlens.collector.store.pg_schema import (
     found_version,
     migrate,
@@ -62,15 +62,6 @@ _COPY = f"COPY decision_rows ({', '.join(DECISION_ROW)}) FROM STDIN"
 
 def is_url(db: str) -> bool:
     return db.startswith(SCHEMES)
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 class _IntLoader(Loader):
@@ -140,18 +131,30 @@ class PostgresStore(BatchWriter, SqlStore):
         for c in {id(self.conn): self.conn, id(self.reader): self.reader}.values():
             c.close()
 
+    def _revive(self, writer: bool = True) -> None:
+        """Connections lost (the server restarted, a failover): open them again, or
+        StoreUnavailable while the server is away."""
+        if writer and self.conn.closed:
+            self.conn = connect(self.url, self.read_only)
+            log.warning("%s: connected again", self.path)
+        if self.reader.closed:
+            self.reader = self.conn if self.read_only else connect(self.url, True)
+
     # ---- reads (sql.py)
 
     def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         try:
+            self._revive(writer=False)
             return self.reader.execute(_q(sql), list(args)).fetchall()
-        except psycopg.OperationalError as e:
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             raise StoreUnavailable(f"{self.path}: {_first_line(e)}") from None
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
-        with self.lock, self.conn.transaction():
-            yield lambda sql, args=(): self.conn.execute(_q(sql), list(args))
+        with self.lock:
+            self._revive()
+            with self.conn.transaction():
+                yield lambda sql, args=(): self.conn.execute(_q(sql), list(args))
 
     # ---- the statements BatchWriter runs
 
@@ -196,8 +199,9 @@ class PostgresStore(BatchWriter, SqlStore):
         validate(batch)
         with self.lock:
             try:
+                self._revive()
                 self._ensure_partitions(batch.columns.time_ns)
-            except psycopg.OperationalError as e:
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
                 raise StoreUnavailable(f"{self.path}: {_first_line(e)}") from None
             added: list[tuple[int, str]] = []
             try:
@@ -215,7 +219,7 @@ class PostgresStore(BatchWriter, SqlStore):
                     self._store(batch, added)
             except _Duplicate:
                 return False
-            except psycopg.OperationalError as e:  # the server went away: retry later
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:  # server away
                 self._forget(batch.node, added)
                 raise StoreUnavailable(f"{self.path}: {_first_line(e)}") from None
             except BaseException:
@@ -282,13 +286,14 @@ class PostgresStore(BatchWriter, SqlStore):
     def _leader(self) -> Iterator[bool]:
         """Whether this replica holds the maintenance lock (held for the block)."""
         with self.lock:
+            self._revive()
             got = self.conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
                                     [_MAINTENANCE_LOCK]).fetchone()
         held = bool(got and got[0])
         try:
             yield held
         finally:
-            if held:
+            if held and not self.conn.closed:  # a lost session released it already
                 with self.lock:
                     self.conn.execute("SELECT pg_advisory_unlock(hashtext(%s))",
                                       [_MAINTENANCE_LOCK])

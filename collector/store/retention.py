@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from natlens.collector.store.api import Store
+from natlens.collector.store.api import Store, StoreUnavailable
 from natlens.collector.store.plan import DAY
 
 log = logging.getLogger("natlens.collector.retention")
@@ -72,6 +72,8 @@ class Maintenance:
             try:
                 self.run_once()
                 self.last_error = None
+            except StoreUnavailable as e:  # the database is away: readiness says so
+                log.error("retention pass skipped: %s", e)
             except Exception as e:  # keep serving; the next pass retries
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.error("retention pass failed: %s", self.last_error)

@@ -249,6 +249,9 @@ class SqliteStore(BatchWriter, SqlStore):
 
     # ---- about the store
 
+    def ping(self) -> None:
+        """A local file: there is no server to lose."""
+
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in (Path(self.path), Path(self.path + "-wal"))
                    if p.exists())

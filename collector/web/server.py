@@ -53,6 +53,9 @@ class Probes:
     def __init__(self) -> None:
         self.ready = False
         self.problem: Callable[[], str | None] = lambda: None
+        # readiness only: a database that is away makes a replica take no traffic, but
+        # restarting the collector would not bring it back
+        self.unready: Callable[[], str | None] = lambda: None
 
 
 class Api:
@@ -121,6 +124,8 @@ class Handler(BaseHTTPRequestHandler):
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
         if url.path in ("/healthz", "/readyz"):
             problem = self.probes.problem()
+            if problem is None and url.path == "/readyz":
+                problem = self.probes.unready()
             ok = problem is None and (url.path == "/healthz" or self.probes.ready)
             why = problem or ("ok" if ok else "starting")
             self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")

@@ -12,9 +12,12 @@ import sqlite_utils
 from natlens.agent.ship.batch import Batcher
 from natlens.agent.ship.client import Shipper
 from natlens.collector.server import start
+from natlens.collector.store.open import open_store
 from natlens.collector.store.sqlite import SqliteStore
 from natlens.proto import natlens_pb2 as pb
 from natlens.proto.columns import pack, unpack
+from tests.pgserver import PgServer
+from tests.stores import count
 
 from .test_store import row
 
@@ -136,3 +139,46 @@ def test_a_stopped_shipper_leaves_no_call_for_the_garbage_collector(tmp_path: Pa
         server.stop(0)
         store.close()
     assert left == []
+
+
+def test_an_agent_fails_over_between_replicas_and_each_batch_is_stored_once(
+        pg_server: PgServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Two collectors on one PostgreSQL store; the agent is given both. The one it
+    streams to stops mid-stream: the agent goes on to the other at once, resends what
+    was not acknowledged, and nothing is stored twice."""
+    url = pg_server.create_db()
+    stores = [open_store(url), open_store(url)]
+    servers = [start(s, "127.0.0.1:0") for s in stores]
+    shipper = Shipper(",".join(f"127.0.0.1:{p}" for _, p in servers), backoff=(0.05, 0.2))
+    shipper.start()
+    b = Batcher("a", "k8s-node2", shipper.submit, max_records=10)
+    try:
+        with caplog.at_level(logging.WARNING, "natlens.agent.ship"):
+            for i in range(500):
+                b.add_decision(row(i + 1))
+                if i == 200:
+                    b.flush()
+                    assert shipper.drain(10)
+                    first = shipper.target
+                    servers[shipper._at][0].stop(0)  # the one in use goes away
+            b.flush()
+            assert shipper.drain(15)
+        assert shipper.target != first
+        assert any("failing over to" in r.getMessage() for r in caplog.records)
+    finally:
+        shipper.stop()
+        for server, _ in servers:
+            server.stop(0)
+    assert count(url, "decisions") == 500
+    assert count(url, "batches") == 21 + 30  # 201 decisions, flushed; then 300
+    for s in stores:
+        s.close()
+
+
+def test_collector_addresses_are_checked_one_by_one() -> None:
+    from click.testing import CliRunner
+
+    from natlens.cli import cli
+
+    r = CliRunner().invoke(cli, ["agent", "--collector", "a:7070,b", "--node", "n"])
+    assert r.exit_code == 2 and "'b' is not HOST:PORT" in r.output
