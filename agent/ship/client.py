@@ -151,7 +151,8 @@ class Shipper:
         failed = self.target
         self._at = (self._at + 1) % len(self.targets)
         if self._tried % len(self.targets):
-            log.warning("collector %s failed; failing over to %s", failed, self.target)
+            if self._tried == 1:  # once per outage; later rounds are the backoff's
+                log.warning("collector %s failed; failing over to %s", failed, self.target)
             return True
         return False
 

@@ -66,3 +66,29 @@ def test_the_agent_image_installs_every_package_the_agent_imports() -> None:
                         needed.setdefault(re.sub(r"[-_.]+", "-", dist).lower(), str(path))
     assert needed.keys() - agent == set(), needed
     assert agent - needed.keys() == set(), "listed for the agent but not imported by it"
+
+
+def test_the_postgres_collector_runs_replicas_that_survive_a_drain() -> None:
+    """deploy/collector-postgres.yaml: 2+ replicas behind the agents' Service, a
+    PodDisruptionBudget, the password from a Secret, readiness on /readyz (which checks
+    the database), and arguments the collector accepts."""
+    import yaml
+    from click.testing import CliRunner
+
+    from natlens.cli import cli
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all(
+        (ROOT / "deploy" / "collector-postgres.yaml").read_text())}
+    spec = docs["Deployment"]["spec"]
+    assert spec["replicas"] >= 2 and spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert docs["PodDisruptionBudget"]["spec"]["minAvailable"] == 1
+    (c,) = spec["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "natlens-postgres"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    db = next(a for a in c["args"] if a.startswith("--db="))
+    assert db.startswith("--db=postgresql://") and ":" not in db.split("//")[1].split("@")[0]
+    assert docs["Service"]["metadata"]["name"] == "natlens-collector"
+    # every argument is one the collector knows (parsed, not run)
+    r = CliRunner().invoke(cli, [*c["args"], "--help"])
+    assert r.exit_code == 0, r.output
