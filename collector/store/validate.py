@@ -13,6 +13,10 @@ from natlens.proto.names import EVENTS, SOURCES
 # The largest count a store keeps: SQLite's INTEGER and PostgreSQL's BIGINT are signed.
 # The wire's uint64 counts above it are no real node's (2^63 bytes is 8 EiB).
 BIGGEST = 2**63 - 1
+# How far apart the decisions of one batch may be: an agent's batch spans seconds, a
+# pcap import's the capture's minutes. Wider is a clock gone wrong, and would make the
+# PostgreSQL store a day partition per distinct day.
+MAX_SPAN_NS = 31 * 86_400 * 10**9
 COUNTER_FIELDS = ("connections", "bytes", "packets", "total_connections", "total_closed",
                   "total_orig_packets", "total_orig_bytes", "total_reply_packets",
                   "total_reply_bytes", "total_duration_ns")
@@ -32,6 +36,13 @@ def validate(batch: pb.Batch) -> None:
         raise BatchRejected(str(e)) from None
     if n and max(batch.columns.client_port) > 65535:
         raise BatchRejected("decision with a port above 65535")
+    if n:
+        lo, hi = min(batch.columns.time_ns), max(batch.columns.time_ns)
+        if lo < 0:
+            raise BatchRejected("decision with a time before 1970")
+        if hi - lo > MAX_SPAN_NS:
+            raise BatchRejected(f"decisions of one batch {(hi - lo) / 86_400e9:.0f} days apart "
+                                "(at most 31): a clock that jumped?")
     cols = batch.columns
     if any(max(col, default=0) > BIGGEST for col in (
             cols.orig_packets, cols.orig_bytes, cols.reply_packets, cols.reply_bytes)):

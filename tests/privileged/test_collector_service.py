@@ -262,16 +262,28 @@ def test_db_copy_into_postgres_answers_the_same(lab_db: tuple[Path, dict[str, in
     assert sum(truth.values()) == 2000
 
 
+def foreign_db(server: PgServer) -> str:
+    """A database another application uses."""
+    import psycopg
+
+    url = server.create_db()
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("CREATE TABLE invoices (id int)")
+    return url
+
+
 @pytest.mark.parametrize(("make_url", "needle"), [
     (lambda s: s.url(password="wrong"), "password authentication failed"),
     (lambda s: s.url("nonexistent"), 'database "nonexistent" does not exist'),
     (lambda s: f"postgresql://postgres@127.0.0.1:{free_port()}/x", "refused"),
     (lambda s: "postgresql://postgres@127.0.0.1:notaport/x", "invalid"),
+    (lambda s: foreign_db(s), "not a natlens database"),
 ])
 def test_bad_postgres_urls_are_one_line(pg_server: PgServer, make_url: Any,
                                         needle: str) -> None:
     url = make_url(pg_server)
-    for args in (["report", "--db", url], ["db", "stats", "--db", url]):
+    for args in (["report", "--db", url], ["db", "stats", "--db", url],
+                 ["collector", "--insecure", "--db", url, "--listen", f"127.0.0.1:{free_port()}"]):
         r = natlens(*args, check=False)
         assert r.returncode == 1, r.stderr
         (line,) = r.stderr.strip().splitlines()

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,9 +16,9 @@ from natlens.collector.k8s.state import Holder, Owners, endpoint_set, pod_ips
 from natlens.collector.k8s.watch import Watcher, api_client
 from natlens.collector.query.decisions import DecisionQuery, query_decisions
 from natlens.collector.report.build import ReportQuery, build_report
-from natlens.collector.store.sqlite import SqliteStore
 from tests.k8s_fake import FakeApiServer, endpoint_slice, pod, service
 from tests.privileged.helpers import wait_for
+from tests.stores import writer
 
 from .test_retention import EPS, Feed, decision
 
@@ -30,8 +31,10 @@ def fake() -> Iterator[FakeApiServer]:
 
 
 @pytest.fixture
-def watched(fake: FakeApiServer, tmp_path: Path) -> Iterator[tuple[SqliteStore, Watcher]]:
-    store = SqliteStore(str(tmp_path / "db"))
+def watched(fake: FakeApiServer, tmp_path: Path,
+            db: str) -> Iterator[tuple[Any, Watcher]]:
+    """The watch writing into each backend."""
+    store = writer(db)
     fake.apply("pods", "ADDED", pod("front-old", EPS[0], node="n1"))
     fake.apply("services", "ADDED", service("front", "10.96.0.10", namespace="web"))
     fake.apply("endpointslices", "ADDED", endpoint_slice("front", [EPS[0]], namespace="web"))
@@ -44,13 +47,13 @@ def watched(fake: FakeApiServer, tmp_path: Path) -> Iterator[tuple[SqliteStore, 
     store.close()
 
 
-def holders(store: SqliteStore, ip: str) -> list[tuple[str, bool]]:
-    return [(r[0], r[1] is None) for r in store.db.execute(
+def holders(store: Any, ip: str) -> list[tuple[str, bool]]:
+    return [(r[0], r[1] is None) for r in store._rows(
         "SELECT name, to_ns FROM pods WHERE ip = ? ORDER BY from_ns", [ip])]
 
 
 def test_a_reused_ip_names_each_pod_in_its_own_time(fake: FakeApiServer,
-                                                    watched: tuple[SqliteStore, Watcher]) -> None:
+                                                    watched: tuple[Any, Watcher]) -> None:
     store, _ = watched
     feed = Feed(store)
     feed.send([decision(time.time_ns(), EPS[0])], rules=True)
@@ -64,7 +67,7 @@ def test_a_reused_ip_names_each_pod_in_its_own_time(fake: FakeApiServer,
 
 
 def test_410_gone_lists_again_and_closes_what_vanished(
-        fake: FakeApiServer, watched: tuple[SqliteStore, Watcher]) -> None:
+        fake: FakeApiServer, watched: tuple[Any, Watcher]) -> None:
     store, w = watched
     fake.drop_watches()
     # while the watch reconnects, a pod goes and another comes, then history is compacted
@@ -79,7 +82,7 @@ def test_410_gone_lists_again_and_closes_what_vanished(
 
 
 def test_bookmarks_keep_the_watch_current(fake: FakeApiServer,
-                                          watched: tuple[SqliteStore, Watcher]) -> None:
+                                          watched: tuple[Any, Watcher]) -> None:
     store, w = watched
     wait_for(lambda: w.bookmarks["pods"] >= 1)
     fake.apply("pods", "MODIFIED", pod("front-old", [EPS[0], "fd00::5"], node="n1"))
@@ -88,7 +91,7 @@ def test_bookmarks_keep_the_watch_current(fake: FakeApiServer,
 
 
 def test_an_endpoint_change_starts_a_new_rules_epoch(fake: FakeApiServer,
-                                                     watched: tuple[SqliteStore, Watcher]) -> None:
+                                                     watched: tuple[Any, Watcher]) -> None:
     store, _ = watched
     feed = Feed(store)
     feed.send([decision(time.time_ns(), EPS[0]) for _ in range(3)], rules=True)
@@ -109,10 +112,10 @@ def test_an_endpoint_change_starts_a_new_rules_epoch(fake: FakeApiServer,
     assert store.rules_at("n1", time.time_ns()) == after
 
 
-def test_service_cluster_ips_are_recorded(watched: tuple[SqliteStore, Watcher]) -> None:
+def test_service_cluster_ips_are_recorded(watched: tuple[Any, Watcher]) -> None:
     store, _ = watched
-    wait_for(lambda: store.db.execute("SELECT namespace, name FROM services WHERE vip = ?",
-                                      ["10.96.0.10"]).fetchall() == [("web", "front")])
+    wait_for(lambda: store._rows("SELECT namespace, name FROM services WHERE vip = ?",
+                                 ["10.96.0.10"]) == [("web", "front")])
 
 
 def test_owners_bookkeeping() -> None:

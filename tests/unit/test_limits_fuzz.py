@@ -144,7 +144,8 @@ def batch_and_rows(v: bool) -> st.SearchStrategy[tuple[pb.Batch, list[DecisionRo
     port = pick(st.integers(0, 65535), st.integers(0, 2**32 - 1))
     name = pick(st.sampled_from(["a", "n1"]), st.text(max_size=3))
     rows = st.lists(st.builds(
-        DecisionRow, time_ns=st.integers(-2**63, 2**63 - 1),
+        DecisionRow, time_ns=pick(st.integers(10**18, 10**18 + 30 * 86_400 * 10**9),
+                                  st.integers(-2**63, 2**63 - 1)),
         protocol=pick(st.sampled_from(["tcp", "udp"]), st.text(max_size=4)),
         client_ip=address, client_port=port, vip=address, vip_port=port, endpoint_ip=address,
         endpoint_port=port, ct_id=st.integers(0, 3),

@@ -64,6 +64,8 @@ def test_out_of_order_batches_are_all_kept(db: str) -> None:
     batch(1, [decision(1), bad(2, vip="x", endpoint_ip="")]),
     batch(1, [bad(2, vip="x", endpoint_ip="y", event=99)]),
     batch(1, [bad(2, vip="x", endpoint_ip="y", vip_port=70000)]),
+    batch(1, [decision(1), bad(1, time_ns=32 * 86_400 * 10**9)]),  # a clock that jumped
+    batch(1, [bad(1, time_ns=-5)]),
 ])
 def test_rejected_batches_store_nothing(db: str, bad: pb.Batch) -> None:
     s = writer(db)
@@ -228,6 +230,11 @@ def test_postgres_replicas_share_one_store_exactly_once(pg_server: PgServer) -> 
     assert b.ingest(batch(2, [decision(12)]))
     assert rows(url, "SELECT time_ns, rules_hash FROM decisions ORDER BY time_ns") == [
         (11, "h1"), (12, "h1")]
+    # kernel counter totals: the increase is taken over the last total either stored
+    a.ingest(pb.Batch(agent_id="c", boot_id="b1", seq=1, node="n", counters=[counter(5)]))
+    b.ingest(pb.Batch(agent_id="c", boot_id="b1", seq=2, node="n", counters=[counter(9)]))
+    a.ingest(pb.Batch(agent_id="c", boot_id="b2", seq=1, node="n", counters=[counter(9)]))
+    assert connections(url) == 9
     with a._leader() as first, b._leader() as second:
         assert (first, second) == (True, False)
     a.close()
