@@ -124,23 +124,24 @@ def test_broken_files_say_why_and_keep_what_was_readable(tmp_path: Path) -> None
         list(read_first_packets(str(odd), ReadStats()))
 
 
-def test_import_command_stores_the_readable_part_and_exits_1(tmp_path: Path) -> None:
+def test_import_command_stores_the_readable_part_and_exits_1(tmp_path: Path, db: str) -> None:
+    """Into either store: an SQLite file or a PostgreSQL URL."""
     pkts, _ = conversation("sll2", 300)
     data = Path(write(tmp_path / "good.pcap", pkts)).read_bytes()
     (tmp_path / "cut.pcap").write_bytes(data[: len(data) // 2])
-    db = tmp_path / "n.db"
     r = subprocess.run([sys.executable, "-m", "natlens", "pcap", "import",
-                        str(tmp_path / "cut.pcap"), "--node", "n1", "--db", str(db), "-o",
+                        str(tmp_path / "cut.pcap"), "--node", "n1", "--db", db, "-o",
                         "json"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     (line,) = r.stderr.strip().splitlines()
     assert "truncated or corrupt" in line and "are stored" in line
     kept = json.loads(r.stdout)["decisions"]
     assert 0 < kept < 305
-    q = subprocess.run([sys.executable, "-m", "natlens", "query", "decisions", "--db", str(db),
+    q = subprocess.run([sys.executable, "-m", "natlens", "query", "decisions", "--db", db,
                         "-o", "json"], capture_output=True, text=True, timeout=120)
     rows = json.loads(q.stdout)
     assert len(rows) == kept and {r["source"] for r in rows} == {"pcap"}
+    (tmp_path / "n.db").write_bytes(b"SQLite format 3\x00" + bytes(200))  # not a capture
     r = subprocess.run([sys.executable, "-m", "natlens", "pcap", "import",
                         str(tmp_path / "n.db"), "--node", "n1", "--db", str(tmp_path / "x.db")],
                        capture_output=True, text=True, timeout=120)

@@ -239,3 +239,23 @@ def test_postgres_replicas_share_one_store_exactly_once(pg_server: PgServer) -> 
         assert (first, second) == (True, False)
     a.close()
     b.close()
+
+
+def test_postgres_password_from_libpq_environment_and_password_file(
+        pg_server: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A URL without its password: libpq's PGPASSWORD, or the password file."""
+    from tests.pgserver import PASSWORD
+
+    url = pg_server.create_db()
+    bare = url.replace(f":{PASSWORD}@", "@")
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
+    with pytest.raises(StoreError, match="password"):
+        open_store(bare)
+    monkeypatch.setenv("PGPASSWORD", PASSWORD)
+    open_store(bare).close()
+    monkeypatch.delenv("PGPASSWORD")
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{pg_server.port}:*:postgres:{PASSWORD}\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    open_store(bare).close()
