@@ -19,6 +19,7 @@ from natlens.collector.ingest.servicer import CollectorServicer
 from natlens.collector.store.api import Store, StoreUnavailable
 from natlens.collector.store.open import open_store, redact
 from natlens.collector.store.retention import Maintenance, Policy
+from natlens.collector.web.judgement import JudgementCollector
 from natlens.collector.web.metrics import IngestMetrics
 from natlens.collector.web.server import Probes, serve_http
 from natlens.errors import NatlensError
@@ -75,6 +76,9 @@ class CollectorConfig:
     policy: Policy = field(default_factory=Policy)
     maintenance_interval: float = 60.0
     metrics_max_series: int = 10_000
+    metrics_window_s: float = 900.0      # the judgement gauges' window
+    metrics_services: tuple[str, ...] = ()
+    metrics_max_services: int = 1000
     kubeconfig: str | None = None        # a file, "in-cluster", or None: no watch
     limits: Limits = field(default_factory=Limits)
     max_streams: int = 64
@@ -89,6 +93,9 @@ def serve(cfg: CollectorConfig) -> int:
         store = open_store(cfg.db, read_only=cfg.read_only)
         running.callback(store.close)
         metrics = IngestMetrics(store.size_bytes, cfg.metrics_max_series)
+        metrics.registry.register(JudgementCollector(
+            lambda: open_store(cfg.db, read_only=True), cfg.metrics_window_s,
+            cfg.metrics_services, cfg.metrics_max_services))
         probes = Probes()
         web = None
         if cfg.http is not None:

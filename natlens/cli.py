@@ -285,6 +285,15 @@ def _argv_without(ctx: click.Context, skip: set[str]) -> list[str]:
 @click.option("--metrics-max-series", type=click.IntRange(1, 10_000_000), default=10_000,
               show_default=True, help="At most this many (service, endpoint) label sets in "
               "/metrics; more are counted under 'other'.")
+@click.option("--metrics-window", default="15m", show_default=True, metavar="DUR",
+              help="/metrics judges each service port over this last window: declared and "
+              "observed shares, the test's p-value, the verdict (for alerting rules).")
+@click.option("--metrics-services", metavar="PATTERN[,PATTERN…]", default="",
+              help="Only these service ports in the judgement gauges: NS/NAME or "
+              "NS/NAME:PORT, shell wildcards (istio-demo/*); default every one.")
+@click.option("--metrics-max-services", type=click.IntRange(1, 1_000_000), default=1000,
+              show_default=True, help="At most this many (service port, node) pairs in the "
+              "judgement gauges; natlens_metrics_services_dropped_total counts the rest.")
 @click.option("--max-streams", type=click.IntRange(1, 100_000), default=64, show_default=True,
               help="Agent streams served at once; more are refused (RESOURCE_EXHAUSTED).")
 @click.option("--max-message-bytes", type=click.IntRange(1 << 16, 1 << 31), default=64 << 20,
@@ -307,6 +316,7 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
                   tls_ca: str | None, token_file: str | None, insecure: bool,
                   http: str | None, http_token_file: str | None, retain_decisions: str,
                   retain_rollups: str, maintenance_interval: float, metrics_max_series: int,
+                  metrics_window: str, metrics_services: str, metrics_max_services: int,
                   max_streams: int, max_message_bytes: int, max_batch_records: int,
                   max_agent_rate: float, kubeconfig: str | None, in_cluster: bool,
                   read_only: bool, log_level: str) -> None:
@@ -345,6 +355,9 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
         db=db, listen=listen, tls=tls, token=token, http=http_addr,
         http_token=read_token(http_token_file), policy=Policy(keep_d, keep_r),
         maintenance_interval=maintenance_interval, metrics_max_series=metrics_max_series,
+        metrics_window_s=parse_duration(metrics_window) / 1e9,
+        metrics_services=tuple(p.strip() for p in metrics_services.split(",") if p.strip()),
+        metrics_max_services=metrics_max_services,
         kubeconfig="in-cluster" if in_cluster else kubeconfig,
         limits=Limits(max_batch_records, max_agent_rate), max_streams=max_streams,
         max_message_bytes=max_message_bytes, read_only=read_only)))

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 ARCH=$(dpkg --print-architecture)
 APT_PACKAGES=(iptables nftables conntrack hping3 tcpdump iproute2 util-linux procps
               python3 python3-venv python3-dev python3-bpfcc bpfcc-tools chromium
-              "linux-headers-$ARCH" podman runc debootstrap uidmap postgresql)
+              "linux-headers-$ARCH" podman runc debootstrap uidmap postgresql
+              prometheus)
 VENV=${VENV:-.venv}
 
 missing=()

@@ -1,8 +1,10 @@
 """``/metrics``: what the collector has ingested, in Prometheus' format (prometheus-client).
 
 Counted as batches are stored (not re-queried from the database at each scrape, which
-would cost a full scan on a months-old store). Label sets are bounded: past
-``max_series`` distinct (service, endpoint) pairs, new ones are counted under
+would cost a full scan on a months-old store). A service port is labelled as
+Kubernetes names it (``namespace``, ``service``, ``port``; a VIP:port no rule names is
+``service="VIP:PORT"``), with the ``node`` that decided. Label sets are bounded: past
+``max_series`` distinct (service port, node, endpoint) sets, new ones are counted under
 ``other``, so one churning service cannot blow up the scraper's memory. Decisions and
 bytes carry the source that saw them: a node watched by several sources at once
 (``agent --source all``) shows each, so sum over one source, not over all.
@@ -23,6 +25,16 @@ from natlens.proto.columns import column
 from natlens.proto.names import SOURCES, endpoint_key
 
 OTHER = "other"
+SERVICE_LABELS = ("namespace", "service", "port")
+
+
+def split_service(name: str) -> tuple[str, str, str]:
+    """``NS/NAME:PORT`` as (namespace, service, port); anything else is the service."""
+    ns, slash, rest = name.partition("/")
+    if not slash:
+        return "", name, ""
+    svc, _, port = rest.rpartition(":")
+    return (ns, svc, port) if svc else (ns, rest, "")
 _KEY = attrgetter("vip", "vip_port", "protocol", "endpoint_ip", "endpoint_port", "source",
                   "event")
 
@@ -56,16 +68,16 @@ class IngestMetrics:
         """``size``: the store's size in bytes, read at each scrape."""
         self.registry = CollectorRegistry()
         self.max_series = max_series
-        self._series: set[tuple[str, str]] = set()
+        self._series: set[tuple[str, str, str]] = set()
         self._names: dict[str, dict[tuple[str, int, str], str]] = {}  # node → VIP key → name
         self._lock = threading.Lock()
         self._lost_totals: dict[tuple[str, str, str, str], int] = {}
         r = self.registry
+        labels = [*SERVICE_LABELS, "node", "endpoint", "source"]
         self.decisions = Counter("natlens_decisions", "DNAT decisions stored (connections; "
-                                 "sampled ones scaled back)", ["service", "endpoint", "source"],
-                                 registry=r)
-        self.bytes = Counter("natlens_bytes", "Bytes both ways of closed connections",
-                             ["service", "endpoint", "source"], registry=r)
+                                 "sampled ones scaled back)", labels, registry=r)
+        self.bytes = Counter("natlens_bytes", "Bytes both ways of closed connections", labels,
+                             registry=r)
         self.lost = Counter("natlens_lost_events", "Events an agent knows it did not see",
                             ["node", "source", "reason"], registry=r)
         self.batches = Counter("natlens_batches", "Batches received", ["result"], registry=r)
@@ -78,15 +90,14 @@ class IngestMetrics:
                         "its WAL)", registry=r)
         db_size.set_function(lambda: float(size()))
 
-    def _labels(self, service: str, endpoint: str) -> tuple[str, str]:
-        key = (service, endpoint)
-        if key in self._series:
-            return key
-        if len(self._series) < self.max_series:
+    def _labels(self, service: str, node: str, endpoint: str) -> tuple[str, ...]:
+        key = (service, node, endpoint)
+        if key not in self._series:
+            if len(self._series) >= self.max_series:
+                self.series_dropped.inc()
+                return "", OTHER, "", OTHER, OTHER
             self._series.add(key)
-            return key
-        self.series_dropped.inc()
-        return OTHER, OTHER
+        return (*split_service(service), node, endpoint)
 
     def _service(self, node: str, vip: str, port: int, proto: str) -> str:
         return self._names.get(node, {}).get((vip, port, proto), endpoint_key(vip, port))
@@ -109,7 +120,7 @@ class IngestMetrics:
                 if event not in (pb.EVENT_NEW, pb.EVENT_RECOVERED, pb.EVENT_DESTROY):
                     continue
                 svc = self._service(batch.node, vip, vport, proto)
-                labels = (*self._labels(svc, endpoint_key(eip, eport)),
+                labels = (*self._labels(svc, batch.node, endpoint_key(eip, eport)),
                           SOURCES.get(source, "unknown"))
                 if event == pb.EVENT_DESTROY:
                     self.bytes.labels(*labels).inc(closed.get(key, 0))
@@ -118,7 +129,7 @@ class IngestMetrics:
                                                        else k)
             for c in batch.counters:
                 svc = self._service(batch.node, c.vip, c.vip_port, c.protocol)
-                pair = self._labels(svc, endpoint_key(c.endpoint_ip, c.endpoint_port))
+                pair = self._labels(svc, batch.node, endpoint_key(c.endpoint_ip, c.endpoint_port))
                 src = SOURCES.get(c.source, "ebpf")
                 self.decisions.labels(*pair, src).inc(c.connections)
                 self.bytes.labels(*pair, src).inc(c.bytes)

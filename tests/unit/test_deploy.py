@@ -92,3 +92,21 @@ def test_the_postgres_collector_runs_replicas_that_survive_a_drain() -> None:
     # every argument is one the collector knows (parsed, not run)
     r = CliRunner().invoke(cli, [*c["args"], "--help"])
     assert r.exit_code == 0, r.output
+
+
+def test_the_grafana_dashboard_is_whole() -> None:
+    """Unique panel ids, a query in every data panel, and only the dashboard's own
+    variables in them (tests/privileged/test_prometheus.py runs every query)."""
+    import json
+    import re
+
+    d = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids)) and d["uid"] == "natlens-balancing"
+    names = {v["name"] for v in d["templating"]["list"]} | {"__rate_interval"}
+    data = [p for p in d["panels"] if p["type"] != "row"]
+    assert {"stat", "table", "timeseries"} <= {p["type"] for p in data}
+    for p in data:
+        assert p["targets"] and all(t["expr"] for t in p["targets"]), p["title"]
+        for t in p["targets"]:
+            assert set(re.findall(r"\$(\w+)", t["expr"])) <= names, t["expr"]

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from natlens.agent.rules.live import to_snapshot
@@ -73,10 +75,11 @@ def test_metrics_count_what_was_stored(collector: tuple[int, str]) -> None:
     send(port, batches()[1:])  # a resend after a restart: stored once, counted once
     m = samples(url)
     # named by the model's service for its VIP, labelled by the source that saw them
-    svc = (("endpoint", "10.244.1.5:8080"), ("service", "web/front:http"),
-           ("source", "netlink"))
-    other = (("endpoint", "10.244.2.6:8080"), ("service", "web/front:http"),
-             ("source", "netlink"))
+    front = (("namespace", "web"), ("node", "n1"), ("port", "http"))
+    svc = tuple(sorted((*front, ("endpoint", "10.244.1.5:8080"), ("service", "front"),
+                        ("source", "netlink"))))
+    other = tuple(sorted((*front, ("endpoint", "10.244.2.6:8080"), ("service", "front"),
+                          ("source", "netlink"))))
     assert m[("natlens_decisions_total", svc)] == 60
     assert m[("natlens_decisions_total", other)] == 30
     assert m[("natlens_bytes_total", svc)] == 4 * 100
@@ -95,7 +98,8 @@ def test_label_sets_are_bounded(collector: tuple[int, str]) -> None:
     m = samples(url)
     decisions = {k[1]: v for k, v in m.items() if k[0] == "natlens_decisions_total"}
     assert len(decisions) == 2
-    assert decisions[(("endpoint", "other"), ("service", "other"), ("source", "netlink"))] > 0
+    assert decisions[(("endpoint", "other"), ("namespace", ""), ("node", "other"),
+                      ("port", ""), ("service", "other"), ("source", "netlink"))] > 0
     assert m[("natlens_metrics_series_overflow_total", ())] > 0
 
 
@@ -112,3 +116,71 @@ def test_http_token_guards_everything_but_the_probes(collector: tuple[int, str])
     assert urllib.request.urlopen(req).status == 200
     assert urllib.request.urlopen(f"{url}/api/report?token=s3cr3t").status == 200
     assert urllib.request.urlopen(f"{url}/healthz").status == 200
+
+
+def now_batches(n_first: int, n_second: int) -> list[pb.Batch]:
+    """Decisions made just now (inside the judgement window), to web/front:http."""
+    import time
+
+    eps = ["10.244.1.5", "10.244.2.6"]
+    t = time.time_ns() - 10**9
+    ds = [decision(t - i * 1000, eps[0]) for i in range(n_first)] + [
+        decision(t - 10**6 - i * 1000, eps[1]) for i in range(n_second)]
+    return [pb.Batch(agent_id="a", boot_id="b", seq=1, node="n1", columns=pack(ds),
+                     rules=[to_snapshot(MODEL, t - 10**10)])]
+
+
+def test_judgement_gauges_say_declared_observed_and_the_verdict(
+        collector: tuple[int, str]) -> None:
+    port, url = collector
+    send(port, now_batches(270, 30))  # declared 50/50, observed 90/10
+    m = samples(url)
+    svc = (("namespace", "web"), ("node", "n1"), ("port", "http"), ("service", "front"))
+
+    def ep(ip: str) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((*svc, ("endpoint", f"{ip}:8080"), ("pod", ""))))
+
+    assert m[("natlens_endpoint_declared_share", ep("10.244.1.5"))] == 0.5
+    assert m[("natlens_endpoint_observed_share", ep("10.244.1.5"))] == 0.9
+    assert m[("natlens_endpoint_connections", ep("10.244.2.6"))] == 30
+    assert m[("natlens_service_verdict", tuple(sorted((*svc, ("verdict", "skewed")))))] == 1
+    assert m[("natlens_service_verdict",
+              tuple(sorted((*svc, ("verdict", "consistent")))))] == 0
+    assert m[("natlens_service_p_value", svc)] < 1e-9
+    assert m[("natlens_service_distance", svc)] == pytest.approx(0.4)
+    assert m[("natlens_service_connections", svc)] == 300
+    assert m[("natlens_metrics_window_seconds", ())] == 900
+    assert m[("natlens_metrics_services_dropped_total", ())] == 0
+
+
+@pytest.mark.parametrize("collector", [["--metrics-services", "other-ns/*"]], indirect=True)
+def test_judgement_gauges_only_for_the_selected_services(collector: tuple[int, str]) -> None:
+    port, url = collector
+    send(port, now_batches(10, 10))
+    assert not any(k[0] == "natlens_service_verdict" for k in samples(url))
+
+
+def test_the_cap_on_service_ports_counts_what_it_leaves_out() -> None:
+    from natlens.collector.web.judgement import families
+
+    def entry(service: str, node: str) -> dict[str, object]:
+        return {"service": service, "node": node, "total": 10, "verdict": "consistent",
+                "tvd": 0.0, "test": {"p_value_holm": 0.5}, "undeclared": [],
+                "endpoints": [{"endpoint": "10.0.0.1:80", "declared": 1.0, "observed": 10}]}
+
+    report = {"services": [entry("a/x:http", "n1"), entry("a/x:http", "n2"),
+                           entry("b/y:dns", "n1"), entry("a/x:http", "n1")]}  # newer rules
+    fams, dropped = families(report, ("a/*",), 1, 900)
+    assert dropped == 1  # a/x on n2; b/y not selected; n1 once (its latest rules)
+    (verdict,) = [f for f in fams if f.name == "natlens_service_verdict"]
+    assert {s.labels["node"] for s in verdict.samples} == {"n1"}
+
+
+@given(st.text(alphabet="abc-1", min_size=1), st.text(alphabet="abc-1.", min_size=1),
+       st.text(alphabet="abc-19", min_size=1))
+def test_service_names_split_into_kubernetes_labels(ns: str, name: str, port: str) -> None:
+    from natlens.collector.web.metrics import split_service
+
+    assert split_service(f"{ns}/{name}:{port}") == (ns, name, port)
+    assert split_service(f"10.96.0.{len(name)}:{len(port)}") == (
+        "", f"10.96.0.{len(name)}:{len(port)}", "")
