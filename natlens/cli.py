@@ -24,6 +24,7 @@ from natlens.cliutil import (
     open_store,
     parse_duration,
     print_json,
+    print_yaml,
     tls_settings,
     window,
     window_options,
@@ -365,6 +366,19 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
 
 # ---------------------------------------------------------------- report
 
+VERDICTS = ("skewed", "undeclared", "insufficient-data", "consistent")
+
+
+def _verdicts(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    """A comma list of verdicts, each checked."""
+    out = tuple(v.strip() for v in (value or "").split(",") if v.strip())
+    bad = [v for v in out if v not in VERDICTS]
+    if bad:
+        raise click.BadParameter(f"{', '.join(bad)}: not a verdict (one of "
+                                 f"{', '.join(VERDICTS)})")
+    return out
+
+
 @cli.command()
 @db_option()
 @click.option("--service", metavar="NS/NAME[:PORT]", help="Only this service (port).")
@@ -385,25 +399,41 @@ def collector_cmd(db: str, listen: str, tls_cert: str | None, tls_key: str | Non
 @click.option("--agreement-window", default="2s", show_default=True, metavar="DUR",
               help="--agreement: sightings of one client address and port within this "
               "time of each other are one connection.")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+@click.option("--only", metavar="VERDICT[,VERDICT…]", callback=_verdicts,
+              help="Only entries with these verdicts (skewed, undeclared, insufficient-data, "
+              "consistent); the summary still counts every one.")
+@click.option("--fail-on", metavar="VERDICT[,VERDICT…]", callback=_verdicts,
+              help="Exit 3 when an entry has one of these verdicts (cron jobs, CI).")
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table",
               show_default=True)
 def report(db: str, service: str | None, node: str | None, since: str | None,
            start: str | None, end: str | None, by: str | None, weight: str, alpha: float,
-           plot: str | None, agreement: bool, agreement_window: str, output: str) -> None:
+           plot: str | None, agreement: bool, agreement_window: str,
+           only: tuple[str, ...], fail_on: tuple[str, ...], output: str) -> None:
     """Declared against observed, per node, service port and rules version, with the
-    same service compared across nodes."""
-    from natlens.collector.query.names import ServiceNames
+    same service compared across nodes. The first line counts the verdicts; the table
+    lists the worst first.
+
+    Exit status: 0, 1 on an error, 3 when --fail-on matched an entry."""
     from natlens.collector.report.build import ReportQuery, build_report, build_report_by_hour
+    from natlens.collector.report.select import check_query, empty_window
+    from natlens.collector.report.summary import failing
+    from natlens.collector.report.summary import only as only_verdicts
     from natlens.collector.report.table import print_report
 
     since_ns, until_ns = window(since, start, end)
     match_ns = parse_duration(agreement_window)
     with open_store(db) as store:
-        if service and not ServiceNames(store).ports_of(service):
-            raise CliError(f"no service {service!r} in the stored rules")
         q = ReportQuery(service=service, node=node, since_ns=since_ns, until_ns=until_ns,
                         alpha=alpha, weight=weight)
+        check_query(store, q)
         rep = build_report_by_hour(store, q) if by == "hour" else build_report(store, q)
+        failed = failing(rep["services"], fail_on)
+        if only:
+            rep["only"] = list(only)
+            rep["services"] = only_verdicts(rep["services"], only)
+        if not rep["services"] and not rep["summary"]["judged"]:
+            rep["empty"] = empty_window(store, q)
         if agreement:
             from natlens.collector.query.agreement import agreement as agree
             from natlens.collector.report.shape import agreement_json
@@ -415,8 +445,14 @@ def report(db: str, service: str | None, node: str | None, since: str | None,
             plot_report(store, rep, q, plot)
     if output == "json":
         print_json(rep)
+    elif output == "yaml":
+        print_yaml(rep)
     else:
         print_report(rep)
+    if failed:
+        click.echo(f"natlens: {len(failed)} entries with verdict "
+                   f"{', '.join(sorted({e['verdict'] for e in failed}))} (--fail-on)", err=True)
+        sys.exit(3)
 
 
 # ---------------------------------------------------------------- rules
@@ -436,13 +472,18 @@ def rules() -> None:
               "(ipvsadm -Ln / ipvsadm-save -n), or auto: detected from the text. Live, auto "
               "uses kube-proxy's nftables table if it exists, else iptables, else IPVS.")
 @click.option("--netns", metavar="NAME", help="Read the live rules of this network namespace.")
-def rules_parse(file: str | None, mode: str, netns: str | None) -> None:
-    """Print the declared model of FILE (- for stdin), or of the live node."""
+@click.option("-o", "--output", type=click.Choice(["json", "yaml", "table"]), default="json",
+              show_default=True)
+def rules_parse(file: str | None, mode: str, netns: str | None, output: str) -> None:
+    """Print the declared model of FILE (- for stdin; also read from a pipe or a
+    redirected file when no FILE is given), or of the live node."""
     import gc
 
     # A command that ends in a second: the collector's passes over a big node's
     # hundreds of thousands of objects cost it a third of its time (bench/rules_parse.py)
     gc.disable()
+    if file is None and netns is None and _piped_stdin():
+        file = "-"
     if file is None:
         from natlens.agent.rules.live import read_rules
 
@@ -452,7 +493,26 @@ def rules_parse(file: str | None, mode: str, netns: str | None) -> None:
         from natlens.inputs import read_text
 
         model = parse_dump(read_text(file), mode)
-    print_json(model.to_json())
+    if output == "table":
+        from natlens.collector.report.table import print_model
+
+        print_model(model.to_json())
+    elif output == "yaml":
+        print_yaml(model.to_json())
+    else:
+        print_json(model.to_json())
+
+
+def _piped_stdin() -> bool:
+    """Standard input is a pipe or a file (``iptables-save | natlens rules parse``), not a
+    terminal or /dev/null."""
+    import stat
+
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
 
 
 # ---------------------------------------------------------------- lab

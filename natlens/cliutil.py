@@ -83,6 +83,19 @@ def db_option(help: str = DB_HELP, required: bool = True) -> Callable[[F], F]:
     return option
 
 
+def print_yaml(obj: Any) -> None:
+    """YAML on stdout, keys in the JSON's order."""
+    import yaml
+
+    click.echo(yaml.safe_dump(obj, sort_keys=False, allow_unicode=True), nl=False)
+
+
+def print_ndjson(rows: list[Any]) -> None:
+    """One JSON object per line (jq -c, log shippers)."""
+    for r in rows:
+        click.echo(orjson.dumps(r))
+
+
 @contextmanager
 def open_store(path: str) -> Iterator[Store]:
     """A natlens store opened for reading only: reports and queries never change it."""

@@ -23,6 +23,7 @@ class Judgement:
     test: TestResult | None
     reasons: list[str] = field(default_factory=list)
     impossible: bool = False    # traffic where the rules give probability 0
+    undeclared_traffic: int = 0  # connections to endpoints the rules do not declare
     rotation: RotationCheck | None = None   # IPVS rr/wrr: tested as a rotation
     untestable: bool = False    # a scheduler that picks by load or hash
 
@@ -44,7 +45,7 @@ def judge(declared: list[tuple[str, float]], observed: dict[str, int],
                                         for ep, k in sorted(observed.items()) if ep not in names]
     j = Judgement(total, eps, undeclared, None)
     if any(u["observed"] for u in undeclared):
-        j.impossible = True
+        j.undeclared_traffic = sum(u["observed"] for u in undeclared)
         j.reasons.append(f"{sum(u['observed'] for u in undeclared)} connections went to "
                          f"endpoints the rules do not declare")
     zero = [e for e in eps if e["declared"] == 0 and e["observed"] > 0]
@@ -70,6 +71,13 @@ def judge(declared: list[tuple[str, float]], observed: dict[str, int],
 
 
 def verdict(j: Judgement, p_adjusted: float | None, alpha: float) -> str:
+    """``undeclared`` when connections went where the rules send none and the declared
+    endpoints' shares are not skewed themselves: its own finding, not a skew."""
+    v = _verdict(j, p_adjusted, alpha)
+    return "undeclared" if j.undeclared_traffic and v != "skewed" else v
+
+
+def _verdict(j: Judgement, p_adjusted: float | None, alpha: float) -> str:
     if j.total == 0:
         return "insufficient-data"
     if j.impossible:

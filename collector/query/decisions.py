@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from natlens.collector.query.names import PodNames, ServiceNames
+from natlens.collector.query.names import PodNames, ServiceNames, closest
 from natlens.collector.store.api import DecisionFilter, Store, Window
 from natlens.errors import NatlensError
 from natlens.proto.names import DECISION_EVENTS, endpoint_ip, endpoint_key, split_endpoint
@@ -52,7 +52,8 @@ def query_decisions(store: Store, q: DecisionQuery) -> tuple[list[dict[str, Any]
     if q.service:
         ports = frozenset(services.ports_of(q.service))
         if not ports:
-            raise QueryError(f"no service {q.service!r} in the stored rules")
+            raise QueryError(f"no service {q.service!r} in the stored rules"
+                             + closest(q.service, services.services()))
     rows = store.decisions(DecisionFilter(
         Window(q.node, q.since_ns, q.until_ns), client=q.client, ports=ports,
         source=q.source, events=DECISION_EVENTS, limit=q.limit,

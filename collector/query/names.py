@@ -37,12 +37,27 @@ class PodNames:
         return None
 
 
-def matches(service: str, wanted: str | None) -> bool:
+def matches(service: str, wanted: str | None, port: int | None = None) -> bool:
     """``NS/NAME:PORTNAME`` against a filter: the same, or ``NS/NAME`` (any port), or
-    ``NS/NAME:NUMBER`` given as ``port`` (see ``ServiceNames.ports_of``)."""
+    ``NS/NAME:NUMBER`` when ``port`` (the service port's number) is that number."""
     if wanted is None:
         return True
-    return service == wanted or (":" not in wanted and service.split(":", 1)[0] == wanted)
+    if service == wanted:
+        return True
+    name, _, which = wanted.rpartition(":")
+    if not name or "/" not in name:  # NS/NAME without a port
+        return service.split(":", 1)[0] == wanted
+    return which.isdigit() and port == int(which) and service.split(":", 1)[0] == name
+
+
+def closest(wanted: str, known: set[str]) -> str:
+    """``; did you mean …`` for a name that matched nothing (empty when none is close)."""
+    import difflib
+
+    near = difflib.get_close_matches(wanted, sorted(known), n=3, cutoff=0.5) or \
+        difflib.get_close_matches(wanted.split(":", 1)[0],
+                                  sorted({k.split(":", 1)[0] for k in known}), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(near)}?" if near else ""
 
 
 def find_port(model: dict[str, Any], vip: str, port: int, proto: str) -> dict[str, Any] | None:
@@ -89,7 +104,7 @@ class ServiceNames:
         out = set()
         for names in self._names.values():
             for key, svc in names.items():
-                if key[0] != "*" and matches(svc, wanted):
+                if key[0] != "*" and matches(svc, wanted, key[1]):
                     out.add(key)
         return out
 

@@ -17,6 +17,7 @@ from natlens.collector.analyze.multiple import holm
 from natlens.collector.query.names import PodNames, find_port, matches
 from natlens.collector.query.observations import Observations, observe
 from natlens.collector.report.shape import comparisons, entry_json, lost_json, test_json
+from natlens.collector.report.summary import summary
 from natlens.collector.store.api import PortKey, Store, Window
 from natlens.collector.store.plan import HOUR
 from natlens.errors import NatlensError
@@ -58,7 +59,7 @@ def build_report(store: Store, q: ReportQuery) -> dict[str, Any]:
             "window": {"from": rfc3339(q.since_ns or obs.first_ns or now), "to": rfc3339(end)},
             "alpha": q.alpha, "services": entries,
             "comparisons": comparisons(entries, q.alpha), "unmatched": unmatched,
-            "lost": lost_json(store.lost())}
+            "lost": lost_json(store.lost()), "summary": summary(entries)}
 
 
 def _entries(store: Store, q: ReportQuery) -> Entries:
@@ -76,7 +77,7 @@ def _entries(store: Store, q: ReportQuery) -> Entries:
             unmatched.append({"node": key.node, "rules_version": key.rules_hash,
                               "vip": key.vip, "port": key.port, "protocol": key.protocol,
                               "observed": dict(sorted(obs.counts[key].items()))})
-        elif matches(sp["service"], q.service):
+        elif matches(sp["service"], q.service, sp["port"]):
             j = _judge(store, q, obs, key, sp)
             entries.append(entry_json(key, sp, j, obs, pods, q.weight))
             judgements.append(j)
@@ -125,4 +126,4 @@ def build_report_by_hour(store: Store, q: ReportQuery) -> dict[str, Any]:
         judgements += js
     # Holm over every hour's tests: more hours, more chances of a false alarm.
     _verdicts(entries, judgements, q.alpha)
-    return whole | {"by": "hour", "services": entries}
+    return whole | {"by": "hour", "services": entries, "summary": summary(entries)}

@@ -41,7 +41,9 @@ def entry_json(key: PortKey, sp: dict[str, Any], j: Judgement, obs: Observations
         "endpoints": j.endpoints, "undeclared": j.undeclared, "test": None, "verdict": "",
         "reasons": j.reasons}
     if sp["affinity"] == "ClientIP":
+        # the test judges first connections per client; what happened is every connection
         entry["counted"] = "first connection per client"
+        entry["connections"] = dict(sorted(obs.counts[key].items()))
     others = obs.by_source[key]
     if len([src for src in others if src != OLDER]) > 1:
         entry["sources"] = {src: sum(c.values()) for src, c in sorted(others.items())

@@ -27,7 +27,7 @@ from natlens.collector.web.metrics import SERVICE_LABELS, split_service
 
 log = logging.getLogger("natlens.collector.metrics")
 
-VERDICTS = ("consistent", "skewed", "insufficient-data")
+VERDICTS = ("consistent", "skewed", "insufficient-data", "undeclared")
 _PORT = [*SERVICE_LABELS, "node"]
 _ENDPOINT = [*_PORT, "endpoint", "pod"]
 

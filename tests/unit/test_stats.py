@@ -104,8 +104,12 @@ def test_verdicts() -> None:
     assert verdict(j, j.test.p_value if j.test else None, 0.001) == "insufficient-data"
     assert verdict(judge(decl, {}), None, 0.001) == "insufficient-data"
     j = judge(decl, {"a:80": 1000, "b:80": 1000, "c:80": 1})
-    assert verdict(j, j.test.p_value if j.test else None, 0.001) == "skewed"
+    assert verdict(j, j.test.p_value if j.test else None, 0.001) == "undeclared"
     assert j.undeclared == [{"endpoint": "c:80", "observed": 1}]
+    assert j.reasons == ["1 connections went to endpoints the rules do not declare"]
+    # skewed among the declared endpoints as well: the skew is the verdict
+    j = judge(decl, {"a:80": 1900, "b:80": 100, "c:80": 1})
+    assert verdict(j, j.test.p_value if j.test else None, 0.001) == "skewed"
     j = judge([("a:80", 1.0)], {"a:80": 50})
     assert verdict(j, None, 0.001) == "consistent"
 

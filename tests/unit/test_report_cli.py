@@ -1,0 +1,97 @@
+"""``natlens report`` and ``rules parse`` as a user runs them: the summary first, worst
+first, --only, --fail-on's exit status, -o yaml, names that match nothing, stdin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from natlens.collector.store.sqlite import SqliteStore
+
+from .test_retention import EPS, T0, Feed, decision
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def natlens(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "natlens", *args], capture_output=True,
+                          text=True, timeout=120, input=stdin,
+                          stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """n1 skewed (90/10 of a 50/50 service), n2 consistent, n3 one undeclared connection."""
+    path = str(tmp_path_factory.mktemp("rep") / "db")
+    s = SqliteStore(path)
+    Feed(s, "n1").send([decision(T0 + i, EPS[i % 10 == 0]) for i in range(400)], rules=True)
+    Feed(s, "n2").send([decision(T0 + i, EPS[i % 2]) for i in range(400)], rules=True)
+    Feed(s, "n3").send([decision(T0 + i, EPS[i % 2]) for i in range(400)]
+                       + [decision(T0 + 500, "10.244.9.9")], rules=True)
+    s.close()
+    return path
+
+
+def test_summary_first_then_worst_first(store: str) -> None:
+    r = natlens("report", "--db", store)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == ("3 service ports judged: 1 skewed, 1 undeclared, 0 insufficient-data, "
+                        "1 consistent")
+    order = [ln.split(" on ")[1].split()[0] for ln in lines
+             if ln.startswith("web/front:http") and " on " in ln]
+    assert order == ["n1", "n3", "n2"]
+    assert "web/front:http  10.96.0.10:80/tcp  node against node" in r.stdout  # comparisons
+    rep = json.loads(natlens("report", "--db", store, "-o", "json").stdout)
+    assert rep["summary"] == {"judged": 3, "skewed": 1, "undeclared": 1,
+                              "insufficient-data": 0, "consistent": 1}
+    n3 = next(e for e in rep["services"] if e["node"] == "n3")
+    assert n3["verdict"] == "undeclared" and n3["undeclared"][0]["observed"] == 1
+
+
+def test_only_and_fail_on(store: str) -> None:
+    rep = yaml.safe_load(natlens("report", "--db", store, "--only", "skewed,undeclared",
+                                 "-o", "yaml").stdout)
+    assert {e["node"] for e in rep["services"]} == {"n1", "n3"} and rep["summary"]["judged"] == 3
+    r = natlens("report", "--db", store, "--fail-on", "skewed", "-o", "json")
+    assert r.returncode == 3 and "1 entries with verdict skewed (--fail-on)" in r.stderr
+    assert json.loads(r.stdout)["services"]  # the report is printed all the same
+    assert natlens("report", "--db", store, "--node", "n2", "--fail-on", "skewed").returncode == 0
+    r = natlens("report", "--db", store, "--fail-on", "bad")
+    assert r.returncode == 2 and "not a verdict" in r.stderr
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--node", "n9"], "no node 'n9' in the store (nodes: n1, n2, n3)"),
+    (["--service", "web/frnt"], "did you mean web/front:http?"),
+])
+def test_names_that_match_nothing_are_errors_that_help(store: str, args: list[str],
+                                                       needle: str) -> None:
+    r = natlens("report", "--db", store, *args)
+    assert r.returncode == 1
+    (line,) = r.stderr.strip().splitlines()
+    assert needle in line
+
+
+def test_service_port_by_number_and_an_empty_window_says_where_the_data_is(store: str) -> None:
+    rep = json.loads(natlens("report", "--db", store, "--service", "web/front:80", "-o",
+                             "json").stdout)
+    assert len(rep["services"]) == 3
+    assert natlens("report", "--db", store, "--service", "web/front:81").returncode == 1
+    r = natlens("report", "--db", store, "--from", "2020-01-01T00:00:00Z", "--to",
+                "2020-01-02T00:00:00Z")
+    assert "no decisions in the window; the store has decisions from 2027-" in r.stdout
+
+
+def test_rules_parse_reads_a_pipe_and_prints_a_table() -> None:
+    dump = (ROOT / "tests" / "fixtures" / "kube-proxy-mixed.iptables-save").read_text()
+    piped = json.loads(natlens("rules", "parse", stdin=dump).stdout)
+    assert piped == json.loads(natlens("rules", "parse", str(
+        ROOT / "tests" / "fixtures" / "kube-proxy-mixed.iptables-save")).stdout)
+    table = natlens("rules", "parse", "-o", "table", stdin=dump).stdout
+    assert "11 service ports" in table and "KUBE-SEP-ZX7GRIZKSNUQ3LAJ" in table
