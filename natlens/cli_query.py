@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -12,22 +13,45 @@ from natlens.cliutil import (
     open_store,
     parse_time,
     print_json,
+    print_ndjson,
+    print_yaml,
     window,
     window_options,
 )
 
 _db = db_option()
-_out = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
-                    show_default=True)
+_out = click.option("-o", "--output", type=click.Choice(["table", "json", "yaml", "ndjson"]),
+                    default="table", show_default=True,
+                    help="ndjson: one JSON object per line.")
+_no_headers = click.option("--no-headers", is_flag=True, help="Tables without their header "
+                           "row (for scripts: cut, awk).")
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> None:
+def _data(obj: Any, output: str) -> bool:
+    """Print ``obj`` in a data format; False for a table (the caller draws it)."""
+    if output == "json":
+        print_json(obj)
+    elif output == "yaml":
+        print_yaml(obj)
+    elif output == "ndjson":
+        print_ndjson(obj if isinstance(obj, list) else [obj])
+    else:
+        return False
+    return True
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], empty: str,
+           headers: bool = True) -> None:
     from rich.table import Table
 
     from natlens.collector.report.table import console
 
     if not rows:
-        click.echo(empty)
+        click.echo(empty, err=not headers)
+        return
+    if not headers:
+        for r in rows:
+            click.echo("\t".join("" if r.get(c) is None else str(r[c]) for c in columns))
         return
     t = Table()
     for c in columns:
@@ -52,13 +76,18 @@ def query() -> None:
               "this source saw (a node watched by several has each connection once per "
               "source).")
 @window_options
+@click.option("--pod", metavar="NS/NAME", help="Only connections DNATed to this pod (to the "
+              "addresses it held, while it held them).")
 @click.option("--limit", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True,
               help="At most this many (oldest first); a line on stderr says when cut.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing decisions as they are "
+              "stored (from now, or from --since/--from), until interrupted.")
 @_out
+@_no_headers
 def query_decisions_cmd(db: str, client: str | None, service: str | None,
                         endpoint: str | None, node: str | None, source: str | None,
-                        since: str | None, start: str | None, end: str | None, limit: int,
-                        output: str) -> None:
+                        since: str | None, start: str | None, end: str | None, pod: str | None,
+                        limit: int, follow: bool, output: str, no_headers: bool) -> None:
     """One row per decision: when, where, from which client, to which endpoint, and the
     pod that had the endpoint's IP at that moment. A connection's end (its DESTROY
     event) is not a decision and is not listed."""
@@ -66,19 +95,52 @@ def query_decisions_cmd(db: str, client: str | None, service: str | None,
     from natlens.collector.report.shape import decisions_json
 
     lo, hi = window(since, start, end)
+    q = DecisionQuery(client=client, service=service, endpoint=endpoint, node=node,
+                      since_ns=lo, until_ns=hi, limit=limit, source=source, pod=pod)
+    if follow:
+        if end is not None:
+            raise click.UsageError("--follow shows what comes next: no --to")
+        _follow(db, q, output)
+        return
     with open_store(db) as store:
-        found, cut = query_decisions(store, DecisionQuery(
-            client=client, service=service, endpoint=endpoint, node=node, since_ns=lo,
-            until_ns=hi, limit=limit, source=source))
+        found, cut = query_decisions(store, q)
     rows = decisions_json(found)
-    if output == "json":
-        print_json(rows)
-    else:
-        _table(rows, ["time", "node", "client", "service", "vip", "endpoint", "pod",
-                      "source", "event"], "no decisions match")
+    if not _data(rows, output):
+        _table(rows, DECISION_COLUMNS, "no decisions match", headers=not no_headers)
     if cut:
         click.echo(f"natlens: showing the first {limit} decisions; raise --limit or narrow "
                    f"the window for more", err=True)
+
+
+DECISION_COLUMNS = ["time", "node", "client", "service", "vip", "endpoint", "pod", "source",
+                    "event"]
+
+
+def _follow(db: str, q: Any, output: str, every: float = 1.0) -> None:
+    """Poll the store until Ctrl-C (or SIGTERM); one line per new decision."""
+    import signal
+    import time
+
+    from natlens.collector.query.follow import Follow
+    from natlens.collector.report.shape import decisions_json
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    f = Follow(q, q.since_ns if q.since_ns is not None else time.time_ns())
+    try:
+        with open_store(db) as store:
+            while True:
+                for r in decisions_json(f.poll(store)):
+                    if output in ("json", "ndjson"):
+                        print_ndjson([r])
+                    elif output == "yaml":
+                        print_yaml([r])
+                    else:
+                        click.echo("  ".join("" if r.get(c) is None else str(r[c])
+                                             for c in DECISION_COLUMNS))
+                sys.stdout.flush()
+                time.sleep(every)
+    except KeyboardInterrupt:
+        pass
 
 
 @query.command(name="rules")
@@ -87,7 +149,8 @@ def query_decisions_cmd(db: str, client: str | None, service: str | None,
 @click.option("--at", "at", default="now", show_default=True, metavar="TIME",
               help="RFC 3339 time (2026-11-24T03:12:00Z).")
 @_out
-def query_rules_cmd(db: str, node: str, at: str, output: str) -> None:
+@_no_headers
+def query_rules_cmd(db: str, node: str, at: str, output: str, no_headers: bool) -> None:
     """The declared model in force on NODE at TIME: per service port, each endpoint's
     probability."""
     from natlens.collector.query.rules import RulesLater, rules_at
@@ -101,12 +164,12 @@ def query_rules_cmd(db: str, node: str, at: str, output: str) -> None:
         except RulesLater as e:
             raise CliError(f"node {node!r} sent its first rules at {rfc3339(e.first_ns)}, "
                            f"after {rfc3339(e.at_ns)}") from None
-    if output == "json":
-        print_json(model)
+    if _data(model, output):
         return
-    click.echo(f"{node}: {model['mode']} rules {model['hash'][7:19]}, in force from "
-               f"{model['in_force_from']}" + (f" until {model['replaced_at']}"
-                                                if model["replaced_at"] else ""))
+    if not no_headers:
+        click.echo(f"{node}: {model['mode']} rules {model['hash'][7:19]}, in force from "
+                   f"{model['in_force_from']}" + (f" until {model['replaced_at']}"
+                                                    if model["replaced_at"] else ""))
     rows = [{"service": s["service"], "kind": s["kind"], "vip": f"{s['vip']}:{s['port']}",
              "protocol": s["protocol"], "endpoint": e["endpoint"],
              "probability": f"{e['probability']:.4f}", "chain": e["chain"]}
@@ -114,7 +177,7 @@ def query_rules_cmd(db: str, node: str, at: str, output: str) -> None:
                                                                      "probability": 0.0,
                                                                      "chain": ""}])]
     _table(rows, ["service", "kind", "vip", "protocol", "endpoint", "probability", "chain"],
-           "no service ports")
+           "no service ports", headers=not no_headers)
 
 
 @query.command(name="undeclared")
@@ -122,8 +185,9 @@ def query_rules_cmd(db: str, node: str, at: str, output: str) -> None:
 @click.option("--node", help="Only this node.")
 @window_options
 @_out
+@_no_headers
 def query_undeclared_cmd(db: str, node: str | None, since: str | None, start: str | None,
-                         end: str | None, output: str) -> None:
+                         end: str | None, output: str, no_headers: bool) -> None:
     """Traffic to endpoints no rule declared: stale endpoints, foreign NAT rules, VIPs
     another proxy handles."""
     from natlens.collector.report.build import ReportQuery, build_report
@@ -133,11 +197,9 @@ def query_undeclared_cmd(db: str, node: str | None, since: str | None, start: st
     with open_store(db) as store:
         rows = undeclared(build_report(store, ReportQuery(node=node, since_ns=lo,
                                                           until_ns=hi)))
-    if output == "json":
-        print_json(rows)
-    else:
+    if not _data(rows, output):
         _table(rows, ["kind", "node", "service", "vip", "port", "protocol", "endpoint", "pod",
-                      "connections"], "no undeclared traffic")
+                      "connections"], "no undeclared traffic", headers=not no_headers)
 
 
 @click.group(name="db")
@@ -148,22 +210,24 @@ def db_group() -> None:
 @db_group.command(name="stats")
 @_db
 @_out
-def db_stats_cmd(db: str, output: str) -> None:
+@_no_headers
+def db_stats_cmd(db: str, output: str, no_headers: bool) -> None:
     """Rows, oldest and newest per table, and the store's size."""
     from natlens.timeparse import rfc3339
 
     with open_store(db) as store:
         st = store.stats()
-    if output == "json":
-        print_json(st)
+    if _data(st, output):
         return
     per = st["bytes_per_decision"]
-    click.echo(f"{st['path']}: {st['bytes'] / 1e6:.1f} MB, schema {st['schema_version']}"
-               + (f", {per} bytes per decision" if per else ""))
+    if not no_headers:
+        click.echo(f"{st['path']}: {st['bytes'] / 1e6:.1f} MB, schema {st['schema_version']}"
+                   + (f", {per} bytes per decision" if per else ""))
     _table([{"table": t["table"], "rows": t["rows"],
              "oldest": rfc3339(t["oldest_ns"]) if t.get("oldest_ns") else "",
              "newest": rfc3339(t["newest_ns"]) if t.get("newest_ns") else ""}
-            for t in st["tables"]], ["table", "rows", "oldest", "newest"], "no tables")
+            for t in st["tables"]], ["table", "rows", "oldest", "newest"], "no tables",
+           headers=not no_headers)
 
 
 @db_group.command(name="copy")

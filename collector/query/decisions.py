@@ -26,6 +26,7 @@ class DecisionQuery:
     until_ns: int | None = None
     limit: int = 10_000
     source: str | None = None        # ebpf, netlink or pcap: a node watched by several
+    pod: str | None = None           # NS/NAME: decisions to the IPs it held, while it did
 
 
 def endpoint_filter(endpoint: str) -> dict[str, str]:
@@ -54,12 +55,40 @@ def query_decisions(store: Store, q: DecisionQuery) -> tuple[list[dict[str, Any]
         if not ports:
             raise QueryError(f"no service {q.service!r} in the stored rules"
                              + closest(q.service, services.services()))
+    if q.pod:
+        return _of_pod(store, q, ports, services)
     rows = store.decisions(DecisionFilter(
         Window(q.node, q.since_ns, q.until_ns), client=q.client, ports=ports,
         source=q.source, events=DECISION_EVENTS, limit=q.limit,
         **(endpoint_filter(q.endpoint) if q.endpoint else {})))
-    truncated = len(rows) > q.limit
-    rows = rows[:q.limit]
+    return _named(store, services, rows, q.limit)
+
+
+def _of_pod(store: Store, q: DecisionQuery, ports: frozenset[tuple[str, int, str]] | None,
+            services: ServiceNames) -> tuple[list[dict[str, Any]], bool]:
+    """Decisions to the addresses pod ``q.pod`` held, each kept only when the pod held
+    the address at the decision's time (an IP is reused after its pod is gone)."""
+    ns, _, name = (q.pod or "").partition("/")
+    ips = sorted({iv.ip for iv in store.pods() if (iv.namespace, iv.name) == (ns, name)})
+    if not ips:
+        raise QueryError(f"no pod {q.pod!r} in the store (names come from the Kubernetes "
+                         "watch, --kubeconfig/--in-cluster, or the lab)")
+    rows = []
+    for ip in ips:
+        rows += store.decisions(DecisionFilter(
+            Window(q.node, q.since_ns, q.until_ns), client=q.client, ports=ports,
+            source=q.source, events=DECISION_EVENTS, limit=q.limit, endpoint_ip=ip))
+    rows.sort(key=lambda r: r.time_ns)
+    found, _ = _named(store, services, rows, len(rows))
+    kept = [r for r in found if r["pod"] == q.pod]
+    return kept[:q.limit], len(kept) > q.limit
+
+
+def _named(store: Store, services: ServiceNames, rows: list[Any],
+           limit: int) -> tuple[list[dict[str, Any]], bool]:
+    """Rows as ``query decisions`` prints them, names at each decision's time."""
+    truncated = len(rows) > limit
+    rows = rows[:limit]
     pods = PodNames(store, {endpoint_ip(r.endpoint) for r in rows})
     return [{
         "time_ns": r.time_ns, "node": r.node, "protocol": r.protocol,

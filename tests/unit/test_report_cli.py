@@ -95,3 +95,34 @@ def test_rules_parse_reads_a_pipe_and_prints_a_table() -> None:
         ROOT / "tests" / "fixtures" / "kube-proxy-mixed.iptables-save")).stdout)
     table = natlens("rules", "parse", "-o", "table", stdin=dump).stdout
     assert "11 service ports" in table and "KUBE-SEP-ZX7GRIZKSNUQ3LAJ" in table
+
+
+def test_follow_streams_new_decisions_until_interrupted(tmp_path: Path) -> None:
+    """Decisions stored after it starts, each once, filtered; not those from before."""
+    import signal
+    import time
+
+    path = str(tmp_path / "db")
+    s = SqliteStore(path)
+    feed = Feed(s, "n1")
+    now = time.time_ns()
+    feed.send([decision(now - 5 * 10**9, EPS[0])], rules=True)  # before: not shown
+    p = subprocess.Popen([sys.executable, "-m", "natlens", "query", "decisions", "--db", path,
+                          "--follow", "-o", "ndjson", "--endpoint", EPS[1]],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        for k in range(3):  # three batches, a second apart, half to each endpoint
+            t = time.time_ns()
+            feed.send([decision(t + i, EPS[i % 2], client=f"10.244.9.{k}") for i in range(10)])
+            time.sleep(1.2)
+        time.sleep(2)
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        s.close()
+    assert p.returncode == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 3 * 5 and {r["endpoint"] for r in rows} == {f"{EPS[1]}:8080"}
+    assert len({(r["time_ns"], r["client"]) for r in rows}) == 15  # each once
+    assert [r["time_ns"] for r in rows] == sorted(r["time_ns"] for r in rows)
