@@ -114,13 +114,26 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 @click.group(cls=Natlens, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="natlens")
-def cli() -> None:
+@click.option("--server", metavar="URL", envvar="NATLENS_SERVER",
+              help="Run report and query through this collector's HTTP API (its --http "
+              "address, e.g. http://natlens-collector.natlens.svc:8080) instead of --db.")
+@click.option("--token-file", "server_token_file", metavar="PATH",
+              envvar="NATLENS_TOKEN_FILE", help="With --server: the bearer token in PATH "
+              "(the collector's --http-token-file).")
+@click.pass_context
+def cli(ctx: click.Context, server: str | None, server_token_file: str | None) -> None:
     """natlens: where did a Service's traffic actually go, and is that what the rules say?
 
     An agent on each node watches the kernel's DNAT decisions (conntrack) and reads
     kube-proxy's rules; a collector stores both and reports, per service port, observed
     per-endpoint shares against the declared probabilities with a statistical test.
     """
+    token = None
+    if server_token_file:
+        from natlens.security import read_token
+
+        token = read_token(server_token_file)
+    ctx.obj = {"server": server, "token": token}
 
 
 # ---------------------------------------------------------------- agent / collector
@@ -380,7 +393,7 @@ def _verdicts(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 @cli.command()
-@db_option()
+@db_option(required=False)
 @click.option("--service", metavar="NS/NAME[:PORT]", help="Only this service (port).")
 @click.option("--node", help="Only decisions made on this node.")
 @window_options
@@ -406,7 +419,7 @@ def _verdicts(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               help="Exit 3 when an entry has one of these verdicts (cron jobs, CI).")
 @click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table",
               show_default=True)
-def report(db: str, service: str | None, node: str | None, since: str | None,
+def report(db: str | None, service: str | None, node: str | None, since: str | None,
            start: str | None, end: str | None, by: str | None, weight: str, alpha: float,
            plot: str | None, agreement: bool, agreement_window: str,
            only: tuple[str, ...], fail_on: tuple[str, ...], output: str) -> None:
@@ -415,25 +428,26 @@ def report(db: str, service: str | None, node: str | None, since: str | None,
     lists the worst first.
 
     Exit status: 0, 1 on an error, 3 when --fail-on matched an entry."""
-    from natlens.collector.report.build import ReportQuery, build_report, build_report_by_hour
-    from natlens.collector.report.select import check_query, empty_window
-    from natlens.collector.report.summary import failing
-    from natlens.collector.report.summary import only as only_verdicts
-    from natlens.collector.report.table import print_report
+    from natlens.collector.report.build import ReportQuery
+    from natlens.collector.report.select import report_for
+    from natlens.remote import remote_or_none
 
     since_ns, until_ns = window(since, start, end)
     match_ns = parse_duration(agreement_window)
+    remote = remote_or_none(db)
+    if remote is not None:
+        if plot or agreement:
+            raise click.UsageError("--plot and --agreement read the store: use --db")
+        rep = remote.get("/api/report", {
+            "service": service, "node": node, "since": since, "from": start, "to": end,
+            "by": by, "weight": weight, "alpha": alpha})
+        _print_report(rep, only, fail_on, output)
+        return
+    assert db is not None
     with open_store(db) as store:
         q = ReportQuery(service=service, node=node, since_ns=since_ns, until_ns=until_ns,
                         alpha=alpha, weight=weight)
-        check_query(store, q)
-        rep = build_report_by_hour(store, q) if by == "hour" else build_report(store, q)
-        failed = failing(rep["services"], fail_on)
-        if only:
-            rep["only"] = list(only)
-            rep["services"] = only_verdicts(rep["services"], only)
-        if not rep["services"] and not rep["summary"]["judged"]:
-            rep["empty"] = empty_window(store, q)
+        rep = report_for(store, q, by == "hour")
         if agreement:
             from natlens.collector.query.agreement import agreement as agree
             from natlens.collector.report.shape import agreement_json
@@ -443,6 +457,20 @@ def report(db: str, service: str | None, node: str | None, since: str | None,
             from natlens.collector.report.plot import plot_report
 
             plot_report(store, rep, q, plot)
+    _print_report(rep, only, fail_on, output)
+
+
+def _print_report(rep: dict[str, Any], only: tuple[str, ...], fail_on: tuple[str, ...],
+                  output: str) -> None:
+    """--only, the output format, then --fail-on's exit status."""
+    from natlens.collector.report.summary import failing
+    from natlens.collector.report.summary import only as only_verdicts
+    from natlens.collector.report.table import print_report
+
+    failed = failing(rep["services"], fail_on)
+    if only:
+        rep["only"] = list(only)
+        rep["services"] = only_verdicts(rep["services"], only)
     if output == "json":
         print_json(rep)
     elif output == "yaml":

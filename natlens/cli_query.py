@@ -18,8 +18,9 @@ from natlens.cliutil import (
     window,
     window_options,
 )
+from natlens.remote import remote_or_none
 
-_db = db_option()
+_db = db_option(required=False)
 _out = click.option("-o", "--output", type=click.Choice(["table", "json", "yaml", "ndjson"]),
                     default="table", show_default=True,
                     help="ndjson: one JSON object per line.")
@@ -84,7 +85,7 @@ def query() -> None:
               "stored (from now, or from --since/--from), until interrupted.")
 @_out
 @_no_headers
-def query_decisions_cmd(db: str, client: str | None, service: str | None,
+def query_decisions_cmd(db: str | None, client: str | None, service: str | None,
                         endpoint: str | None, node: str | None, source: str | None,
                         since: str | None, start: str | None, end: str | None, pod: str | None,
                         limit: int, follow: bool, output: str, no_headers: bool) -> None:
@@ -97,14 +98,21 @@ def query_decisions_cmd(db: str, client: str | None, service: str | None,
     lo, hi = window(since, start, end)
     q = DecisionQuery(client=client, service=service, endpoint=endpoint, node=node,
                       since_ns=lo, until_ns=hi, limit=limit, source=source, pod=pod)
+    remote = remote_or_none(db)
     if follow:
         if end is not None:
             raise click.UsageError("--follow shows what comes next: no --to")
-        _follow(db, q, output)
+        _follow(db, remote, q, output)
         return
-    with open_store(db) as store:
-        found, cut = query_decisions(store, q)
-    rows = decisions_json(found)
+    if remote is not None:
+        rows = _remote_decisions(remote, q)
+        cut = len(rows) > limit
+        rows = rows[:limit]
+    else:
+        assert db is not None
+        with open_store(db) as store:
+            found, cut = query_decisions(store, q)
+        rows = decisions_json(found)
     if not _data(rows, output):
         _table(rows, DECISION_COLUMNS, "no decisions match", headers=not no_headers)
     if cut:
@@ -116,20 +124,43 @@ DECISION_COLUMNS = ["time", "node", "client", "service", "vip", "endpoint", "pod
                     "event"]
 
 
-def _follow(db: str, q: Any, output: str, every: float = 1.0) -> None:
-    """Poll the store until Ctrl-C (or SIGTERM); one line per new decision."""
+def _remote_decisions(remote: Any, q: Any) -> list[dict[str, Any]]:
+    """``query decisions`` asked of a collector (one more row than the limit: cut?)."""
+    from natlens.timeparse import rfc3339
+
+    rows: list[dict[str, Any]] = remote.get("/api/decisions", {
+        "client": q.client, "service": q.service, "endpoint": q.endpoint, "pod": q.pod,
+        "node": q.node, "source": q.source,
+        "from": rfc3339(q.since_ns) if q.since_ns is not None else None,
+        "to": rfc3339(q.until_ns) if q.until_ns is not None else None,
+        "limit": q.limit + 1})
+    return rows
+
+
+def _follow(db: str | None, remote: Any, q: Any, output: str, every: float = 1.0) -> None:
+    """Poll until Ctrl-C (or SIGTERM); one line per new decision."""
+    import contextlib
     import signal
     import time
 
+    from natlens.collector.query.decisions import query_decisions
     from natlens.collector.query.follow import Follow
     from natlens.collector.report.shape import decisions_json
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     f = Follow(q, q.since_ns if q.since_ns is not None else time.time_ns())
     try:
-        with open_store(db) as store:
+        with contextlib.ExitStack() as stack:
+            if remote is not None:
+                def fetch(dq: Any) -> list[dict[str, Any]]:
+                    return _remote_decisions(remote, dq)
+            else:
+                store = stack.enter_context(open_store(db))  # type: ignore[arg-type]
+
+                def fetch(dq: Any) -> list[dict[str, Any]]:
+                    return decisions_json(query_decisions(store, dq)[0])
             while True:
-                for r in decisions_json(f.poll(store)):
+                for r in f.poll(fetch):
                     if output in ("json", "ndjson"):
                         print_ndjson([r])
                     elif output == "yaml":
@@ -150,20 +181,23 @@ def _follow(db: str, q: Any, output: str, every: float = 1.0) -> None:
               help="RFC 3339 time (2026-11-24T03:12:00Z).")
 @_out
 @_no_headers
-def query_rules_cmd(db: str, node: str, at: str, output: str, no_headers: bool) -> None:
+def query_rules_cmd(db: str | None, node: str, at: str, output: str, no_headers: bool) -> None:
     """The declared model in force on NODE at TIME: per service port, each endpoint's
     probability."""
     from natlens.collector.query.rules import RulesLater, rules_at
-    from natlens.collector.report.shape import rules_json
-    from natlens.timeparse import rfc3339
+    from natlens.collector.report.shape import rules_json, rules_later
 
     at_ns = parse_time(at, "--at")
-    with open_store(db) as store:
-        try:
-            model = rules_json(rules_at(store, node, at_ns))
-        except RulesLater as e:
-            raise CliError(f"node {node!r} sent its first rules at {rfc3339(e.first_ns)}, "
-                           f"after {rfc3339(e.at_ns)}") from None
+    remote = remote_or_none(db)
+    if remote is not None:
+        model = remote.get("/api/rules", {"node": node, "at": None if at == "now" else at})
+    else:
+        assert db is not None
+        with open_store(db) as store:
+            try:
+                model = rules_json(rules_at(store, node, at_ns))
+            except RulesLater as e:
+                raise CliError(rules_later(e.node, e.first_ns, e.at_ns)) from None
     if _data(model, output):
         return
     if not no_headers:
@@ -186,7 +220,7 @@ def query_rules_cmd(db: str, node: str, at: str, output: str, no_headers: bool) 
 @window_options
 @_out
 @_no_headers
-def query_undeclared_cmd(db: str, node: str | None, since: str | None, start: str | None,
+def query_undeclared_cmd(db: str | None, node: str | None, since: str | None, start: str | None,
                          end: str | None, output: str, no_headers: bool) -> None:
     """Traffic to endpoints no rule declared: stale endpoints, foreign NAT rules, VIPs
     another proxy handles."""
@@ -194,9 +228,15 @@ def query_undeclared_cmd(db: str, node: str | None, since: str | None, start: st
     from natlens.collector.report.undeclared import undeclared
 
     lo, hi = window(since, start, end)
-    with open_store(db) as store:
-        rows = undeclared(build_report(store, ReportQuery(node=node, since_ns=lo,
-                                                          until_ns=hi)))
+    remote = remote_or_none(db)
+    if remote is not None:
+        rows = remote.get("/api/undeclared", {"node": node, "since": since, "from": start,
+                                              "to": end})
+    else:
+        assert db is not None
+        with open_store(db) as store:
+            rows = undeclared(build_report(store, ReportQuery(node=node, since_ns=lo,
+                                                              until_ns=hi)))
     if not _data(rows, output):
         _table(rows, ["kind", "node", "service", "vip", "port", "protocol", "endpoint", "pod",
                       "connections"], "no undeclared traffic", headers=not no_headers)
@@ -211,10 +251,12 @@ def db_group() -> None:
 @_db
 @_out
 @_no_headers
-def db_stats_cmd(db: str, output: str, no_headers: bool) -> None:
+def db_stats_cmd(db: str | None, output: str, no_headers: bool) -> None:
     """Rows, oldest and newest per table, and the store's size."""
     from natlens.timeparse import rfc3339
 
+    if db is None:
+        raise click.UsageError("Missing option '--db' (db stats reads the store itself)")
     with open_store(db) as store:
         st = store.stats()
     if _data(st, output):

@@ -9,11 +9,11 @@ and resends its spool) is not shown here, and is found by a window query instead
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from natlens.collector.query.decisions import DecisionQuery, query_decisions
-from natlens.collector.store.api import Store
+from natlens.collector.query.decisions import DecisionQuery
 
 OVERLAP_NS = 60 * 10**9
 
@@ -29,11 +29,12 @@ class Follow:
         self.start = start_ns
         self.seen: dict[tuple[Any, ...], int] = {}
 
-    def poll(self, store: Store) -> list[dict[str, Any]]:
-        """Decisions not shown yet, oldest first."""
+    def poll(self, fetch: Callable[[DecisionQuery], list[dict[str, Any]]]
+             ) -> list[dict[str, Any]]:
+        """Decisions not shown yet, oldest first; ``fetch`` answers a query (the store,
+        or a collector's HTTP API)."""
         since = max(self.start, self.newest - self.overlap)
-        rows, _ = query_decisions(store, replace(self.q, since_ns=since, until_ns=None,
-                                                 limit=1_000_000))
+        rows = fetch(replace(self.q, since_ns=since, until_ns=None, limit=100_000))
         new = [r for r in rows if row_key(r) not in self.seen]
         for r in new:
             self.seen[row_key(r)] = r["time_ns"]

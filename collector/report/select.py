@@ -4,8 +4,15 @@ report."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from natlens.collector.query.names import ServiceNames, closest
-from natlens.collector.report.build import ReportError, ReportQuery
+from natlens.collector.report.build import (
+    ReportError,
+    ReportQuery,
+    build_report,
+    build_report_by_hour,
+)
 from natlens.collector.store.api import Store
 from natlens.timeparse import rfc3339
 
@@ -30,3 +37,13 @@ def empty_window(store: Store, q: ReportQuery) -> str:
         return "no decisions in the store yet"
     return (f"no decisions in the window; the store has decisions from {rfc3339(lo)} "
             f"to {rfc3339(hi)}")
+
+
+def report_for(store: Store, q: ReportQuery, by_hour: bool = False) -> dict[str, Any]:
+    """The report ``natlens report`` prints and ``/api/report`` answers: checked, built,
+    and when empty, saying where the data is."""
+    check_query(store, q)
+    rep = build_report_by_hour(store, q) if by_hour else build_report(store, q)
+    if not rep["services"]:
+        rep["empty"] = empty_window(store, q)
+    return rep

@@ -112,6 +112,11 @@ def decisions_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"time": rfc3339(r["time_ns"]), **r} for r in rows]
 
 
+def rules_later(node: str, first_ns: int, at_ns: int) -> str:
+    """Why ``query rules`` has no answer: the node's rules begin after the time asked."""
+    return f"node {node!r} sent its first rules at {rfc3339(first_ns)}, after {rfc3339(at_ns)}"
+
+
 def rules_json(r: dict[str, Any]) -> dict[str, Any]:
     """``query rules``: the model with when it took effect and was replaced."""
     head = {"node": r["node"], "at": rfc3339(r["at_ns"]),

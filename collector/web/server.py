@@ -59,41 +59,95 @@ class Probes:
 
 
 class Api:
-    """The JSON answers of ``/api/…``, each read from a store opened read-only for the
-    request, so a slow page never holds up ingest."""
+    """The JSON answers of ``/api/…`` (what ``natlens report`` and ``natlens query`` print
+    with -o json; ``natlens --server URL`` asks them), each read from a store opened
+    read-only for the request, so a slow page never holds up ingest."""
 
     def __init__(self, open_reader: Callable[[], Store]) -> None:
         self.open_reader = open_reader
         self.routes: dict[str, Callable[[dict[str, str]], Any]] = {
-            "/api/report": self.report, "/api/decisions": self.decisions}
+            "/api/report": self.report, "/api/decisions": self.decisions,
+            "/api/rules": self.rules, "/api/undeclared": self.undeclared}
 
-    def report(self, q: dict[str, str]) -> Any:
-        from natlens.collector.report.build import ReportQuery, build_report  # scipy: lazily
+    def _read(self, answer: Callable[[Store], Any]) -> Any:
+        """``answer`` on a reader; a question the store cannot answer is a 400."""
+        from natlens.collector.query.decisions import QueryError
+        from natlens.collector.report.build import ReportError
 
-        lo, hi = window(q)
         store = self.open_reader()
         try:
-            return build_report(store, ReportQuery(service=q.get("service"), node=q.get("node"),
-                                                   since_ns=lo, until_ns=hi))
-        finally:
-            store.close()
-
-    def decisions(self, q: dict[str, str]) -> Any:
-        from natlens.collector.query.decisions import DecisionQuery, QueryError, query_decisions
-        from natlens.collector.report.shape import decisions_json
-
-        lo, hi = window(q)
-        if not q.get("client"):
-            raise BadRequest("client= is required")
-        store = self.open_reader()
-        try:
-            rows, _ = query_decisions(store, DecisionQuery(client=q["client"], node=q.get("node"),
-                                                           since_ns=lo, until_ns=hi, limit=500))
-        except QueryError as e:
+            return answer(store)
+        except (QueryError, ReportError) as e:
             raise BadRequest(str(e)) from None
         finally:
             store.close()
-        return decisions_json(rows)
+
+    @staticmethod
+    def _report_query(q: dict[str, str]) -> Any:
+        from natlens.collector.report.build import DEFAULT_ALPHA, ReportQuery
+
+        lo, hi = window(q)
+        try:
+            alpha = float(q.get("alpha", DEFAULT_ALPHA))
+        except ValueError:
+            raise BadRequest("alpha= is not a number") from None
+        if not 0 < alpha < 1 or q.get("weight", "connections") not in ("connections",
+                                                                       "bytes"):
+            raise BadRequest("alpha= must be in (0, 1), weight= connections or bytes")
+        return ReportQuery(service=q.get("service") or None, node=q.get("node") or None,
+                           since_ns=lo, until_ns=hi, alpha=alpha,
+                           weight=q.get("weight", "connections"))
+
+    def report(self, q: dict[str, str]) -> Any:
+        from natlens.collector.report.select import report_for  # scipy: lazily
+
+        rq = self._report_query(q)
+        return self._read(lambda store: report_for(store, rq, q.get("by") == "hour"))
+
+    def decisions(self, q: dict[str, str]) -> Any:
+        from natlens.collector.query.decisions import DecisionQuery, query_decisions
+        from natlens.collector.report.shape import decisions_json
+
+        lo, hi = window(q)
+        if not any(q.get(k) for k in ("client", "service", "endpoint", "pod", "since",
+                                      "from")):
+            raise BadRequest("give client=, service=, endpoint=, pod= or a window "
+                             "(since= or from=)")
+        try:
+            limit = min(int(q.get("limit", 500)), 100_000)
+        except ValueError:
+            raise BadRequest("limit= is not a number") from None
+        dq = DecisionQuery(client=q.get("client") or None, service=q.get("service") or None,
+                           endpoint=q.get("endpoint") or None, pod=q.get("pod") or None,
+                           node=q.get("node") or None, source=q.get("source") or None,
+                           since_ns=lo, until_ns=hi, limit=limit)
+        return self._read(lambda store: decisions_json(query_decisions(store, dq)[0]))
+
+    def rules(self, q: dict[str, str]) -> Any:
+        from natlens.collector.query.rules import RulesLater, rules_at
+        from natlens.collector.report.shape import rules_json, rules_later
+
+        if not q.get("node"):
+            raise BadRequest("node= is required")
+        try:
+            at = time_ns(q["at"]) if q.get("at") else time.time_ns()
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+
+        def answer(store: Store) -> Any:
+            try:
+                return rules_json(rules_at(store, q["node"], at))
+            except RulesLater as e:
+                raise BadRequest(rules_later(e.node, e.first_ns, e.at_ns)) from None
+        return self._read(answer)
+
+    def undeclared(self, q: dict[str, str]) -> Any:
+        from natlens.collector.report.build import ReportQuery, build_report
+        from natlens.collector.report.undeclared import undeclared
+
+        lo, hi = window(q)
+        rq = ReportQuery(node=q.get("node") or None, since_ns=lo, until_ns=hi)
+        return self._read(lambda store: undeclared(build_report(store, rq)))
 
 
 class Handler(BaseHTTPRequestHandler):

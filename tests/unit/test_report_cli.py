@@ -126,3 +126,46 @@ def test_follow_streams_new_decisions_until_interrupted(tmp_path: Path) -> None:
     assert len(rows) == 3 * 5 and {r["endpoint"] for r in rows} == {f"{EPS[1]}:8080"}
     assert len({(r["time_ns"], r["client"]) for r in rows}) == 15  # each once
     assert [r["time_ns"] for r in rows] == sorted(r["time_ns"] for r in rows)
+
+
+def test_server_answers_as_the_store_does(store: str, tmp_path: Path) -> None:
+    """natlens --server URL: report and query through a collector's HTTP API (with its
+    token) print what they print from --db."""
+    from .test_grpc import free_port
+
+    (tmp_path / "token").write_text("s3cr3t\n")
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "natlens", "collector", "--db", store,
+                          "--read-only", "--http", f"127.0.0.1:{port}", "--http-token-file",
+                          str(tmp_path / "token")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().startswith("http")
+        server = ["--server", f"http://127.0.0.1:{port}", "--token-file", str(tmp_path / "token")]
+        for args in (["report", "-o", "json"],
+                     ["report", "--service", "web/front:80", "--node", "n1", "-o", "json"],
+                     ["query", "decisions", "--client", "10.244.9.9", "--limit", "50", "-o",
+                      "json"],
+                     ["query", "rules", "--node", "n2", "--at", "2027-02-01T00:00:00Z", "-o",
+                      "json"],
+                     ["query", "undeclared", "-o", "json"]):
+            local = json.loads(natlens(*args, "--db", store).stdout)
+            remote = natlens(*server, *args)
+            assert remote.returncode == 0, remote.stderr
+            got = json.loads(remote.stdout)
+            for out in (local, got):
+                if isinstance(out, dict):
+                    out.pop("generated_at", None)
+            assert got == local, args
+        r = natlens(*server, "report", "--fail-on", "skewed")
+        assert r.returncode == 3 and r.stdout.startswith("3 service ports judged")
+        r = natlens(*server, "report", "--node", "n9")
+        assert r.returncode == 1 and "400 no node 'n9'" in r.stderr
+        r = natlens("--server", f"http://127.0.0.1:{port}", "report")
+        assert r.returncode == 1 and "missing or wrong token" in r.stderr
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+    r = natlens("--server", f"http://127.0.0.1:{port}", "report")
+    assert r.returncode == 1 and "cannot reach the collector's HTTP API" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
