@@ -454,9 +454,12 @@ def report(db: str | None, service: str | None, node: str | None, since: str | N
 
             rep["agreement"] = agreement_json(agree(store, q.window, match_ns))
         if plot:
-            from natlens.collector.report.plot import plot_report
+            from natlens.collector.report.plot import MAX_ROWS, plot_report
 
             plot_report(store, rep, q, plot)
+            if len(rep["services"]) > MAX_ROWS:
+                click.echo(f"natlens: {plot} shows the {MAX_ROWS} worst of "
+                           f"{len(rep['services'])} entries", err=True)
     _print_report(rep, only, fail_on, output)
 
 

@@ -1,39 +1,84 @@
 """``natlens report --plot FILE.png``: declared against observed shares at a glance.
 
-One row per service port (node, rules version): on the left each endpoint's declared
-share as an outline and its observed share as a bar with the 95 % interval; on the
-right each endpoint's share of the connections per minute over the window.
+One row per service port (node, rules version), worst first: on the left each
+endpoint's declared share as an outline and its observed share as a bar with the 95 %
+interval; on the right each endpoint's share over time, in bins of at least
+``MIN_BIN`` connections (a minute of three connections is noise, not a share), with a
+break where no connection came for ``GAP_S``; times in UTC. Past ``MAX_ROWS`` entries
+the figure says how many it left out.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
 
 from natlens.collector.analyze.sources import OLDER
 from natlens.collector.report.build import ReportQuery
+from natlens.collector.report.summary import worst_first
 from natlens.collector.store.api import PortKey, Store, Window
 
 MAX_ROWS = 12
+MIN_BIN = 100       # connections per time bin
+GAP_S = 5 * 60.0    # no connection for this long: the line breaks
+
+
+class Bin(NamedTuple):
+    start_s: float                 # first minute's start, epoch seconds
+    end_s: float                   # last minute's end
+    counts: dict[str, int]         # endpoint → connections
+    after_gap: bool                # the line breaks before this bin
+
+
+def bins(minutes: list[tuple[float, dict[str, int]]], min_count: int = MIN_BIN,
+         gap_s: float = GAP_S) -> list[Bin]:
+    """Consecutive minutes (epoch seconds, endpoint → connections), oldest first, summed
+    into bins of at least ``min_count`` connections; a bin also ends before a gap of
+    ``gap_s`` without connections, and the last one may be short."""
+    out: list[Bin] = []
+    acc: dict[str, int] = {}
+    start = prev = None
+    gap = False
+    for m, counts in minutes:
+        if prev is not None and m - prev > gap_s:
+            if acc:
+                out.append(Bin(start or 0.0, prev + 60, acc, gap))
+            acc, start, gap = {}, None, True
+        if start is None:
+            start = m
+        for ep, n in counts.items():
+            acc[ep] = acc.get(ep, 0) + n
+        prev = m
+        if sum(acc.values()) >= min_count:
+            out.append(Bin(start, m + 60, acc, gap))
+            acc, start, gap = {}, None, False
+    if acc and prev is not None:
+        out.append(Bin(start or prev, prev + 60, acc, gap))
+    return out
 
 
 def shares_over_time(store: Store, entry: dict[str, Any], q: ReportQuery,
                      ) -> dict[str, list[tuple[float, float]]]:
-    """Endpoint → [(minute as epoch seconds, share of that minute's connections)]."""
+    """Endpoint → [(bin middle as epoch seconds, share of that bin's connections)], with
+    (time, NaN) where the line breaks."""
     key = PortKey(entry["node"], entry["rules_version"], entry["protocol"], entry["vip"],
                   entry["port"])
     per_minute: dict[int, dict[str, int]] = defaultdict(dict)
     for m, ep, n in store.minute_counts(Window(None, q.since_ns, q.until_ns), key,
                                         (entry.get("source", OLDER), OLDER)):
         per_minute[m][ep] = n
+    eps = {e["endpoint"] for e in entry["endpoints"]} | {
+        ep for by_ep in per_minute.values() for ep in by_ep}
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for m, by_ep in sorted(per_minute.items()):
-        total = sum(by_ep.values())
-        for ep in {e["endpoint"] for e in entry["endpoints"]} | set(by_ep):
-            out[ep].append((m / 1e9, by_ep.get(ep, 0) / total))
+    for b in bins([(m / 1e9, by_ep) for m, by_ep in sorted(per_minute.items())]):
+        total = sum(b.counts.values())
+        for ep in eps:
+            if b.after_gap:
+                out[ep].append((b.start_s, float("nan")))
+            out[ep].append(((b.start_s + b.end_s) / 2, b.counts.get(ep, 0) / total))
     return out
 
 
@@ -43,7 +88,8 @@ def plot_report(store: Store, report: dict[str, Any], q: ReportQuery,
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    entries = report["services"][:MAX_ROWS]
+    ordered = worst_first(report["services"])
+    entries, left_out = ordered[:MAX_ROWS], len(ordered) - MAX_ROWS
     rows = max(len(entries), 1)
     fig, axes = plt.subplots(rows, 2, figsize=(13, 3.2 * rows), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1.4]})
@@ -82,14 +128,18 @@ def plot_report(store: Store, report: dict[str, Any], q: ReportQuery,
             pad = max(120.0, (max(times) - min(times)) * 0.05)
             right.set_xlim(datetime.fromtimestamp(min(times) - pad, UTC),
                            datetime.fromtimestamp(max(times) + pad, UTC))
-        locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]
+        locator = mdates.AutoDateLocator(tz=UTC)  # type: ignore[no-untyped-call]
         right.xaxis.set_major_locator(locator)
-        right.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        right.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))  # type: ignore[no-untyped-call]
         for d in declared:
             right.axhline(d, color="black", linewidth=0.5, linestyle=":")
         right.set_ylim(0, 1)
-        right.set_ylabel("share per minute")
+        right.set_ylabel(f"share (bins of ≥ {MIN_BIN} connections)")
+        right.set_xlabel("time (UTC)")
         right.legend(fontsize=7, loc="upper right")
+    if left_out > 0:
+        fig.suptitle(f"the {MAX_ROWS} worst of {len(ordered)} entries; {left_out} more not "
+                     "drawn (narrow with --service, --node or --only)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

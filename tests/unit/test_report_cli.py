@@ -3,6 +3,7 @@ first, --only, --fail-on's exit status, -o yaml, names that match nothing, stdin
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from natlens.collector.store.sqlite import SqliteStore
 
@@ -169,3 +172,27 @@ def test_server_answers_as_the_store_does(store: str, tmp_path: Path) -> None:
     r = natlens("--server", f"http://127.0.0.1:{port}", "report")
     assert r.returncode == 1 and "cannot reach the collector's HTTP API" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+minutes_st = st.lists(st.tuples(st.integers(0, 30), st.dictionaries(
+    st.sampled_from(["a:80", "b:80", "c:80"]), st.integers(0, 80), min_size=1)),
+    max_size=60)
+
+
+@given(minutes_st, st.integers(1, 200))
+def test_plot_bins_keep_every_connection_and_break_at_gaps(
+        steps: list[tuple[int, dict[str, int]]], min_count: int) -> None:
+    from natlens.collector.report.plot import GAP_S, bins
+
+    t, minutes = 1_800_000_000.0, []
+    for step, counts in steps:
+        t += 60 * (step + 1)
+        minutes.append((t, counts))
+    out = bins(minutes, min_count)
+    assert sum(sum(b.counts.values()) for b in out) == sum(
+        sum(c.values()) for _, c in minutes)
+    for a, b in itertools.pairwise(out):
+        assert a.end_s <= b.start_s
+        # a bin short of min_count ends only at a gap, and the line breaks exactly there
+        assert sum(a.counts.values()) >= min_count or b.after_gap
+        assert b.after_gap == (b.start_s - (a.end_s - 60) > GAP_S)
