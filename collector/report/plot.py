@@ -12,54 +12,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import matplotlib
 
 from natlens.collector.analyze.sources import OLDER
 from natlens.collector.report.build import ReportQuery
 from natlens.collector.report.summary import worst_first
+from natlens.collector.report.timeline import MIN_BIN, bins
 from natlens.collector.store.api import PortKey, Store, Window
 
 MAX_ROWS = 12
-MIN_BIN = 100       # connections per time bin
-GAP_S = 5 * 60.0    # no connection for this long: the line breaks
-
-
-class Bin(NamedTuple):
-    start_s: float                 # first minute's start, epoch seconds
-    end_s: float                   # last minute's end
-    counts: dict[str, int]         # endpoint → connections
-    after_gap: bool                # the line breaks before this bin
-
-
-def bins(minutes: list[tuple[float, dict[str, int]]], min_count: int = MIN_BIN,
-         gap_s: float = GAP_S) -> list[Bin]:
-    """Consecutive minutes (epoch seconds, endpoint → connections), oldest first, summed
-    into bins of at least ``min_count`` connections; a bin also ends before a gap of
-    ``gap_s`` without connections, and the last one may be short."""
-    out: list[Bin] = []
-    acc: dict[str, int] = {}
-    start = prev = None
-    gap = False
-    for m, counts in minutes:
-        if prev is not None and m - prev > gap_s:
-            if acc:
-                out.append(Bin(start or 0.0, prev + 60, acc, gap))
-            acc, start, gap = {}, None, True
-        if start is None:
-            start = m
-        for ep, n in counts.items():
-            acc[ep] = acc.get(ep, 0) + n
-        prev = m
-        if sum(acc.values()) >= min_count:
-            out.append(Bin(start, m + 60, acc, gap))
-            acc, start, gap = {}, None, False
-    if acc and prev is not None:
-        out.append(Bin(start or prev, prev + 60, acc, gap))
-    return out
-
-
 def shares_over_time(store: Store, entry: dict[str, Any], q: ReportQuery,
                      ) -> dict[str, list[tuple[float, float]]]:
     """Endpoint → [(bin middle as epoch seconds, share of that bin's connections)], with

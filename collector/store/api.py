@@ -220,6 +220,9 @@ class Store(Protocol):
     def agents(self) -> set[str]:
         """Every agent id that delivered a batch."""
 
+    def agent_activity(self) -> list[tuple[str, str, int, int]]:
+        """(agent id, node, when its last batch was received (ns), batches) per agent."""
+
     def stats(self) -> dict[str, Any]:
         """Rows, oldest and newest per table, size (``natlens db stats``)."""
 

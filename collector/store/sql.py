@@ -279,6 +279,11 @@ class SqlStore:
     def agents(self) -> set[str]:
         return {r[0] for r in self._rows("SELECT DISTINCT agent_id FROM batches")}
 
+    def agent_activity(self) -> list[tuple[str, str, int, int]]:
+        return [(a, n, int(t), int(k)) for a, n, t, k in self._rows(
+            "SELECT agent_id, node, MAX(received_ns), COUNT(*) FROM batches "
+            "GROUP BY agent_id, node ORDER BY node, agent_id")]
+
     # ---- rollups
 
     def rollup(self, now_ns: int) -> tuple[int, int]:

@@ -67,7 +67,8 @@ class Api:
         self.open_reader = open_reader
         self.routes: dict[str, Callable[[dict[str, str]], Any]] = {
             "/api/report": self.report, "/api/decisions": self.decisions,
-            "/api/rules": self.rules, "/api/undeclared": self.undeclared}
+            "/api/rules": self.rules, "/api/undeclared": self.undeclared,
+            "/api/timeline": self.timeline, "/api/agents": self.agents}
 
     def _read(self, answer: Callable[[Store], Any]) -> Any:
         """``answer`` on a reader; a question the store cannot answer is a 400."""
@@ -140,6 +141,42 @@ class Api:
             except RulesLater as e:
                 raise BadRequest(rules_later(e.node, e.first_ns, e.at_ns)) from None
         return self._read(answer)
+
+    def timeline(self, q: dict[str, str]) -> Any:
+        """One report entry's endpoint shares over time, in bins of at least 100
+        connections (the plot's): ``[{"from", "to", "after_gap", "counts"}]``."""
+        from natlens.collector.analyze.sources import OLDER
+        from natlens.collector.report.timeline import bins
+        from natlens.collector.store.api import PortKey
+        from natlens.collector.store.api import Window as StoreWindow
+        from natlens.timeparse import rfc3339
+
+        lo, hi = window(q)
+        try:
+            key = PortKey(q["node"], q["rules_version"], q["protocol"], q["vip"],
+                          int(q["port"]))
+        except (KeyError, ValueError):
+            raise BadRequest("node=, rules_version=, protocol=, vip= and port= are "
+                             "required") from None
+        sources = (q.get("source") or OLDER, OLDER)
+
+        def answer(store: Store) -> Any:
+            per_minute: dict[int, dict[str, int]] = {}
+            for m, ep, n in store.minute_counts(StoreWindow(None, lo, hi), key, sources):
+                per_minute.setdefault(m, {})[ep] = n
+            return [{"from": rfc3339(int(b.start_s * 1e9)), "to": rfc3339(int(b.end_s * 1e9)),
+                     "after_gap": b.after_gap, "counts": b.counts}
+                    for b in bins([(m / 1e9, c) for m, c in sorted(per_minute.items())])]
+        return self._read(answer)
+
+    def agents(self, q: dict[str, str]) -> Any:
+        """Each agent's last batch: liveness as the store saw it."""
+        from natlens.timeparse import rfc3339
+
+        now = time.time_ns()
+        return self._read(lambda store: [
+            {"agent": a, "node": n, "last_batch": rfc3339(t), "seconds_ago":
+             round((now - t) / 1e9, 1), "batches": k} for a, n, t, k in store.agent_activity()])
 
     def undeclared(self, q: dict[str, str]) -> Any:
         from natlens.collector.report.build import ReportQuery, build_report

@@ -125,6 +125,10 @@ class _Dom(HTMLParser):
         self.totals: list[str] = []
         self.verdicts: list[str] = []
         self.decision_rows = 0
+        self.shares: dict[str, str] = {}
+        self.cis: dict[str, str] = {}
+        self.texts: dict[str, list[str]] = {}
+        self.timelines = 0
         self._ep: str | None = None
         self._role: str | None = None
         self._in_decisions = False
@@ -134,6 +138,8 @@ class _Dom(HTMLParser):
         if a.get("data-endpoint"):
             self._ep = a["data-endpoint"]
         self._role = a.get("data-role")
+        if self._role == "timeline":
+            self.timelines += 1
         if a.get("id") == "decision-table":
             self._in_decisions = True
         if self._in_decisions and tag == "tr":
@@ -142,10 +148,16 @@ class _Dom(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._role == "observed" and self._ep:
             self.rows[self._ep] = data
+        elif self._role == "share" and self._ep:
+            self.shares[self._ep] = data
+        elif self._role == "ci" and self._ep:
+            self.cis[self._ep] = data
         elif self._role == "total":
             self.totals.append(data)
         elif self._role == "verdict":
             self.verdicts.append(data)
+        elif self._role:
+            self.texts.setdefault(self._role, []).append(data)
         self._role = None
 
 
@@ -186,6 +198,21 @@ def test_dashboard_shows_the_reports_numbers(dashboard: str, tmp_path: Path,
     assert dom.rows == {k: str(v) for k, v in lab_db[1].items()}
     assert dom.totals == ["2000"] and dom.verdicts == [entry["verdict"]]
     assert dom.decision_rows == 1 + 500  # header + the API's page of one client's decisions
+    # observed percentages as numbers, their intervals, the summary, one timeline per
+    # service port, and the agents as the store saw them
+    assert dom.shares == {ep: f"{100 * (n / 2000):.1f}%"  # as the page computes it
+                          for ep, n in lab_db[1].items()}
+    assert dom.cis == {e["endpoint"]: f"{100 * e['ci95'][0]:.1f}%–{100 * e['ci95'][1]:.1f}%"
+                       for e in entry["endpoints"]}
+    assert dom.texts["summary"] == [
+        "1 service port judged: 0 skewed, 0 undeclared, 0 insufficient-data, 1 consistent"]
+    assert dom.timelines == 1
+    assert len(dom.texts.get("agent", [])) == 0 and "k8s-node2" in chromium(
+        "--dump-dom", url).stdout
+    # the window and the filters live in the URL: a link opens the same view
+    dom = _Dom()
+    dom.feed(chromium("--dump-dom", f"{dashboard}/?verdict=skewed&since=7d").stdout)
+    assert dom.rows == {} and dom.texts["summary"][0].startswith("1 service port judged")
     shot = tmp_path / "dashboard.png"
     chromium(f"--screenshot={shot}", url)
     png = shot.read_bytes()

@@ -182,7 +182,7 @@ minutes_st = st.lists(st.tuples(st.integers(0, 30), st.dictionaries(
 @given(minutes_st, st.integers(1, 200))
 def test_plot_bins_keep_every_connection_and_break_at_gaps(
         steps: list[tuple[int, dict[str, int]]], min_count: int) -> None:
-    from natlens.collector.report.plot import GAP_S, bins
+    from natlens.collector.report.timeline import GAP_S, bins
 
     t, minutes = 1_800_000_000.0, []
     for step, counts in steps:
