@@ -24,6 +24,7 @@ from natlens.cliutil import (
     open_store,
     parse_duration,
     print_json,
+    print_ndjson,
     print_yaml,
     tls_settings,
     window,
@@ -417,8 +418,9 @@ def _verdicts(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               "consistent); the summary still counts every one.")
 @click.option("--fail-on", metavar="VERDICT[,VERDICT…]", callback=_verdicts,
               help="Exit 3 when an entry has one of these verdicts (cron jobs, CI).")
-@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table",
-              show_default=True)
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml", "ndjson"]),
+              default="table", show_default=True, help="ndjson: one service port entry per "
+              "line (the summary and other sections are in json and yaml).")
 def report(db: str | None, service: str | None, node: str | None, since: str | None,
            start: str | None, end: str | None, by: str | None, weight: str, alpha: float,
            plot: str | None, agreement: bool, agreement_window: str,
@@ -478,6 +480,8 @@ def _print_report(rep: dict[str, Any], only: tuple[str, ...], fail_on: tuple[str
         print_json(rep)
     elif output == "yaml":
         print_yaml(rep)
+    elif output == "ndjson":
+        print_ndjson(rep["services"])
     else:
         print_report(rep)
     if failed:
@@ -650,6 +654,8 @@ def _run_and_print(scenario: str, source: str, output: str, db: str | None = Non
     result = run_lab(_load(scenario), scenario, source, keep_db=db)
     if output == "json":
         print_json(result)
+    elif output == "yaml":
+        print_yaml(result)
     else:
         print_report(result["report"], result["ground_truth"])
 
@@ -661,7 +667,7 @@ def _run_and_print(scenario: str, source: str, output: str, db: str | None = Non
               "netlink and packets side by side on every node, compared per connection.")
 @click.option("--db", type=click.Path(dir_okay=False), help="Keep the collector's database "
               "here (for natlens query and report afterwards); by default it is removed.")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table",
               show_default=True)
 def lab_run(scenario: str, source: str, db: str | None, output: str) -> None:
     """up → collector → one agent per node → traffic → report → down, in one go."""
@@ -669,7 +675,7 @@ def lab_run(scenario: str, source: str, db: str | None, output: str) -> None:
 
 
 @cli.command()
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table",
               show_default=True)
 def demo(output: str) -> None:
     """The seed document's istio-demo/bill-service investigation, end to end, on this machine."""

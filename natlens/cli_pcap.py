@@ -24,6 +24,7 @@ from natlens.cliutil import (
     collector_client_options,
     db_option,
     print_json,
+    print_yaml,
     tls_settings,
 )
 
@@ -49,7 +50,7 @@ def pcap() -> None:
 @click.option("--ack-timeout", type=click.FloatRange(1, 3600), default=60.0,
               show_default=True, help="--collector: seconds to wait for it to answer, at "
               "the start and for the last acknowledgements.")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table",
               show_default=True)
 def pcap_import(file: str, node: str, db: str | None, collector: str | None,
                 tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
@@ -127,6 +128,8 @@ def _summary(file: str, node: str, db: str | None, collector: str | None, stats:
     where = f"stored for {node}" if db else f"shipped to {collector} for {node}"
     if output == "json":
         print_json(summary)
+    elif output == "yaml":
+        print_yaml(summary)
     else:
         click.echo(f"{file}: {stats.frames} frames, {paired.pairs} decisions {where} "
                    f"({paired.retransmits} retransmitted first packets, "

@@ -207,6 +207,8 @@ def test_dashboard_shows_the_reports_numbers(dashboard: str, tmp_path: Path,
     assert dom.texts["summary"] == [
         "1 service port judged: 0 skewed, 0 undeclared, 0 insufficient-data, 1 consistent"]
     assert dom.timelines == 1
+    assert dom.texts["reason"] == [f"— Holm-adjusted p {entry['test']['p_value_holm']:.3g}"
+                                   " ≥ alpha 0.001: consistent with the declared shares"]
     assert len(dom.texts.get("agent", [])) == 0 and "k8s-node2" in chromium(
         "--dump-dom", url).stdout
     # the window and the filters live in the URL: a link opens the same view
