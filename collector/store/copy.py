@@ -51,9 +51,8 @@ def _copy(src: Any, dst: Any, progress: Callable[[str, int], None]) -> dict[str,
     if busy:
         raise StoreError(f"{dst.path}: not empty (rows in {', '.join(busy)}); db copy fills a "
                          "new database only")
-    days = [int(d) for (d,) in src.db.execute(
-        f"SELECT DISTINCT time_ns / {DAY} FROM decision_rows").fetchall()]
-    dst._ensure_partitions([d * DAY for d in days])
+    dst._ensure_partitions({int(d) for (d,) in src.db.execute(
+        f"SELECT DISTINCT time_ns / {DAY} FROM decision_rows").fetchall()})
     copied: dict[str, int] = {}
     with dst.lock, dst.conn.transaction():
         dst.conn.execute("DELETE FROM schema_version")

@@ -48,7 +48,6 @@ from natlens.collector.store.sql import LATE_NS, SqlStore
 from natlens.collector.store.validate import validate
 from natlens.collector.store.write import BatchWriter, insert_sql
 from natlens.proto import natlens_pb2 as pb
-from natlens.proto.columns import count
 
 log = logging.getLogger("natlens.collector.store")
 
@@ -76,10 +75,6 @@ class _IntLoader(Loader):
 def _q(sql: str) -> str:
     """``?`` placeholders (the portable spelling) as psycopg's ``%s``."""
     return sql.replace("%", "%%").replace("?", "%s")
-
-
-class _Duplicate(Exception):
-    pass
 
 
 def connect(url: str, read_only: bool) -> psycopg.Connection[Any]:
@@ -197,37 +192,21 @@ class PostgresStore(BatchWriter, SqlStore):
 
     def ingest(self, batch: pb.Batch) -> bool:
         validate(batch)
+
+        def before() -> None:  # in the batch's transaction
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                              [f"natlens-node:{batch.node}"])
+            self._refresh_epochs(batch.node)
+
         with self.lock:
             try:
                 self._revive()
-                self._ensure_partitions(batch.columns.time_ns)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-                raise StoreUnavailable(f"{self.path}: {_first_line(e)}") from None
-            added: list[tuple[int, str]] = []
-            try:
-                with self.conn.transaction():
-                    self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                                      [f"natlens-node:{batch.node}"])
-                    if not self._exec(insert_sql(
-                            "batches", ("agent_id", "boot_id", "seq", "node", "received_ns",
-                                        "records"), "DO NOTHING"),
-                            [batch.agent_id, batch.boot_id, batch.seq, batch.node,
-                             time.time_ns(), count(batch) + len(batch.rules)
-                             + len(batch.lost) + len(batch.counters)]):
-                        raise _Duplicate
-                    self._refresh_epochs(batch.node)
-                    self._store(batch, added)
-            except _Duplicate:
-                return False
+                times = batch.columns.time_ns  # within 31 days of each other (validate)
+                self._ensure_partitions(set(range(min(times) // DAY, max(times) // DAY + 1))
+                                        if times else set())
+                return self._ingest_with(batch, self.conn.transaction, before)
             except (psycopg.OperationalError, psycopg.InterfaceError) as e:  # server away
-                self._forget(batch.node, added)
                 raise StoreUnavailable(f"{self.path}: {_first_line(e)}") from None
-            except BaseException:
-                self._forget(batch.node, added)
-                raise
-            finally:
-                self._new_keys.clear()
-        return True
 
     def _refresh_epochs(self, node: str) -> None:
         """Another replica may have stored this node's rules: read them when the count
@@ -240,11 +219,11 @@ class PostgresStore(BatchWriter, SqlStore):
                 "SELECT time_ns, hash FROM rule_snapshots WHERE node = %s ORDER BY time_ns",
                 [node]).fetchall())
 
-    def _ensure_partitions(self, times: Iterable[int]) -> None:
-        """Day partitions for every time in a batch (and today's and tomorrow's), made
-        outside the batch's transaction: creating one locks the parent table."""
+    def _ensure_partitions(self, days: set[int]) -> None:
+        """Partitions for these days (since 1970) and for today and tomorrow, made outside
+        the batch's transaction: creating one locks the parent table."""
         today = time.time_ns() // DAY
-        days = {t // DAY for t in times} | {today, today + 1}
+        days = days | {today, today + 1}
         missing = days - self._partitions
         if not missing:
             return

@@ -34,10 +34,9 @@ from natlens.collector.store.schema import (
 )
 from natlens.collector.store.sql import LATE_NS, SqlStore
 from natlens.collector.store.validate import validate
-from natlens.collector.store.write import BatchWriter, insert_sql
+from natlens.collector.store.write import BatchWriter
 from natlens.errors import NatlensError
 from natlens.proto import natlens_pb2 as pb
-from natlens.proto.columns import count
 
 # A row whose identity (time, key, client, conntrack id, zone) is stored already is the
 # same decision sent twice: kept once, and counted (SqliteStore.repeated_decisions).
@@ -141,30 +140,10 @@ class SqliteStore(BatchWriter, SqlStore):
         every row it steps, so the two threads queue on the GIL; BENCHMARKS.md)."""
         validate(batch)
         with self.lock:
-            if self.db.execute("SELECT 1 FROM batches WHERE agent_id=? AND boot_id=? AND seq=?",
-                               [batch.agent_id, batch.boot_id, batch.seq]).fetchone():
-                return False
-            added: list[tuple[int, str]] = []  # rules versions this batch brought
             try:
-                with self.db.atomic():
-                    self._store(batch, added)
+                return self._ingest_with(batch, self.db.atomic)
             except sqlite3.OperationalError as e:  # disk full, I/O error: retry later
-                self._forget(batch.node, added)
                 raise StoreUnavailable(f"cannot write to {self.path}: {e}") from None
-            except BaseException:
-                self._forget(batch.node, added)
-                raise
-            finally:
-                self._new_keys.clear()
-        return True
-
-    def _store(self, batch: pb.Batch, added: list[tuple[int, str]]) -> None:
-        self.db.execute(insert_sql("batches", ("agent_id", "boot_id", "seq", "node",
-                                               "received_ns", "records")),
-                        [batch.agent_id, batch.boot_id, batch.seq, batch.node, time.time_ns(),
-                         count(batch) + len(batch.rules) + len(batch.lost)
-                         + len(batch.counters)])
-        super()._store(batch, added)
 
     # ---- the statements BatchWriter runs
 

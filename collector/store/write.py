@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from natlens.collector.store.epochs import RulesEpochs
@@ -32,6 +34,7 @@ _SAMPLED = (pb.EVENT_NEW, pb.EVENT_DESTROY)
 _COUNTER_KEY = ("node", "epoch", "protocol", "vip", "vip_port", "endpoint")
 _COUNTER_ROW = (*_COUNTER_KEY, "window_start_ns", "window_end_ns", "rules_hash", "source",
                 *COUNTER_COLUMNS)
+_BATCH_ROW = ("agent_id", "boot_id", "seq", "node", "received_ns", "records")
 _LOST_ROW = ("node", "time_ns", "source", "reason", "count", "recovered")
 
 
@@ -88,8 +91,34 @@ class BatchWriter:
         for n, h, rate, raw in self._new_keys:
             self._keys.get((n, h, rate), {}).pop(raw, None)
 
+    def _ingest_with(self, batch: pb.Batch, transaction: Callable[[], AbstractContextManager[Any]],
+                     before: Callable[[], None] = lambda: None) -> bool:
+        """Store ``batch`` in one ``transaction`` (``before`` runs first in it); False
+        when its (agent, boot, sequence) row is there already: a resend, nothing written.
+        Whatever fails, the rules versions and key ids it brought are forgotten."""
+        added: list[tuple[int, str]] = []  # rules versions this batch brought
+        try:
+            with transaction():
+                before()
+                if not self._claim(batch):
+                    return False
+                self._store(batch, added)
+        except BaseException:
+            self._forget(batch.node, added)
+            raise
+        finally:
+            self._new_keys.clear()
+        return True
+
+    def _claim(self, batch: pb.Batch) -> bool:
+        """The batch's row, first in its transaction: a second writer of the same batch
+        (a resend, another replica) finds it and stores nothing."""
+        return bool(self._exec(insert_sql("batches", _BATCH_ROW, "DO NOTHING"), [
+            batch.agent_id, batch.boot_id, batch.seq, batch.node, time.time_ns(),
+            count(batch) + len(batch.rules) + len(batch.lost) + len(batch.counters)]))
+
     def _store(self, batch: pb.Batch, added: list[tuple[int, str]]) -> None:
-        """Everything of ``batch`` but its ``batches`` row (the backend's duplicate check)."""
+        """Everything of ``batch`` but its ``batches`` row (``_claim``)."""
         epochs = []
         for r in batch.rules:
             self._exec(insert_sql("rule_snapshots", ("node", "time_ns", "hash", "mode", "model"),
