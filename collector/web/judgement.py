@@ -39,17 +39,25 @@ def selected(service: str, patterns: tuple[str, ...]) -> bool:
                                for p in patterns)
 
 
-def current(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (service port, node): the latest rules version's (the report lists
-    them oldest first), so a rules change does not leave two series of one port."""
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
+def current(entries: Iterable[dict[str, Any]],
+            in_force: dict[str, str]) -> list[dict[str, Any]]:
+    """One entry per (service port, node): the one judged under the rules in force on
+    the node now (``in_force``: node → rules version), else the one with most
+    connections, so a rules change in the window does not leave two series of a port."""
+    best: dict[tuple[str, str], dict[str, Any]] = {}
     for e in entries:
-        latest[(e["service"], e["node"])] = e
-    return list(latest.values())
+        key = (e["service"], e["node"])
+        rank = (e["rules_version"] == in_force.get(e["node"]), e.get("total") or 0)
+        old = best.get(key)
+        if old is None or rank > (old["rules_version"] == in_force.get(old["node"]),
+                                  old.get("total") or 0):
+            best[key] = e
+    return list(best.values())
 
 
 def families(report: dict[str, Any], patterns: tuple[str, ...], max_ports: int,
-             window_s: float) -> tuple[list[GaugeMetricFamily], int]:
+             window_s: float, in_force: dict[str, str] | None = None,
+             ) -> tuple[list[GaugeMetricFamily], int]:
     """The gauges of one report; how many service ports the cap left out."""
     declared = GaugeMetricFamily("natlens_endpoint_declared_share", "Share of new "
                                  "connections the node's rules give the endpoint", labels=_ENDPOINT)
@@ -70,7 +78,7 @@ def families(report: dict[str, Any], patterns: tuple[str, ...], max_ports: int,
                               labels=_PORT)
     window = GaugeMetricFamily("natlens_metrics_window_seconds", "The window the judgement "
                                "gauges cover", value=window_s)
-    entries = sorted((e for e in current(report.get("services", []))
+    entries = sorted((e for e in current(report.get("services", []), in_force or {})
                       if selected(e["service"], patterns)),
                      key=lambda e: (e["service"], e["node"]))
     dropped = max(len(entries) - max_ports, 0)
@@ -108,14 +116,18 @@ class JudgementCollector(Collector):
         self.dropped_total = 0
         self.errors = 0
 
-    def _report(self) -> dict[str, Any]:
+    def _report(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """The window's report, and the rules version in force on each node now."""
         from natlens.collector.report.build import ReportQuery, build_report  # scipy: lazily
 
         store = self.open_reader()
         try:
             now = time.time_ns()
-            return build_report(store, ReportQuery(since_ns=now - int(self.window_s * 1e9),
-                                                   until_ns=now, alpha=self.alpha))
+            rep = build_report(store, ReportQuery(since_ns=now - int(self.window_s * 1e9),
+                                                  until_ns=now, alpha=self.alpha))
+            in_force = {n: snap.hash for n in store.nodes()
+                        if (snap := store.rules_in_force(n, now)) is not None}
+            return rep, in_force
         finally:
             store.close()
 
@@ -123,8 +135,9 @@ class JudgementCollector(Collector):
         with self._lock:
             if time.monotonic() - self._at >= self.refresh:
                 try:
-                    self._cached, dropped = families(self._report(), self.services,
-                                                     self.max_ports, self.window_s)
+                    rep, in_force = self._report()
+                    self._cached, dropped = families(rep, self.services, self.max_ports,
+                                                     self.window_s, in_force)
                     self.dropped_total += dropped
                 except Exception as e:  # a scrape answers with what it has
                     self.errors += 1

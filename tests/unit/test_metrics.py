@@ -163,17 +163,25 @@ def test_judgement_gauges_only_for_the_selected_services(collector: tuple[int, s
 def test_the_cap_on_service_ports_counts_what_it_leaves_out() -> None:
     from natlens.collector.web.judgement import families
 
-    def entry(service: str, node: str) -> dict[str, object]:
-        return {"service": service, "node": node, "total": 10, "verdict": "consistent",
-                "tvd": 0.0, "test": {"p_value_holm": 0.5}, "undeclared": [],
-                "endpoints": [{"endpoint": "10.0.0.1:80", "declared": 1.0, "observed": 10}]}
+    def entry(service: str, node: str, rules: str = "h1", n: int = 10,
+              verdict: str = "consistent") -> dict[str, object]:
+        return {"service": service, "node": node, "total": n, "verdict": verdict,
+                "rules_version": rules, "tvd": 0.0, "test": {"p_value_holm": 0.5},
+                "undeclared": [],
+                "endpoints": [{"endpoint": "10.0.0.1:80", "declared": 1.0, "observed": n}]}
 
-    report = {"services": [entry("a/x:http", "n1"), entry("a/x:http", "n2"),
-                           entry("b/y:dns", "n1"), entry("a/x:http", "n1")]}  # newer rules
-    fams, dropped = families(report, ("a/*",), 1, 900)
-    assert dropped == 1  # a/x on n2; b/y not selected; n1 once (its latest rules)
+    # the report lists versions by hash, not by time: the one in force now is picked
+    report = {"services": [entry("a/x:http", "n1", "h2", 5, "skewed"), entry("a/x:http", "n2"),
+                           entry("b/y:dns", "n1"), entry("a/x:http", "n1", "h1", 50)]}
+    fams, dropped = families(report, ("a/*",), 1, 900, {"n1": "h2", "n2": "h1"})
+    assert dropped == 1  # a/x on n2; b/y not selected; n1 once (the rules in force)
     (verdict,) = [f for f in fams if f.name == "natlens_service_verdict"]
-    assert {s.labels["node"] for s in verdict.samples} == {"n1"}
+    assert {(s.labels["node"], s.labels["verdict"]) for s in verdict.samples
+            if s.value == 1} == {("n1", "skewed")}
+    fams, _ = families(report, ("a/*",), 1, 900, {})  # none known: most connections
+    (verdict,) = [f for f in fams if f.name == "natlens_service_verdict"]
+    assert {(s.labels["node"], s.labels["verdict"]) for s in verdict.samples
+            if s.value == 1} == {("n1", "consistent")}
 
 
 @given(st.text(alphabet="abc-1", min_size=1), st.text(alphabet="abc-1.", min_size=1),
