@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness import decision_batches, proc_cpu, start_collector  # noqa: E402
-from store_queries import fill  # noqa: E402
+from store_queries import fill, timed  # noqa: E402
 
 from natlens.collector.report.build import ReportQuery, build_report  # noqa: E402
 from natlens.collector.store.copy import copy_store  # noqa: E402
@@ -121,15 +121,6 @@ def copy_run(server: PgServer, work: list[list[pb.Batch]]) -> float:
                 cp.write_row(r)
         dt = time.perf_counter() - t0
     return len(rows) / dt
-
-
-def timed(fn: object, runs: int = 5) -> float:
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()  # type: ignore[operator]
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def report_part(server: PgServer, d: Path) -> dict[str, object]:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.pgserver import PgServer
-from tests.pgserver import unavailable as pg_unavailable
+from tests.pgserver import PgServer, started
+from tests.require import missing
 
 # Fuzzers and property tests run with a fixed seed and a bounded number of examples, so
 # a CI run is reproducible and its time is bounded; HYPOTHESIS_PROFILE=explore searches
@@ -51,20 +51,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     reason = privileged_missing()
     if reason is None:
         return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"privileged test cannot run under CI=true: {reason}", pytrace=False)
-    pytest.skip(reason)
+    missing("privileged test", reason)
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """A real PostgreSQL server for the session (tests/pgserver.py)."""
-    reason = pg_unavailable()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL tests cannot run under CI=true: {reason}", pytrace=False)
-        pytest.skip(reason)
-    server = PgServer()
+    server = started()
     try:
         yield server
     finally:

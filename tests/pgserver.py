@@ -98,3 +98,13 @@ class PgServer:
             subprocess.run(["pkill", "-9", "-f", str(self.data)], capture_output=True)
             time.sleep(0.5)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def started() -> PgServer:
+    """A new server, or the test skipped saying why there is none (failed under CI=true)."""
+    from tests.require import missing
+
+    reason = unavailable()
+    if reason is not None:
+        missing("a PostgreSQL test", reason)
+    return PgServer()

@@ -87,6 +87,19 @@ def start(argv: list[str], log: Path) -> subprocess.Popen[str]:
                             text=True, env=dict(os.environ, PYTHONFAULTHANDLER="1"))
 
 
+def log_until_subscribed(argv: list[str], log: Path, timeout: float = 60,
+                         env: dict[str, str] | None = None) -> str:
+    """Run an agent (``argv``, the whole command) until it has subscribed to conntrack,
+    stop it; its log."""
+    p = subprocess.Popen(argv, env=env, stderr=log.open("w"), text=True)
+    try:
+        wait_for(lambda: "subscribed" in log.read_text(), timeout)
+    finally:
+        p.terminate()
+        p.wait(timeout=60)
+    return log.read_text()
+
+
 def wait_for(cond: Any, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

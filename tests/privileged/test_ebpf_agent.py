@@ -17,7 +17,16 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from .helpers import CLIENT, NATLENS, free_port, report_of, start, traffic, wait_for
+from .helpers import (
+    CLIENT,
+    NATLENS,
+    free_port,
+    log_until_subscribed,
+    report_of,
+    start,
+    traffic,
+    wait_for,
+)
 
 pytestmark = pytest.mark.privileged
 VIP, PORT = "10.1.122.241", 9999
@@ -193,15 +202,8 @@ def test_auto_falls_back_to_netlink_and_ebpf_fails_with_the_reason(
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("natlens: error: agent: --source ebpf: eBPF program did not load: "
                            "Unable to find kernel headers"), line
-    log = tmp_path / "auto.log"
-    p = subprocess.Popen([*base, "--source", "auto", "--drain-timeout", "0"], env=env,
-                         stderr=log.open("w"), text=True)
-    try:
-        wait_for(lambda: "subscribed" in log.read_text(), 60)
-    finally:
-        p.terminate()
-        p.wait(timeout=60)
-    text = log.read_text()
+    text = log_until_subscribed([*base, "--source", "auto", "--drain-timeout", "0"],
+                                tmp_path / "auto.log", env=env)
     fallback = [x for x in text.splitlines() if "eBPF unavailable" in x]
     assert len(fallback) == 1 and "using netlink" in fallback[0], text
 
@@ -210,17 +212,10 @@ def test_a_bpffs_mounted_where_it_cannot_outlive_the_agent_is_said(
         lab: dict[str, Any], tmp_path: Path) -> None:
     """Under `ip netns exec` the agent gets a /sys of its own: the bpffs it mounts there,
     and the counters pinned in it, go when it exits, and it says so."""
-    log = tmp_path / "agent.log"
-    p = subprocess.Popen(["ip", "netns", "exec", lab["nodes"][NODE], *NATLENS, "agent",
-                          "--insecure", "--collector", "127.0.0.1:1", "--node", NODE,
-                          "--source", "ebpf", "--drain-timeout", "0"],
-                         stderr=log.open("w"), text=True)
-    try:
-        wait_for(lambda: "subscribed" in log.read_text(), 90)
-    finally:
-        p.terminate()
-        p.wait(timeout=60)
-    text = log.read_text()
+    text = log_until_subscribed(
+        ["ip", "netns", "exec", lab["nodes"][NODE], *NATLENS, "agent", "--insecure",
+         "--collector", "127.0.0.1:1", "--node", NODE, "--source", "ebpf", "--drain-timeout",
+         "0"], tmp_path / "agent.log", 90)
     assert " INFO bpffs: mounted at /sys/fs/bpf for the pinned maps" in text, text
     (warning,) = [x for x in text.splitlines() if "own mount namespace" in x]
     assert " WARNING bpffs: /sys/fs/bpf was mounted" in warning

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -20,21 +19,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.require import tool
+
 from .helpers import ROOT, SEED, free_port, natlens, seed, start, wait_for, write_scenario
 
 pytestmark = pytest.mark.privileged
 CLIENT = "front-tomcat-v1-7f8c94c6c8-lfz5m"
 SERVICE = "istio-demo/bill-service:http"
-
-
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        reason = "prometheus not installed (Debian package prometheus; make install)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot run under CI=true: {reason}", pytrace=False)
-        pytest.skip(reason)
-    return found
 
 
 class Prometheus:
@@ -58,7 +49,7 @@ class Prometheus:
                  "static_configs": [{"targets": [f"127.0.0.1:{agent}"]}]}]}))
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [prometheus_binary(), f"--config.file={tmp / 'prometheus.yml'}",
+            [tool("prometheus", "prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
              f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=subprocess.DEVNULL, stderr=(tmp / "prometheus.log").open("w"))
         wait_for(self.ready, 30)

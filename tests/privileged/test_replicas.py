@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.pgserver import PgServer
-from tests.pgserver import unavailable as pg_unavailable
+from tests.pgserver import PgServer, started
 from tests.stores import rows
 
 from .helpers import free_port, start, traffic, wait_for
@@ -73,12 +72,7 @@ def stop(*procs: subprocess.Popen[str], log: Path | None = None) -> None:
 @pytest.fixture
 def own_pg() -> Any:
     """A server of the test's own: it is stopped and started again."""
-    reason = pg_unavailable()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL tests cannot run under CI=true: {reason}", pytrace=False)
-        pytest.skip(reason)
-    server = PgServer()
+    server = started()
     yield server
     server.close()
 

@@ -3,7 +3,6 @@ fires on the series it is for (and only those) in promtool's unit tests."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,19 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.require import tool
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "prometheus" / "rules_test.yaml"
 
 
 @pytest.fixture
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        reason = "promtool not installed (Debian package prometheus; make install)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot run under CI=true: {reason}", pytrace=False)
-        pytest.skip(reason)
-    return found
+    return tool("promtool", "prometheus")
 
 
 def rules_file(tmp: Path) -> Path:
