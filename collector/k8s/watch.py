@@ -121,6 +121,8 @@ class Watcher:
         data = self.api.sanitize_for_serialization(_json(resp))
         items = data.get("items") or []
         with self._lock:
+            if self._stop.is_set():
+                return str(data.get("metadata", {}).get("resourceVersion", ""))
             if name == "pods":
                 self.store.pod_intervals([], self.pods.forget_missing(
                     {i["metadata"]["uid"] for i in items}), self.clock())
@@ -154,6 +156,8 @@ class Watcher:
                         self.bookmarks[name] += 1
                         continue
                     with self._lock:
+                        if self._stop.is_set():  # stopped: the store may be closing
+                            return
                         handle(ev["type"], obj)
             except ApiException as e:
                 if e.status != GONE:
@@ -185,9 +189,13 @@ class Watcher:
                              daemon=True).start()
 
     def stop(self) -> None:
+        """Once this returns no event is being written, and none will be: a watch still
+        blocked reading its stream drops what it reads (the store is closed next)."""
         self._stop.set()
         for w in list(self._watches):
             w.stop()
+        with self._lock:
+            pass
 
 
 def _json(resp: Any) -> dict[str, Any]:

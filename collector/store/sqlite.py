@@ -114,7 +114,10 @@ class SqliteStore(BatchWriter, SqlStore):
             "SELECT node, time_ns, hash FROM rule_snapshots ORDER BY node, time_ns"))
 
     def close(self) -> None:
-        self.db.close()
+        """After the write in flight, if any: closing an sqlite3 connection while
+        another thread steps a statement on it crashes the interpreter."""
+        with self.lock:
+            self.db.close()
         if self._held is not None:
             os.close(self._held)
             self._held = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,3 +160,26 @@ def test_collector_cli_watches_with_a_kubeconfig(fake: FakeApiServer, tmp_path: 
                         str(db), "--kubeconfig", str(tmp_path / "missing")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "no such file" in r.stderr
+
+
+def test_stop_waits_for_the_write_in_flight(fake: FakeApiServer,
+                                            watched: tuple[Any, Watcher]) -> None:
+    """The collector closes the store right after stopping the watch, and SQLite crashes
+    the interpreter when a connection is closed under a write: stop() returns only once
+    the event being written is written."""
+    store, w = watched
+    wait_for(lambda: holders(store, EPS[0]) == [("front-old", True)])
+    writing, real = threading.Event(), store.pod_intervals
+
+    def slow(*args: Any) -> None:  # the store, one second slower
+        writing.set()
+        time.sleep(1.0)
+        real(*args)
+
+    store.pod_intervals = slow
+    fake.apply("pods", "DELETED", pod("front-old", EPS[0], node="n1"))
+    assert writing.wait(15)
+    t0 = time.monotonic()
+    w.stop()
+    assert time.monotonic() - t0 > 0.5
+    assert holders(store, EPS[0]) == [("front-old", False)]  # written before stop returned

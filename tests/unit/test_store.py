@@ -259,3 +259,27 @@ def test_postgres_password_from_libpq_environment_and_password_file(
     passfile.chmod(0o600)
     monkeypatch.setenv("PGPASSFILE", str(passfile))
     open_store(bare).close()
+
+
+def test_sqlite_close_waits_for_the_write_in_flight(tmp_path: Path) -> None:
+    """Closing an sqlite3 connection while another thread writes on it crashes the
+    interpreter: close() waits for the writers' lock."""
+    import threading
+    import time
+
+    s = SqliteStore(str(tmp_path / "db"))
+    held = threading.Event()
+
+    def writer_thread() -> None:
+        with s.lock:
+            held.set()
+            time.sleep(1.0)
+            s.db.execute("SELECT COUNT(*) FROM batches").fetchone()
+
+    t = threading.Thread(target=writer_thread)
+    t.start()
+    assert held.wait(5)
+    t0 = time.monotonic()
+    s.close()
+    assert time.monotonic() - t0 > 0.5
+    t.join()
