@@ -183,7 +183,7 @@ def chromium(*args: str) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("chromium")
     assert exe, "chromium not installed (make install)"
     return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu",
-                           "--virtual-time-budget=10000", "--window-size=1200,900", *args],
+                           "--virtual-time-budget=30000", "--window-size=1200,900", *args],
                           capture_output=True, text=True, timeout=120)
 
 
