@@ -15,9 +15,11 @@ class AgentConfig:
     node: str
     netns: str | None = None
     agent_id: str = ""
-    source: str = "netlink"          # netlink, ebpf, pcap, or auto (ebpf, else netlink)
+    source: str = "netlink"          # netlink, ebpf, hook, pcap, or auto (ebpf, else netlink)
     decisions: bool = False          # ebpf: also ship per-connection decisions
-    sample: int = 1                  # ebpf decisions: 1 in N, chosen in the kernel
+    aggregate_only: bool = False     # hook: counts only, no per-connection records
+    sample: int = 1                  # ebpf decisions, hook records: 1 in N, in the kernel
+    ring_bytes: int | None = None    # hook: the record ring's size (None: the program's)
     pin_root: str = DEFAULT_PIN_ROOT
     counters_interval: float = 5.0
     rules_interval: float = 2.0

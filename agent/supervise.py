@@ -22,7 +22,7 @@ from dataclasses import dataclass
 log = logging.getLogger("natlens.agent.supervise")
 
 ALL = ("ebpf", "netlink", "pcap")
-SINGLE = ("auto", "ebpf", "netlink", "pcap")
+SINGLE = ("auto", "ebpf", "hook", "netlink", "pcap")
 
 
 def parse_sources(value: str) -> tuple[str, ...]:
@@ -34,7 +34,7 @@ def parse_sources(value: str) -> tuple[str, ...]:
         return parts
     bad = [p for p in parts if p not in ALL]
     if not parts or bad or len(set(parts)) != len(parts):
-        raise ValueError(f"{value!r}: give auto, ebpf, netlink, pcap, all, or a list of "
+        raise ValueError(f"{value!r}: give auto, ebpf, hook, netlink, pcap, all, or a list of "
                          "distinct ebpf, netlink and pcap joined by commas")
     return tuple(sorted(parts, key=ALL.index))
 

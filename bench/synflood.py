@@ -8,7 +8,8 @@ bursts of a millisecond's worth, and sleeps to the next burst. The whole path th
 the node (bridge, netfilter, conntrack, DNAT) runs in the sender's own system time, as
 with hping3.
 
-  python bench/synflood.py build FILE SRC VIP PORT COUNT   (the packets, 40 bytes each)
+  python bench/synflood.py build FILE SRC VIP PORT COUNT [FIRST_PORT]
+    the packets, 40 bytes each, source ports from FIRST_PORT (1024) up
   ip netns exec POD python bench/synflood.py send FILE VIP RATE
     loads FILE, prints ``ready``, sends once a line arrives on stdin, then prints
     ``sent COUNT in SECONDS s cpu SECONDS s`` (its own CPU, the node's path for each
@@ -57,8 +58,9 @@ SIZE = 40  # IPv4 header and TCP header, no options
 def main() -> None:
     if sys.argv[1:2] == ["build"]:
         path, src, dst, port, count = sys.argv[2:7]
+        first = int(sys.argv[7]) if len(sys.argv) > 7 else 1024
         with open(path, "wb") as f:
-            f.write(b"".join(packets(src, dst, int(port), int(count))))
+            f.write(b"".join(packets(src, dst, int(port), int(count), first)))
         return
     path, dst, rate = sys.argv[2:5]
     with open(path, "rb") as f:

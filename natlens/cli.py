@@ -147,7 +147,10 @@ def cli(ctx: click.Context, server: str | None, server_token_file: str | None) -
 @click.option("--netns", metavar="NAME", help="Watch this network namespace (/run/netns/NAME "
               "or a path) instead of the agent's own.")
 @click.option("--source", default="auto", show_default=True, metavar="SOURCE",
-              help="Where decisions come from. ebpf: a bcc socket filter counts DNAT "
+              help="Where decisions come from. hook: a BPF netfilter program (kernel 6.4+ "
+              "with BTF, compiled at install time) counts every DNAT decision just before "
+              "conntrack confirms it and records each connection in a pinned ring, with or "
+              "without conntrack events; ebpf: a bcc socket filter counts DNAT "
               "decisions in the kernel; netlink: every conntrack event in user space; auto: "
               "ebpf, else netlink with one log line saying why; pcap: packets on every "
               "interface, paired before and after DNAT. all, or a list such as "
@@ -156,16 +159,19 @@ def cli(ctx: click.Context, server: str | None, server_token_file: str | None) -
               "the given port and the next ones), for report --agreement.")
 @click.option("--decisions", is_flag=True, help="ebpf: also ship each DNAT decision "
               "(per-connection queries), not only the kernel's counters.")
+@click.option("--aggregate-only", is_flag=True, help="hook: counts only, no "
+              "per-connection records (query decisions then finds nothing).")
 @click.option("--sample", type=click.IntRange(1, 1 << 20), default=1, show_default=True,
-              metavar="N", help="ebpf --decisions: ship 1 in N decisions, picked in the "
-              "kernel by a hash of the connection; counters stay exact.")
+              metavar="N", help="ebpf --decisions and hook: ship 1 in N decisions, picked "
+              "in the kernel by a hash of the connection; counters stay exact.")
 @click.option("--pin-root", default="/sys/fs/bpf/natlens", show_default=True,
               help="bpffs folder for the pinned maps (one subfolder per node); a restarted "
               "agent continues from them.")
 @click.option("--counters-interval", type=click.FloatRange(0.05, 3600), default=5.0,
               show_default=True, help="ebpf: seconds between reads of the kernel counters "
               "(a read of 100,000 keys costs about 0.6 s of CPU).")
-@click.option("--print-bpf", is_flag=True, help="Print the eBPF C program and exit.")
+@click.option("--print-bpf", is_flag=True, help="Print the C source of the BPF program "
+              "the chosen --source runs (hook, else the ebpf socket filter) and exit.")
 @click.option("--health-listen", metavar="HOST:PORT", help="Serve /healthz (the source "
               "loop turns) and /readyz (subscribed, rules read) for kubelet probes.")
 @collector_client_options
@@ -195,8 +201,8 @@ def cli(ctx: click.Context, server: str | None, server_token_file: str | None) -
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def agent(collector: str | None, node: str, netns: str | None, source: str,
-          decisions: bool, sample: int, pin_root: str, counters_interval: float,
-          print_bpf: bool, health_listen: str | None, tls_ca: str | None,
+          decisions: bool, aggregate_only: bool, sample: int, pin_root: str,
+          counters_interval: float, print_bpf: bool, health_listen: str | None, tls_ca: str | None,
           tls_cert: str | None, tls_key: str | None, tls_server_name: str | None,
           token_file: str | None, insecure: bool, spool: str | None, spool_max_bytes: int,
           keep_privileges: bool, agent_id: str, rules_interval: float,
@@ -212,7 +218,10 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     from natlens.security import TlsFiles, channel_credentials, read_token
 
     if print_bpf:
-        click.echo(program_text(pin_dir(pin_root, node, netns)), nl=False)
+        from natlens.agent.sources.hook_loader import SOURCE as HOOK_SOURCE
+
+        click.echo(HOOK_SOURCE.read_text() if source == "hook"
+                   else program_text(pin_dir(pin_root, node, netns)), nl=False)
         return
     if collector is None:
         raise click.UsageError("Missing option '--collector'.")
@@ -223,6 +232,13 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
         sources = parse_sources(source)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--source") from None
+    if aggregate_only and source != "hook":
+        raise click.BadParameter("--aggregate-only applies to the hook source",
+                                 param_hint="--source")
+    if source == "hook" and decisions:
+        raise click.BadParameter("the hook source records every connection unless "
+                                 "--aggregate-only; --decisions is for ebpf",
+                                 param_hint="--source")
     if source in ("netlink", "pcap") and (decisions or sample > 1):
         raise click.BadParameter("--decisions and --sample apply to the ebpf source; the "
                                  f"{source} source always ships every decision",
@@ -242,7 +258,7 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     _setup_logging(log_level, f"natlens-agent[{agent_id or node}]")
     ag = Agent(AgentConfig(
         collector=collector, node=node, netns=netns, agent_id=agent_id, source=source,
-        decisions=decisions, sample=sample, pin_root=pin_root,
+        decisions=decisions, aggregate_only=aggregate_only, sample=sample, pin_root=pin_root,
         counters_interval=counters_interval, rules_interval=rules_interval,
         batch_size=batch_size, batch_age=batch_age, drain_timeout=drain_timeout,
         accounting=not no_ct_accounting, rcvbuf=rcvbuf, health_listen=health_listen,
@@ -253,7 +269,8 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     try:
         rc = ag.run()
     except BpfUnavailable as e:
-        raise CliError(f"agent: --source ebpf: {e}") from None
+        raise CliError(f"agent: --source {'hook' if source == 'hook' else 'ebpf'}: {e}"
+                       ) from None
     except OSError as e:
         raise CliError(f"agent: {e}") from None
     sys.exit(rc)

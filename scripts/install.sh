@@ -9,7 +9,7 @@ ARCH=$(dpkg --print-architecture)
 APT_PACKAGES=(iptables nftables conntrack hping3 tcpdump iproute2 util-linux procps
               python3 python3-venv python3-dev python3-bpfcc bpfcc-tools chromium
               "linux-headers-$ARCH" podman runc debootstrap uidmap postgresql
-              prometheus)
+              prometheus clang llvm libbpf-dev libbpf1 bpftool iperf3)
 VENV=${VENV:-.venv}
 
 missing=()
@@ -29,6 +29,12 @@ fi
 # bcc compiles the eBPF program against a kernel header tree (scripts/kernel_headers.sh).
 if [ "$(id -u)" = 0 ]; then
   bash scripts/kernel_headers.sh /var/lib/natlens/kernel-headers
+fi
+
+# The hook source's BPF object, compiled once here (CO-RE: no kernel headers needed).
+src=agent/sources/hook.bpf.c obj=agent/sources/hook.bpf.o
+if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ scripts/build_bpf.sh -nt "$obj" ]; then
+  bash scripts/build_bpf.sh "$obj"
 fi
 
 # bcc (Debian's python3-bpfcc) lives in the system Python's dist-packages, so the venv

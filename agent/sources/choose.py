@@ -1,7 +1,7 @@
 """Which source an agent runs: ``--source`` as given, or ``auto``'s choice.
 
 ``auto`` tries the eBPF source and falls back to netlink with one log line saying why;
-``ebpf`` given explicitly fails with that reason instead.
+``ebpf`` (or ``hook``) given explicitly fails with that reason instead.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from natlens.agent.rules.watcher import RulesWatcher
 from natlens.agent.sources.capture_live import CaptureSource
 from natlens.agent.sources.ebpf import EbpfSource
 from natlens.agent.sources.ebpf_filter import BpfUnavailable
+from natlens.agent.sources.hook import HookSource
 from natlens.agent.sources.netlink import NetlinkSource
 from natlens.agent.sources.stage import Source
 
@@ -24,6 +25,11 @@ def open_source(cfg: AgentConfig, rules: RulesWatcher) -> Source:
     source: Source
     if cfg.source == "pcap":
         source = CaptureSource(cfg.netns, cfg.rcvbuf, rules.vips)
+        source.open()
+        return source
+    if cfg.source == "hook":
+        source = HookSource(cfg.node, cfg.netns, cfg.pin_root, not cfg.aggregate_only,
+                            cfg.sample, cfg.counters_interval, cfg.batch_age, cfg.ring_bytes)
         source.open()
         return source
     if cfg.source in ("ebpf", "auto"):

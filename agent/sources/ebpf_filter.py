@@ -128,8 +128,8 @@ def remove_pins(root: str, netns: str) -> list[str]:
     if not base.is_dir():
         return removed
     for d in base.glob(f"*@{os.path.basename(netns)}"):
-        for f in d.iterdir():
-            f.unlink()
+        for f in sorted(d.rglob("*"), reverse=True):  # pins first, then their folders
+            f.rmdir() if f.is_dir() else f.unlink()
         d.rmdir()
         removed.append(str(d))
     return removed

@@ -1,0 +1,62 @@
+"""The hook program's ring records (struct hook_rec in hook.bpf.c) become decision rows.
+
+Records are decoded in bulk: a span of the ring is one numpy array of fixed-size
+entries (the ring's 8-byte header, then the 80-byte record), so a poll costs one
+``tolist`` and one row per connection, not a Python call per field."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy
+
+from natlens.agent.decode.ctnetlink import PROTOCOLS
+from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import DecisionRow
+
+RECORD_SIZE = 80
+BUSY = 1 << 31
+DISCARD = 1 << 30
+# The ring's header (len with flag bits, page offset), then struct hook_rec.
+ENTRY = numpy.dtype([
+    ("len", "<u4"), ("pgoff", "<u4"),
+    ("boot_ns", "<u8"), ("family", "u1"), ("proto", "u1"), ("zone", "<u2"),
+    ("sport", ">u2"), ("dport", ">u2"), ("ep_port", ">u2"), ("hook", "<u2"),
+    ("src", "V16"), ("dst", "V16"), ("ep", "V16"),
+    ("ct_id", "<u4"), ("pad", "<u4"), ("pad2", "<u4")])
+assert ENTRY.itemsize == 8 + RECORD_SIZE
+
+
+class Addresses(dict[tuple[int, bytes], str]):
+    """Text of 16-byte address fields, remembered: a node meets few addresses."""
+
+    def __missing__(self, key: tuple[int, bytes]) -> str:
+        family, raw = key
+        text = (socket.inet_ntop(socket.AF_INET6, raw) if family == socket.AF_INET6
+                else socket.inet_ntop(socket.AF_INET, raw[:4]))
+        if len(self) < 1 << 16:
+            self[key] = text
+        return text
+
+
+def complete(entries: numpy.ndarray) -> int:
+    """How many leading entries are whole records the program has submitted: stop at
+    the first one still being written (busy) or not of this program's size."""
+    lengths = entries["len"]
+    bad = numpy.flatnonzero(lengths != RECORD_SIZE)
+    return int(bad[0]) if bad.size else len(entries)
+
+
+def rows(entries: numpy.ndarray, offset_ns: int, names: Addresses,
+         source: pb.Source = pb.SOURCE_EBPF) -> list[DecisionRow]:
+    """Decision rows of whole entries; ``offset_ns`` turns the boot clock into
+    wall-clock time."""
+    out = []
+    new = pb.EVENT_NEW
+    proto_names = PROTOCOLS
+    for (_, _, boot, fam, proto, zone, sport, dport, eport, _, src, dst, ep, ct_id, _,
+         _) in entries.tolist():
+        out.append(DecisionRow(boot + offset_ns, proto_names.get(proto) or str(proto),
+                               names[fam, src], sport, names[fam, dst], dport,
+                               names[fam, ep], eport, ct_id, zone, source, new))
+    return out

@@ -1,0 +1,131 @@
+"""The hook source: a BPF netfilter program counts and records each DNAT decision.
+
+The program (hook.bpf.c, loaded by hook_loader.py) runs in the node's namespace just
+before conntrack confirms a new entry, so it sees every decision once, whether or not
+anyone listens to conntrack events (``nf_conntrack_events=0`` included), and costs the
+kernel no netlink message. Its link and maps are pinned: while no agent runs the kernel
+keeps counting, and keeps a record per connection in the ring up to its size (past it,
+each record not kept is counted as a ring-overflow loss). This loop drains the ring in
+bulk on a fixed beat and ships the counters as running totals, like the eBPF source.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from natlens.agent.decode.counters import CounterTracker
+from natlens.agent.decode.hook_record import Addresses, rows
+from natlens.agent.sources.ebpf import outlives_the_agent
+from natlens.agent.sources.ebpf_filter import boot_offset_ns, pin_dir
+from natlens.agent.sources.hook_loader import HookProgram
+from natlens.agent.sources.hook_ring import Ring
+from natlens.agent.sources.stage import Sink
+from natlens.proto import natlens_pb2 as pb
+
+log = logging.getLogger("natlens.agent")
+
+POLL_S = 0.05         # the ring holds 200,000 records: at 50 ms a beat, 4 million a second
+TAKE = 65_536         # records per take, so a full ring becomes a few batches
+
+
+def hook_pin(root: str, node: str, netns: str | None) -> str:
+    """The hook's pins: a folder of the node's pin directory (the eBPF source's maps,
+    of another layout, sit beside it)."""
+    return os.path.join(pin_dir(root, node, netns), "hook")
+
+
+class HookSource:
+    name = "hook"
+    proto = pb.SOURCE_EBPF  # counted in the kernel, like the socket filter's records
+
+    def __init__(self, node: str, netns: str | None, pin_root: str, records: bool = True,
+                 sample: int = 1, counters_interval: float = 5.0, batch_age: float = 1.0,
+                 ring_bytes: int | None = None) -> None:
+        self.node, self.netns = node, netns
+        self.pin = hook_pin(pin_root, node, netns)
+        self.records, self.sample, self.ring_bytes = records, sample, ring_bytes
+        self.counters_interval = counters_interval
+        self.wait = min(POLL_S, batch_age)
+        self.stats = {"new": 0, "waiting_at_start": 0}
+        self._prog: HookProgram | None = None
+        self._ring: Ring | None = None
+        self._names = Addresses()
+
+    @property
+    def prog(self) -> HookProgram:
+        assert self._prog is not None, "open() first"
+        return self._prog
+
+    def open(self) -> None:
+        p = self._prog = HookProgram(self.pin, self.netns, self.records, self.sample,
+                                     self.ring_bytes)
+        if p.mounted and not outlives_the_agent(p.mounted):
+            log.warning("bpffs: %s was mounted in this process's own mount namespace: the "
+                        "pinned hook goes with it; mount bpffs there on the host (or run "
+                        "the agent in the host's mount namespace with --netns)", p.mounted)
+        try:
+            self._ring = Ring(p.fds["records"], p.ring_bytes)
+        except BaseException:
+            p.close()
+            raise
+        waiting = self.stats["waiting_at_start"] = self._ring.pending()
+        log.info("source hook: BPF netfilter program (%s, %s), links %s, maps %s in %s, "
+                 "epoch %s%s", "per-connection records" if self.records else "counts only",
+                 f"1 in {self.sample} recorded" if self.sample > 1 else "all recorded"
+                 if self.records else "aggregate", p.links,
+                 "created" if p.fresh else "reused", p.pin, p.epoch,
+                 f"; {waiting} records made while no agent ran" if waiting else "")
+        self.tracker = CounterTracker(p.epoch, self.proto, time.time_ns())
+
+    def capabilities(self) -> set[str]:
+        # Map reads need CAP_BPF (the ring is already mapped); the rules, CAP_NET_ADMIN.
+        return {"CAP_NET_ADMIN", "CAP_BPF"}
+
+    def run(self, sink: Sink, stop: threading.Event) -> None:
+        try:
+            due = 0.0
+            while not stop.is_set():
+                sink.turn()
+                self.drain(sink)
+                if time.monotonic() >= due:
+                    self.ship_counters(sink)
+                    due = time.monotonic() + self.counters_interval
+                stop.wait(self.wait)
+            self.drain(sink)
+            self.ship_counters(sink)
+            self.stats.update({f"bpf_{k}": v for k, v in self.prog.read_stats().items()})
+        finally:
+            self.close()
+
+    def drain(self, sink: Sink) -> int:
+        """Every whole record in the ring, handed on in one call per take."""
+        ring = self._ring
+        assert ring is not None
+        total = 0
+        offset = boot_offset_ns()  # the wall clock may have been stepped
+        while True:
+            entries, position = ring.take(TAKE)
+            if not len(entries):
+                return total
+            sink.decisions(rows(entries, offset, self._names))
+            ring.commit(position)
+            total += len(entries)
+            self.stats["new"] += len(entries)
+
+    def ship_counters(self, sink: Sink) -> None:
+        """Kernel counters changed since the last read, and the kernel's losses."""
+        now = time.time_ns()
+        for d in self.tracker.deltas(self.prog.read_counters(), now):
+            sink.counter(d)
+        for lost in self.tracker.losses(self.prog.read_losses(), now):
+            sink.lost(lost)
+
+    def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._prog is not None:
+            self._prog.close()

@@ -1,0 +1,297 @@
+"""hook.bpf.o loaded through libbpf, attached as BPF netfilter links, and pinned.
+
+libbpf (Debian's ``libbpf1``, through ctypes) applies the object's CO-RE relocations
+against ``/sys/kernel/btf/vmlinux``, reuses maps already pinned under the node's pin
+directory and creates the rest. The links are pinned beside the maps: the kernel keeps
+counting and recording while no agent runs, and a restarted agent reads on from the
+same counters and ring. A link is replaced only when the pinned one runs another build
+of the object (meta[1] holds the digest of the object the links run).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from natlens import netns
+from natlens.agent.decode.counters import CounterKey, CounterValue, decode_key
+from natlens.agent.sources.ebpf_filter import (
+    KEY_SIZE,
+    KEY_STRUCT,
+    VALUE_WORDS,
+    BpfUnavailable,
+    captured_output,
+    compile_reason,
+    ensure_bpffs,
+)
+
+log = logging.getLogger("natlens.agent")
+
+OBJECT = Path(__file__).with_name("hook.bpf.o")
+OBJECT_ENV = "NATLENS_BPF_OBJECT"  # another place for the compiled object (packagers)
+SOURCE = Path(__file__).with_name("hook.bpf.c")
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+PROGRAM = b"natlens_hook"
+MAPS = ("counters", "stats", "meta", "config", "records")
+BPF_PROG_TYPE_NETFILTER = 32
+BPF_NETFILTER = 45
+BPF_LINK_CREATE = 28
+SYS_BPF = 321  # x86-64
+NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
+NF_INET_LOCAL_IN, NF_INET_POST_ROUTING = 1, 4
+# One step before NF_IP_PRI_CONNTRACK_CONFIRM (INT_MAX): after every NAT hook, before
+# the entry is confirmed. The kernel refuses INT_MAX itself for BPF links.
+PRIORITY = 2**31 - 2
+# (pin name, protocol family, hook)
+HOOKS = (("link_in4", NFPROTO_IPV4, NF_INET_LOCAL_IN),
+         ("link_post4", NFPROTO_IPV4, NF_INET_POST_ROUTING),
+         ("link_in6", NFPROTO_IPV6, NF_INET_LOCAL_IN),
+         ("link_post6", NFPROTO_IPV6, NF_INET_POST_ROUTING))
+# Names of the stats array's slots, in the order of the enum in hook.bpf.c.
+STATS = ("new", "non_dnat", "map_full", "sampled_out", "recorded", "ring_full")
+# (reason shipped in LostEvents, slot of the stats array)
+LOSSES = (("map-full", "map_full"), ("sampling", "sampled_out"),
+          ("ring-overflow", "ring_full"))
+CONFIG = struct.Struct("=IIII")  # struct config
+BATCH = 8192
+
+
+def _libbpf() -> ctypes.CDLL:
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError as e:
+        raise BpfUnavailable(f"libbpf is not installed ({e}); install libbpf1") from e
+    vp, cp, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+    for fn, res, args in (
+            ("bpf_object__open_file", vp, [cp, vp]),
+            ("bpf_object__find_program_by_name", vp, [vp, cp]),
+            ("bpf_object__find_map_by_name", vp, [vp, cp]),
+            ("bpf_program__set_type", i, [vp, i]),
+            ("bpf_program__set_expected_attach_type", i, [vp, i]),
+            ("bpf_map__set_pin_path", i, [vp, cp]),
+            ("bpf_map__set_max_entries", i, [vp, ctypes.c_uint32]),
+            ("bpf_map__max_entries", ctypes.c_uint32, [vp]),
+            ("bpf_object__load", i, [vp]),
+            ("bpf_object__close", None, [vp]),
+            ("bpf_program__fd", i, [vp]),
+            ("bpf_map__fd", i, [vp]),
+            ("bpf_obj_pin", i, [i, cp]),
+            ("bpf_obj_get", i, [cp]),
+            ("bpf_map_lookup_elem", i, [i, vp, vp]),
+            ("bpf_map_update_elem", i, [i, vp, vp, ctypes.c_uint64]),
+            ("bpf_map_lookup_batch", i, [i, vp, vp, vp, vp, vp, vp]),
+            ("libbpf_num_possible_cpus", i, [])):
+        f = getattr(lib, fn)
+        f.restype, f.argtypes = res, args
+    return lib
+
+
+def object_path() -> Path:
+    return Path(os.environ.get(OBJECT_ENV) or OBJECT)
+
+
+def object_digest(path: Path) -> int:
+    """The build of the object, as a u64 for meta[1] (never 0: 0 is "none")."""
+    return int.from_bytes(hashlib.sha256(path.read_bytes()).digest()[:8], "little") | 1
+
+
+def why_not() -> str | None:
+    """Why this machine cannot run the hook source, checked before anything loads."""
+    path = object_path()
+    if not path.is_file():
+        return (f"{path} is not built (scripts/build_bpf.sh compiles it; make install "
+                f"runs it)")
+    if not Path(VMLINUX_BTF).is_file():
+        return f"the kernel has no BTF ({VMLINUX_BTF} is missing)"
+    return None
+
+
+def link_create(prog_fd: int, pf: int, hook: int, priority: int = PRIORITY) -> int:
+    """BPF_LINK_CREATE for a netfilter hook (libbpf 1.1 predates netfilter links)."""
+    attr = ctypes.create_string_buffer(64)
+    struct.pack_into("=IIIIIIiI", attr, 0, prog_fd, 0, BPF_NETFILTER, 0, pf, hook,
+                     priority, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(SYS_BPF, BPF_LINK_CREATE, attr, ctypes.sizeof(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"BPF_LINK_CREATE: {os.strerror(err)}")
+    return int(fd)
+
+
+class HookProgram:
+    """The loaded object, its maps and its links, for one node's pin directory."""
+
+    def __init__(self, pin: str, ns: str | None = None, records: bool = True,
+                 sample: int = 1, ring_bytes: int | None = None) -> None:
+        """``ring_bytes``: the record ring's size, a power-of-two number of pages (tests
+        make it small to fill it); a ring already pinned keeps its size."""
+        if sample < 1:
+            raise ValueError("sample rate must be at least 1")
+        reason = why_not()
+        if reason:
+            raise BpfUnavailable(reason)
+        self.pin, self.ns = pin, ns
+        self.lib = lib = _libbpf()
+        self.mounted = ensure_bpffs(pin)
+        self.fresh = not Path(pin, "counters").exists()
+        with captured_output() as err:
+            obj = lib.bpf_object__open_file(str(object_path()).encode(), None)
+            if not obj:
+                e = OSError(ctypes.get_errno(), "bpf_object__open_file")
+                raise BpfUnavailable(f"hook program did not open: {compile_reason(err, e)}")
+            self.obj = obj
+            prog = lib.bpf_object__find_program_by_name(obj, PROGRAM)
+            lib.bpf_program__set_type(prog, BPF_PROG_TYPE_NETFILTER)
+            lib.bpf_program__set_expected_attach_type(prog, BPF_NETFILTER)
+            maps = {}
+            for name in MAPS:
+                m = maps[name] = lib.bpf_object__find_map_by_name(obj, name.encode())
+                lib.bpf_map__set_pin_path(m, os.path.join(pin, name).encode())
+            if ring_bytes:
+                lib.bpf_map__set_max_entries(maps["records"], ring_bytes)
+            rc = lib.bpf_object__load(obj)
+        if rc < 0:
+            lib.bpf_object__close(obj)
+            e = OSError(-rc, os.strerror(-rc))
+            raise BpfUnavailable(f"hook program did not load: {compile_reason(err, e)}")
+        self.prog_fd = lib.bpf_program__fd(prog)
+        self.fds = {name: lib.bpf_map__fd(m) for name, m in maps.items()}
+        self.ring_bytes = int(lib.bpf_map__max_entries(maps["records"]))
+        self.ncpus = lib.libbpf_num_possible_cpus()
+        self._keys: dict[bytes, CounterKey] = {}
+        if self.fresh or self._meta(0) == 0:
+            self.fresh = True
+            self._set_meta(0, secrets.randbits(63) | 1)
+        self.epoch = f"{self._meta(0):016x}"
+        self.links = self._attach()
+        self.configure(records, sample)
+
+    # ---- links
+
+    def _attach(self) -> str:
+        """Keep pinned links that run this build; otherwise (re)create them. Says which."""
+        digest = object_digest(object_path())
+        pins = [os.path.join(self.pin, name) for name, _, _ in HOOKS]
+        present = [p for p in pins if os.path.exists(p)]
+        if present and self._meta(1) == digest:
+            return "reused"
+        for p in present:  # another build: its links go (unpinned and unheld, detached)
+            os.unlink(p)
+        with netns.entered(self.ns):
+            for (name, pf, hook), path in zip(HOOKS, pins, strict=True):
+                try:
+                    fd = link_create(self.prog_fd, pf, hook)
+                except OSError as e:
+                    if pf == NFPROTO_IPV6 and e.errno in (errno.EAFNOSUPPORT,
+                                                          errno.EOPNOTSUPP):
+                        log.info("hook: no IPv6 netfilter in this namespace; IPv4 only")
+                        continue
+                    raise BpfUnavailable(f"hook program did not attach ({name}): "
+                                         f"{e.strerror}") from e
+                try:
+                    if self.lib.bpf_obj_pin(fd, path.encode()) < 0:
+                        err = ctypes.get_errno()
+                        raise BpfUnavailable(f"pinning {path}: {os.strerror(err)}")
+                finally:
+                    os.close(fd)
+        self._set_meta(1, digest)
+        return "replaced" if present else "created"
+
+    def detach(self) -> None:
+        """Remove the pinned links: the kernel stops counting (``--detach`` and tests)."""
+        for name, _, _ in HOOKS:
+            p = os.path.join(self.pin, name)
+            if os.path.exists(p):
+                os.unlink(p)
+        self._set_meta(1, 0)
+
+    # ---- maps
+
+    def _meta(self, slot: int) -> int:
+        key, value = ctypes.c_uint32(slot), ctypes.c_uint64(0)
+        self.lib.bpf_map_lookup_elem(self.fds["meta"], ctypes.byref(key), ctypes.byref(value))
+        return int(value.value)
+
+    def _set_meta(self, slot: int, v: int) -> None:
+        key, value = ctypes.c_uint32(slot), ctypes.c_uint64(v)
+        self.lib.bpf_map_update_elem(self.fds["meta"], ctypes.byref(key),
+                                     ctypes.byref(value), 0)
+
+    def configure(self, records: bool, sample: int = 1, seed: int | None = None) -> None:
+        """Set the mode in the running program (a map write, no reload)."""
+        key = ctypes.c_uint32(0)
+        value = ctypes.create_string_buffer(
+            CONFIG.pack(int(records), sample, secrets.randbits(32) if seed is None else seed,
+                        0), CONFIG.size)
+        if self.lib.bpf_map_update_elem(self.fds["config"], ctypes.byref(key), value, 0) < 0:
+            raise OSError(ctypes.get_errno(), "config map update")
+        self.records, self.sample = records, sample
+
+    def read_stats(self) -> dict[str, int]:
+        out = {}
+        values = (ctypes.c_uint64 * self.ncpus)()
+        for i, name in enumerate(STATS):
+            key = ctypes.c_uint32(i)
+            self.lib.bpf_map_lookup_elem(self.fds["stats"], ctypes.byref(key), values)
+            out[name] = int(sum(values))
+        return out
+
+    def read_losses(self) -> dict[str, int]:
+        """Running totals of what the kernel counted but could not keep, by reason."""
+        stats = self.read_stats()
+        return {reason: stats[slot] for reason, slot in LOSSES}
+
+    def read_counters(self) -> dict[CounterKey, CounterValue]:
+        """Every counter, per-CPU slots summed (BPF_MAP_LOOKUP_BATCH, numpy sums)."""
+        out: dict[CounterKey, CounterValue] = {}
+        for raw, row in self._batched():
+            key = self._keys.get(raw)
+            if key is None:
+                fam, proto, vport, eport, _, vip, ep = KEY_STRUCT.unpack(raw)
+                key = self._keys[raw] = decode_key(fam, proto, vip, vport, ep, eport)
+            out[key] = CounterValue(*row)
+        return out
+
+    def _batched(self) -> Iterator[tuple[bytes, tuple[int, ...]]]:
+        import numpy
+
+        ncpus, words = self.ncpus, VALUE_WORDS
+        keys = ctypes.create_string_buffer(BATCH * KEY_SIZE)
+        values = ctypes.create_string_buffer(BATCH * words * 8 * ncpus)
+        token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
+        first = True
+        while True:
+            count.value = BATCH
+            rc = self.lib.bpf_map_lookup_batch(
+                self.fds["counters"], None if first else ctypes.byref(token_in),
+                ctypes.byref(token_out), keys, values, ctypes.byref(count), None)
+            err = ctypes.get_errno()
+            n = count.value
+            if n:
+                sums = numpy.frombuffer(memoryview(values), dtype=numpy.uint64,
+                                        count=n * ncpus * words)
+                rows = sums.reshape(n, ncpus, words).sum(axis=1).tolist()
+                raw = keys.raw
+                for i in range(n):
+                    yield raw[i * KEY_SIZE:(i + 1) * KEY_SIZE], tuple(rows[i])
+            if rc != 0:
+                if err == errno.ENOENT or rc == -errno.ENOENT:
+                    return
+                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+            token_in.value, first = token_out.value, False
+
+    def close(self) -> None:
+        """Close our handles; the pinned maps and links stay (and keep counting)."""
+        if self.obj:
+            self.lib.bpf_object__close(self.obj)
+            self.obj = None
