@@ -3,9 +3,11 @@
 # (scripts/image.sh); with Docker:
 #   docker build --target agent -t natlens-agent:0.1.0 .
 #   docker build --target collector -t natlens-collector:0.1.0 .
-# Neither carries a compiler, a browser or test tools: the agent needs Python, bcc (which
-# brings its own LLVM), the rule tools, a UAPI header tree and the packages the agent
-# imports; the collector Python and every natlens dependency.
+# Neither carries a compiler, a browser or test tools: the agent needs Python, the hook
+# source's BPF object (compiled in the bpf stage) and libbpf to load it, bcc (which
+# brings its own LLVM) and a UAPI header tree for the fallback ebpf source, the rule
+# tools and the packages the agent imports; the collector Python and every natlens
+# dependency.
 #
 # pip may reach PyPI through a TLS-intercepting proxy whose CA is not in Debian's
 # bundle: give the bundle to trust as the build secret `extra-ca` (podman/docker build
@@ -39,6 +41,19 @@ RUN bash scripts/kernel_headers.sh /tmp/headers \
  && cp -a /tmp/headers/include /opt/kernel-headers/ \
  && cp -a "/tmp/headers/arch/$arch/include" "/opt/kernel-headers/arch/$arch/"
 
+# The hook source's BPF object: compiled here once, with CO-RE relocations, so the agent
+# image carries no compiler and needs no kernel headers for it (libbpf fits it to the
+# node's kernel from /sys/kernel/btf/vmlinux when the agent loads it).
+FROM python AS bpf
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends clang llvm libbpf-dev linux-libc-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY agent/sources/hook.bpf.c agent/sources/ctnetlink_walk.h agent/sources/
+COPY scripts/build_bpf.sh scripts/
+RUN bash scripts/build_bpf.sh /opt/hook.bpf.o
+
 # A venv per image, each at the path it runs from (a venv cannot move): the packages
 # first (a layer that survives source changes), then natlens, then pip goes.
 FROM python AS agent-venv
@@ -53,6 +68,7 @@ COPY agent agent
 COPY collector collector
 COPY proto proto
 COPY lab lab
+COPY --from=bpf /opt/hook.bpf.o agent/sources/hook.bpf.o
 RUN --mount=type=secret,id=extra-ca,required=false \
     if [ -f /run/secrets/extra-ca ]; then export PIP_CERT=/run/secrets/extra-ca; fi \
  && /opt/natlens/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps . \
@@ -82,8 +98,8 @@ ENV DEBIAN_FRONTEND=noninteractive
 # packages for it.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-bpfcc iptables nftables \
-      ipvsadm iproute2 \
+ && apt-get install -y --no-install-recommends python3 python3-bpfcc libbpf1 iptables \
+      nftables ipvsadm iproute2 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=headers /opt/kernel-headers /var/lib/natlens/kernel-headers
 COPY --from=agent-venv /opt/natlens/venv /opt/natlens/venv

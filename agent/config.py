@@ -15,11 +15,11 @@ class AgentConfig:
     node: str
     netns: str | None = None
     agent_id: str = ""
-    source: str = "netlink"          # netlink, ebpf, hook, pcap, or auto (ebpf, else netlink)
-    decisions: bool = False          # ebpf: also ship per-connection decisions
-    aggregate_only: bool = False     # hook: counts only, no per-connection records
+    source: str = "netlink"          # netlink, ebpf, hook, pcap, or auto (hook, ebpf, netlink)
+    aggregate_only: bool = False     # hook, ebpf: counts only, no per-connection records
     sample: int = 1                  # ebpf decisions, hook records: 1 in N, in the kernel
     ring_bytes: int | None = None    # hook: the record ring's size (None: the program's)
+    closes: bool = True              # hook: read DESTROY events for bytes and ends
     pin_root: str = DEFAULT_PIN_ROOT
     counters_interval: float = 5.0
     rules_interval: float = 2.0
@@ -35,6 +35,11 @@ class AgentConfig:
     keep_privileges: bool = False     # True: do not drop capabilities after set-up
     spool: str | None = None          # directory of the on-disk spool (None: memory only)
     spool_max_bytes: int = 256 << 20
+
+    @property
+    def records(self) -> bool:
+        """Whether a kernel-counting source also ships a record per connection."""
+        return not self.aggregate_only
 
     @property
     def id(self) -> str:

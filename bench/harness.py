@@ -48,7 +48,8 @@ TAIL = float(os.environ.get("TAIL", "6"))  # seconds a measured window runs past
 NCPU = os.cpu_count() or 1
 USER_HZ = os.sysconf("SC_CLK_TCK")
 FLOOR = "listener that keeps nothing"
-READY = ("conntrack: subscribed", "source pcap: capturing")  # the agent's log says so
+# the agent's log says so
+READY = ("conntrack: subscribed", "source pcap: capturing", "source hook:")
 
 
 # ---------------------------------------------------------------- readers

@@ -30,7 +30,7 @@ only the connections of its own slices here; source_cpu.py is where counts are h
 the kernel's table.
 
 Run: .venv/bin/python bench/interleaved_cpu.py  (root; needs conntrack and bcc)
-     FLOODS=40 SLICE=0.2 ANSWER=1 RATE=0 ARGS="--source ebpf"
+     FLOODS=40 SLICE=0.2 ANSWER=1 RATE=0 ARGS="--source ebpf --aggregate-only"
      (the defaults: the issue's flood, SYNs at listening endpoints, as fast as one
      sender goes, and the agent's defaults: aggregate mode, with conntrack's byte
      counters and timestamps; ANSWER=0 silences the endpoints, RATE paces the
@@ -66,7 +66,7 @@ FLOODS = int(os.environ.get("FLOODS", "40"))
 SLICE = float(os.environ.get("SLICE", "0.2"))
 ANSWER = os.environ.get("ANSWER", "1") == "1"
 RATE = int(os.environ.get("RATE", "0"))  # SYNs per second; 0: as fast as one sender goes
-ARGS = os.environ.get("ARGS", "--source ebpf").split()
+ARGS = os.environ.get("ARGS", "--source ebpf --aggregate-only").split()
 NONE, CT, NAT, FLOOR = "none", "conntrack -E", "natlens", h.FLOOR
 CYCLE = [NONE, CT, NONE, NAT, NONE, FLOOR]
 SOL_NETLINK, ADD, DROP = 270, 1, 2

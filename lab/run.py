@@ -109,17 +109,16 @@ class _Run:
         return c, port
 
     def bpf_args(self, sources: tuple[str, ...]) -> list[str]:
-        """The eBPF source pins its maps; this run's own bpffs, unmounted at the end,
-        leaves nothing behind. The lab checks every connection, so agents also ship
-        per-connection decisions (ClientIP affinity is judged on first connections)."""
-        if "auto" not in sources and "ebpf" not in sources:
+        """The hook and eBPF sources pin their maps (and the hook its links); this run's
+        own bpffs, unmounted at the end, leaves nothing behind."""
+        if not {"auto", "ebpf", "hook"} & set(sources):
             return []
         bpffs = self.work / "bpf"
         bpffs.mkdir()
         subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True,
                        capture_output=True)
         self.mounted = bpffs
-        return ["--decisions", "--pin-root", str(bpffs)]
+        return ["--pin-root", str(bpffs)]
 
     def start_agents(self, port: int, source: str, extra: list[str]) -> None:
         for node in self.sc.nodes:

@@ -152,18 +152,22 @@ def cli(ctx: click.Context, server: str | None, server_token_file: str | None) -
               "conntrack confirms it and records each connection in a pinned ring, with or "
               "without conntrack events; ebpf: a bcc socket filter counts DNAT "
               "decisions in the kernel; netlink: every conntrack event in user space; auto: "
-              "ebpf, else netlink with one log line saying why; pcap: packets on every "
-              "interface, paired before and after DNAT. all, or a list such as "
-              "netlink,pcap: one agent process per source, side by side (ids NODE/SOURCE; "
-              "eBPF with --decisions; --spool gets a folder per source and --health-listen "
-              "the given port and the next ones), for report --agreement.")
-@click.option("--decisions", is_flag=True, help="ebpf: also ship each DNAT decision "
-              "(per-connection queries), not only the kernel's counters.")
-@click.option("--aggregate-only", is_flag=True, help="hook: counts only, no "
-              "per-connection records (query decisions then finds nothing).")
+              "hook, else ebpf, else netlink, each step with one log line saying why; "
+              "pcap: packets on every interface, paired before and after DNAT. all, or a "
+              "list such as netlink,pcap: one agent process per source, side by side (ids "
+              "NODE/SOURCE; --spool gets a folder per source and --health-listen the given "
+              "port and the next ones), for report --agreement.")
+@click.option("--decisions", is_flag=True, hidden=True, help="The default now: kept so "
+              "that older command lines still run.")
+@click.option("--aggregate-only", is_flag=True, help="hook and ebpf: ship the kernel's "
+              "counters only, no record per connection (cheaper; query decisions, "
+              "affinity first connections and names at the time then have nothing).")
+@click.option("--no-closes", is_flag=True, help="hook: do not read conntrack DESTROY "
+              "events (no bytes, packets or durations per endpoint, no ends on the "
+              "records); the decisions are counted and recorded all the same.")
 @click.option("--sample", type=click.IntRange(1, 1 << 20), default=1, show_default=True,
-              metavar="N", help="ebpf --decisions and hook: ship 1 in N decisions, picked "
-              "in the kernel by a hash of the connection; counters stay exact.")
+              metavar="N", help="hook and ebpf: ship the records of 1 in N connections, "
+              "picked in the kernel by a hash of the connection; counters stay exact.")
 @click.option("--pin-root", default="/sys/fs/bpf/natlens", show_default=True,
               help="bpffs folder for the pinned maps (one subfolder per node); a restarted "
               "agent continues from them.")
@@ -201,7 +205,7 @@ def cli(ctx: click.Context, server: str | None, server_token_file: str | None) -
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def agent(collector: str | None, node: str, netns: str | None, source: str,
-          decisions: bool, aggregate_only: bool, sample: int, pin_root: str,
+          decisions: bool, aggregate_only: bool, no_closes: bool, sample: int, pin_root: str,
           counters_interval: float, print_bpf: bool, health_listen: str | None, tls_ca: str | None,
           tls_cert: str | None, tls_key: str | None, tls_server_name: str | None,
           token_file: str | None, insecure: bool, spool: str | None, spool_max_bytes: int,
@@ -218,9 +222,10 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     from natlens.security import TlsFiles, channel_credentials, read_token
 
     if print_bpf:
+        from natlens.agent.sources.ebpf_filter import with_includes
         from natlens.agent.sources.hook_loader import SOURCE as HOOK_SOURCE
 
-        click.echo(HOOK_SOURCE.read_text() if source == "hook"
+        click.echo(with_includes(HOOK_SOURCE) if source in ("hook", "auto")
                    else program_text(pin_dir(pin_root, node, netns)), nl=False)
         return
     if collector is None:
@@ -232,16 +237,12 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
         sources = parse_sources(source)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--source") from None
-    if aggregate_only and source != "hook":
-        raise click.BadParameter("--aggregate-only applies to the hook source",
-                                 param_hint="--source")
-    if source == "hook" and decisions:
-        raise click.BadParameter("the hook source records every connection unless "
-                                 "--aggregate-only; --decisions is for ebpf",
-                                 param_hint="--source")
-    if source in ("netlink", "pcap") and (decisions or sample > 1):
-        raise click.BadParameter("--decisions and --sample apply to the ebpf source; the "
-                                 f"{source} source always ships every decision",
+    if decisions and aggregate_only:
+        raise click.BadParameter("--decisions and --aggregate-only contradict each other",
+                                 param_hint="--aggregate-only")
+    if source in ("netlink", "pcap") and (decisions or aggregate_only or sample > 1):
+        raise click.BadParameter("--aggregate-only and --sample apply to the hook and ebpf "
+                                 f"sources; the {source} source always ships every decision",
                                  param_hint="--source")
     tls = tls_settings(TlsFiles(tls_cert, tls_key, tls_ca), insecure, side="client")
     token = read_token(token_file)
@@ -258,7 +259,7 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     _setup_logging(log_level, f"natlens-agent[{agent_id or node}]")
     ag = Agent(AgentConfig(
         collector=collector, node=node, netns=netns, agent_id=agent_id, source=source,
-        decisions=decisions, aggregate_only=aggregate_only, sample=sample, pin_root=pin_root,
+        aggregate_only=aggregate_only, closes=not no_closes, sample=sample, pin_root=pin_root,
         counters_interval=counters_interval, rules_interval=rules_interval,
         batch_size=batch_size, batch_age=batch_age, drain_timeout=drain_timeout,
         accounting=not no_ct_accounting, rcvbuf=rcvbuf, health_listen=health_listen,
@@ -269,8 +270,7 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     try:
         rc = ag.run()
     except BpfUnavailable as e:
-        raise CliError(f"agent: --source {'hook' if source == 'hook' else 'ebpf'}: {e}"
-                       ) from None
+        raise CliError(f"agent: --source {source}: {e}") from None
     except OSError as e:
         raise CliError(f"agent: {e}") from None
     sys.exit(rc)

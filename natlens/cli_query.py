@@ -121,7 +121,7 @@ def query_decisions_cmd(db: str | None, client: str | None, service: str | None,
 
 
 DECISION_COLUMNS = ["time", "node", "client", "service", "vip", "endpoint", "pod", "source",
-                    "event"]
+                    "event", "duration", "bytes"]
 
 
 def _remote_decisions(remote: Any, q: Any) -> list[dict[str, Any]]:

@@ -33,7 +33,8 @@ fi
 
 # The hook source's BPF object, compiled once here (CO-RE: no kernel headers needed).
 src=agent/sources/hook.bpf.c obj=agent/sources/hook.bpf.o
-if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ scripts/build_bpf.sh -nt "$obj" ]; then
+if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ agent/sources/ctnetlink_walk.h -nt "$obj" ] \
+   || [ scripts/build_bpf.sh -nt "$obj" ]; then
   bash scripts/build_bpf.sh "$obj"
 fi
 

@@ -1,7 +1,8 @@
 """Which source an agent runs: ``--source`` as given, or ``auto``'s choice.
 
-``auto`` tries the eBPF source and falls back to netlink with one log line saying why;
-``ebpf`` (or ``hook``) given explicitly fails with that reason instead.
+``auto`` tries the hook source, then the eBPF socket filter, then netlink, each step
+with one log line saying why; ``hook`` or ``ebpf`` given explicitly fails with that
+reason instead.
 """
 
 from __future__ import annotations
@@ -27,13 +28,19 @@ def open_source(cfg: AgentConfig, rules: RulesWatcher) -> Source:
         source = CaptureSource(cfg.netns, cfg.rcvbuf, rules.vips)
         source.open()
         return source
-    if cfg.source == "hook":
-        source = HookSource(cfg.node, cfg.netns, cfg.pin_root, not cfg.aggregate_only,
-                            cfg.sample, cfg.counters_interval, cfg.batch_age, cfg.ring_bytes)
-        source.open()
-        return source
+    if cfg.source in ("hook", "auto"):
+        source = HookSource(cfg.node, cfg.netns, cfg.pin_root, cfg.records, cfg.sample,
+                            cfg.counters_interval, cfg.batch_age, cfg.ring_bytes,
+                            cfg.closes, cfg.accounting)
+        try:
+            source.open()
+            return source
+        except BpfUnavailable as e:
+            if cfg.source == "hook":
+                raise
+            log.warning("source auto: hook unavailable, trying ebpf: %s", e)
     if cfg.source in ("ebpf", "auto"):
-        source = EbpfSource(cfg.node, cfg.netns, cfg.pin_root, cfg.decisions, cfg.sample,
+        source = EbpfSource(cfg.node, cfg.netns, cfg.pin_root, cfg.records, cfg.sample,
                             cfg.counters_interval, rcvbuf=cfg.rcvbuf,
                             accounting=cfg.accounting, batch_age=cfg.batch_age)
         try:

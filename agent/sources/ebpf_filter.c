@@ -11,34 +11,8 @@
 // Python decodes these structs in ebpf.py (same folder); keep the two in step.
 // Only UAPI headers: the program must compile without a matching kernel tree.
 #include <uapi/linux/bpf.h>
+#include "ctnetlink_walk.h"
 
-#define CTA_TUPLE_ORIG 1
-#define CTA_TUPLE_REPLY 2
-#define CTA_COUNTERS_ORIG 9
-#define CTA_COUNTERS_REPLY 10
-#define CTA_ID 12
-#define CTA_ZONE 18
-#define CTA_TIMESTAMP 20
-#define CTA_TUPLE_IP 1
-#define CTA_TUPLE_PROTO 2
-#define CTA_IP_V4_SRC 1
-#define CTA_IP_V4_DST 2
-#define CTA_IP_V6_SRC 3
-#define CTA_IP_V6_DST 4
-#define CTA_PROTO_NUM 1
-#define CTA_PROTO_SRC_PORT 2
-#define CTA_PROTO_DST_PORT 3
-#define CTA_COUNTERS_PACKETS 1
-#define CTA_COUNTERS_BYTES 2
-#define CTA_TIMESTAMP_START 1
-#define CTA_TIMESTAMP_STOP 2
-#define NFNL_SUBSYS_CTNETLINK 1
-#define IPCTNL_MSG_CT_NEW 0
-#define IPCTNL_MSG_CT_DELETE 2
-#define NLA_TYPE_MASK 0x3fff
-#define NLMSG_HDRLEN 16
-#define NFGEN_HDRLEN 4
-#define MAX_ATTRS 24
 
 // Counter key: one per (family, protocol, VIP:port, endpoint:port).
 struct nl_key {
@@ -80,13 +54,6 @@ enum {
     ST_MALFORMED, ST_RING_FULL, ST_MAX
 };
 
-struct tuple {
-    u8 src[16];
-    u8 dst[16];
-    u16 sport;
-    u16 dport;
-    u8 proto;
-};
 
 BPF_TABLE_PINNED("percpu_hash", struct nl_key, struct nl_val, counters, MAX_KEYS,
                  "__PIN__/counters");
@@ -97,17 +64,6 @@ BPF_TABLE_PINNED("percpu_array", u32, u64, stats, ST_MAX, "__PIN__/stats");
 BPF_TABLE_PINNED("array", u32, u64, meta, 2, "__PIN__/meta");
 BPF_ARRAY(config, struct config, 1);
 
-// What one event says. Parsed into map memory, not the stack: the verifier would
-// otherwise follow every combination of attributes seen as a separate state.
-struct parsed {
-    struct tuple orig;
-    struct tuple reply;
-    u64 counters_orig[2];   // packets, bytes
-    u64 counters_reply[2];
-    u64 ts[2];              // start, stop
-    u32 ct_id;
-    u16 zone;
-};
 // One decision as user space reads it from the ring buffer (ebpf.py: RECORD).
 struct decision_rec {
     u64 boot_ns;    // bpf_ktime_get_boot_ns() when the event passed the filter
@@ -124,117 +80,6 @@ static __always_inline void bump(u32 idx) {
         *v += 1;
 }
 
-static __always_inline int attr_hdr(struct __sk_buff *skb, u32 off, u16 *len, u16 *type) {
-    u16 h[2];
-    if (bpf_skb_load_bytes(skb, off, h, 4) < 0)
-        return -1;
-    *len = h[0];
-    *type = h[1] & NLA_TYPE_MASK;
-    return h[0] < 4 ? -1 : 0;
-}
-
-static __always_inline u64 be64(struct __sk_buff *skb, u32 off) {
-    u64 v = 0;
-    bpf_skb_load_bytes(skb, off, &v, 8);
-    return __builtin_bswap64(v);  // network order; x86-64 and arm64 are little-endian
-}
-
-// An IPv4 tuple nest as the kernel writes it (ctnetlink_dump_tuples): TUPLE_IP{V4_SRC,
-// V4_DST}, TUPLE_PROTO{NUM, SRC_PORT, DST_PORT}, 48 bytes after the nest's header. Read
-// with one load when every header is where that layout puts it (one helper call
-// instead of twelve); any other shape goes through the walk in parse_tuple, which
-// reads the same values from this one. Header words are len | type << 16 (x86-64 and
-// arm64 are little-endian), the type without its flag bits.
-#define HDR(len, type) ((len) | (type) << 16)
-#define HDR_MASK 0x3fffffff
-
-static __always_inline int tuple_v4(struct __sk_buff *skb, u32 off, struct tuple *t) {
-    u32 w[12];
-    if (bpf_skb_load_bytes(skb, off, w, sizeof(w)) < 0)
-        return -1;
-    if ((w[0] & HDR_MASK) != HDR(20, CTA_TUPLE_IP) ||
-        (w[1] & HDR_MASK) != HDR(8, CTA_IP_V4_SRC) ||
-        (w[3] & HDR_MASK) != HDR(8, CTA_IP_V4_DST) ||
-        (w[5] & HDR_MASK) != HDR(28, CTA_TUPLE_PROTO) ||
-        (w[6] & HDR_MASK) != HDR(5, CTA_PROTO_NUM) ||
-        (w[8] & HDR_MASK) != HDR(6, CTA_PROTO_SRC_PORT) ||
-        (w[10] & HDR_MASK) != HDR(6, CTA_PROTO_DST_PORT))
-        return -1;
-    __builtin_memcpy(t->src, &w[2], 4);
-    __builtin_memcpy(t->dst, &w[4], 4);
-    t->proto = w[7] & 0xff;
-    t->sport = w[9] & 0xffff;   // network order, as the walk loads it
-    t->dport = w[11] & 0xffff;
-    return 0;
-}
-
-static __always_inline int parse_tuple(struct __sk_buff *skb, u32 off, u32 end,
-                                       struct tuple *t) {
-    u16 len, type, l2, t2;
-    if (end - off == 48 && tuple_v4(skb, off, t) == 0)
-        return 0;
-    for (int i = 0; i < 3; i++) {
-        if (off + 4 > end || attr_hdr(skb, off, &len, &type) < 0)
-            break;
-        u32 o2 = off + 4, e2 = off + len;
-        if (type == CTA_TUPLE_IP) {
-            for (int j = 0; j < 2; j++) {
-                if (o2 + 4 > e2 || attr_hdr(skb, o2, &l2, &t2) < 0)
-                    break;
-                if (t2 == CTA_IP_V4_SRC)
-                    bpf_skb_load_bytes(skb, o2 + 4, t->src, 4);
-                else if (t2 == CTA_IP_V4_DST)
-                    bpf_skb_load_bytes(skb, o2 + 4, t->dst, 4);
-                else if (t2 == CTA_IP_V6_SRC)
-                    bpf_skb_load_bytes(skb, o2 + 4, t->src, 16);
-                else if (t2 == CTA_IP_V6_DST)
-                    bpf_skb_load_bytes(skb, o2 + 4, t->dst, 16);
-                o2 += (l2 + 3) & ~3;
-            }
-        } else if (type == CTA_TUPLE_PROTO) {
-            for (int j = 0; j < 3; j++) {
-                if (o2 + 4 > e2 || attr_hdr(skb, o2, &l2, &t2) < 0)
-                    break;
-                if (t2 == CTA_PROTO_NUM)
-                    bpf_skb_load_bytes(skb, o2 + 4, &t->proto, 1);
-                else if (t2 == CTA_PROTO_SRC_PORT)
-                    bpf_skb_load_bytes(skb, o2 + 4, &t->sport, 2);
-                else if (t2 == CTA_PROTO_DST_PORT)
-                    bpf_skb_load_bytes(skb, o2 + 4, &t->dport, 2);
-                o2 += (l2 + 3) & ~3;
-            }
-        }
-        off += (len + 3) & ~3;
-    }
-    return 0;
-}
-
-static __always_inline u32 mix(u32 h, u32 k) {
-    k *= 0xcc9e2d51;
-    k = (k << 15) | (k >> 17);
-    k *= 0x1b873593;
-    h ^= k;
-    h = (h << 13) | (h >> 19);
-    return h * 5 + 0xe6546b64;
-}
-
-// murmur3 over the original tuple: the same connection is selected on NEW and DESTROY.
-static __always_inline u32 tuple_hash(struct tuple *t, u32 seed) {
-    u32 w[4];
-    u32 h = seed;
-    __builtin_memcpy(w, t->src, 16);
-    h = mix(h, w[0]); h = mix(h, w[1]); h = mix(h, w[2]); h = mix(h, w[3]);
-    __builtin_memcpy(w, t->dst, 16);
-    h = mix(h, w[0]); h = mix(h, w[1]); h = mix(h, w[2]); h = mix(h, w[3]);
-    h = mix(h, ((u32)t->sport << 16) | t->dport);
-    h = mix(h, t->proto);
-    h ^= h >> 16;
-    h *= 0x85ebca6b;
-    h ^= h >> 13;
-    h *= 0xc2b2ae35;
-    h ^= h >> 16;
-    return h;
-}
 
 int ct_filter(struct __sk_buff *skb) {
     u8 hdr[NLMSG_HDRLEN + NFGEN_HDRLEN];
@@ -262,50 +107,9 @@ int ct_filter(struct __sk_buff *skb) {
         return 0;
     __builtin_memset(rec, 0, sizeof(*rec));
     struct parsed *m = &rec->p;
-    u16 len = 0, atype = 0;
-    u32 end = msglen;
-    u32 off = NLMSG_HDRLEN + NFGEN_HDRLEN;
-    for (int i = 0; i < MAX_ATTRS; i++) {
-        if (off + 4 > end)
-            break;
-        if (attr_hdr(skb, off, &len, &atype) < 0) {
-            bump(ST_MALFORMED);
-            return 0;
-        }
-        u32 p = off + 4, e = off + len;
-        if (atype == CTA_TUPLE_ORIG) {
-            parse_tuple(skb, p, e, &m->orig);
-        } else if (atype == CTA_TUPLE_REPLY) {
-            parse_tuple(skb, p, e, &m->reply);
-        } else if (atype == CTA_ID) {
-            u32 id = 0;
-            bpf_skb_load_bytes(skb, p, &id, 4);
-            m->ct_id = bpf_ntohl(id);
-            // A NEW event needs nothing after its id: the kernel writes the two tuples,
-            // CTA_ZONE, CTA_ID, then status, timeout, protocol state and the like
-            // (ctnetlink_conntrack_event), which the walk would only step over.
-            if (!destroy)
-                break;
-        } else if (atype == CTA_ZONE) {
-            u16 z = 0;
-            bpf_skb_load_bytes(skb, p, &z, 2);
-            m->zone = bpf_ntohs(z);
-        } else if (destroy && (atype == CTA_COUNTERS_ORIG || atype == CTA_COUNTERS_REPLY ||
-                               atype == CTA_TIMESTAMP)) {
-            u64 *dst = atype == CTA_COUNTERS_ORIG ? m->counters_orig
-                       : atype == CTA_COUNTERS_REPLY ? m->counters_reply : m->ts;
-            u16 l2, t2;
-            for (int j = 0; j < 3; j++) {
-                if (p + 4 > e || attr_hdr(skb, p, &l2, &t2) < 0)
-                    break;
-                if (t2 == 1 && l2 >= 12)          // PACKETS / TIMESTAMP_START
-                    dst[0] = be64(skb, p + 4);
-                else if (t2 == 2 && l2 >= 12)     // BYTES / TIMESTAMP_STOP
-                    dst[1] = be64(skb, p + 4);
-                p += (l2 + 3) & ~3;
-            }
-        }
-        off += (len + 3) & ~3;
+    if (walk_event(skb, msglen, destroy, m) < 0) {
+        bump(ST_MALFORMED);
+        return 0;
     }
 
     struct tuple *orig = &m->orig, *reply = &m->reply;

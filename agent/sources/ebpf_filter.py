@@ -135,8 +135,18 @@ def remove_pins(root: str, netns: str) -> list[str]:
     return removed
 
 
+def with_includes(path: Path) -> str:
+    """A C file with its local ``#include "…"`` lines replaced by the files: what bcc
+    compiles, and what --print-bpf shows, in one piece."""
+    out = []
+    for line in path.read_text().splitlines(keepends=True):
+        m = re.match(r'#include "([^"]+)"', line)
+        out.append(with_includes(path.with_name(m.group(1))) if m else line)
+    return "".join(out)
+
+
 def program_text(pin: str) -> str:
-    return PROGRAM.read_text().replace("__PIN__", pin)
+    return with_includes(PROGRAM).replace("__PIN__", pin)
 
 
 def is_bpffs(path: str) -> bool:

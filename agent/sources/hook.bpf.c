@@ -11,6 +11,11 @@
 // record per connection to a ring buffer. Maps and the link are pinned in bpffs, so the
 // kernel keeps counting and recording while no agent runs.
 //
+// A second program, natlens_closes, is a socket filter on the agent's ctnetlink socket
+// for DESTROY events only: it adds each DNAT entry's end (bytes, packets, duration) to
+// the same counters and writes a close record carrying the id its start record had
+// (the `open` map), then returns 0 so no message is queued.
+//
 // Compiled once at install time (scripts/build_bpf.sh) with clang's CO-RE relocations:
 // the structures below name only the fields used, and libbpf moves each access to the
 // running kernel's offset from /sys/kernel/btf/vmlinux. No kernel headers at run time.
@@ -19,11 +24,21 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+typedef __u8 u8;
+typedef __u16 u16;
+typedef __u32 u32;
+typedef __u64 u64;
+#include "ctnetlink_walk.h"
 
 #ifndef MAX_KEYS
 #define MAX_KEYS (1 << 18)
 #endif
-#define RING_BYTES (16 << 20)   // 200,000 records; the agent may set another size
+#ifndef MAX_OPEN
+#define MAX_OPEN (1 << 18)
+#endif
+#define RING_BYTES (32 << 20)   // 279,620 records; the agent may set another size
 #define NF_ACCEPT 1
 #define IP_CT_NEW 2
 #define NFCT_INFOMASK 7UL
@@ -114,28 +129,45 @@ struct config {
     __u32 pad;
 };
 
-// One connection as user space reads it from the ring (decode/hook_record.py: RECORD).
+// One connection's start or end as user space reads it from the ring
+// (decode/hook_record.py: ENTRY).
 struct hook_rec {
-    __u64 boot_ns;      // bpf_ktime_get_boot_ns() at the decision
+    __u64 boot_ns;      // bpf_ktime_get_boot_ns() at the decision (or the close)
     __u8 family;
     __u8 proto;
     __u16 zone;
     __be16 sport;       // client port
     __be16 dport;       // service port
     __be16 ep_port;     // endpoint port (reply source)
-    __u16 hook;         // pf << 8 | netfilter hook number
+    __u8 kind;          // 0: the decision, 1: the close
+    __u8 hook;          // the netfilter hook that saw the decision
     __u8 src[16];       // client
     __u8 dst[16];       // service address
     __u8 ep[16];        // endpoint (reply source)
-    __u32 ct_id;        // the entry's address hashed with the epoch's seed
-    __u32 pad;
-    __u32 pad2;
+    __u32 ct_id;        // the entry's address hashed with the epoch's seed (0: unknown)
+    __u64 orig_packets; // a close's conntrack counters (nf_conntrack_acct)
+    __u64 orig_bytes;
+    __u64 reply_packets;
+    __u64 reply_bytes;
+    __u64 duration_ns;  // a close's stop - start (nf_conntrack_timestamp)
 };
-_Static_assert(sizeof(struct hook_rec) == 80, "hook_rec is 80 bytes");
+_Static_assert(sizeof(struct hook_rec) == 112, "hook_rec is 112 bytes");
+
+// An open connection's original tuple, for its close record to find its id.
+struct open_key {
+    __u8 family;
+    __u8 proto;
+    __u16 zone;
+    __be16 sport;
+    __be16 dport;
+    __u8 src[16];
+    __u8 dst[16];
+};
 
 // Indexes into stats; hook_loader.py names them in the same order.
 enum {
-    ST_NEW, ST_NON_DNAT, ST_MAP_FULL, ST_SAMPLED_OUT, ST_RECORDED, ST_RING_FULL, ST_MAX
+    ST_NEW, ST_NON_DNAT, ST_MAP_FULL, ST_SAMPLED_OUT, ST_RECORDED, ST_RING_FULL,
+    ST_CLOSED, ST_CLOSE_MALFORMED, ST_CLOSE_UNKNOWN, ST_MAX
 };
 
 struct {
@@ -153,10 +185,11 @@ struct {
 } stats SEC(".maps");
 
 // meta[0]: the epoch, written by the agent that created the maps (counters are
-// cumulative within it); meta[1]: the digest of the object the pinned link runs.
+// cumulative within it); meta[1]: the digest of the object the pinned link runs;
+// meta[2]: the namespace's conntrack clash count when the epoch began.
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 2);
+    __uint(max_entries, 4);
     __type(key, __u32);
     __type(value, __u64);
 } meta SEC(".maps");
@@ -173,19 +206,26 @@ struct {
     __uint(max_entries, RING_BYTES);
 } records SEC(".maps");
 
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, MAX_OPEN);
+    __type(key, struct open_key);
+    __type(value, __u32);
+} open SEC(".maps");
+
+// A DESTROY message parsed into map memory (the walk's state stays small for the
+// verifier, as in ebpf_filter.c).
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct parsed);
+} scratch SEC(".maps");
+
 static __always_inline void bump(__u32 idx) {
     __u64 *v = bpf_map_lookup_elem(&stats, &idx);
     if (v)
         *v += 1;
-}
-
-static __always_inline __u32 mix(__u32 h, __u32 k) {
-    k *= 0xcc9e2d51;
-    k = (k << 15) | (k >> 17);
-    k *= 0x1b873593;
-    h ^= k;
-    h = (h << 13) | (h >> 19);
-    return h * 5 + 0xe6546b64;
 }
 
 static __always_inline __u32 fin(__u32 h) {
@@ -197,20 +237,27 @@ static __always_inline __u32 fin(__u32 h) {
     return h;
 }
 
-static __always_inline void count(struct nl_key *key) {
+// Add *add to the key's counters on this CPU (creating the key if need be).
+static __always_inline void count(struct nl_key *key, struct nl_val *add) {
     struct nl_val *v = bpf_map_lookup_elem(&counters, key);
-    if (v) {
-        v->connections += 1;  // this CPU's slot: no other writer
-        return;
+    if (!v) {
+        if (bpf_map_update_elem(&counters, key, add, BPF_NOEXIST) == 0)
+            return;
+        v = bpf_map_lookup_elem(&counters, key);  // another CPU added it meanwhile
+        if (!v) {
+            bump(ST_MAP_FULL);
+            return;
+        }
     }
-    struct nl_val one = {.connections = 1};
-    if (bpf_map_update_elem(&counters, key, &one, BPF_NOEXIST) == 0)
-        return;
-    v = bpf_map_lookup_elem(&counters, key);  // another CPU added it meanwhile
-    if (v)
-        v->connections += 1;
-    else
-        bump(ST_MAP_FULL);
+    // This CPU's slot: no other writer but a softirq on this CPU, which touches
+    // other fields (decisions count `connections`, closes the rest).
+    v->connections += add->connections;
+    v->closed += add->closed;
+    v->orig_packets += add->orig_packets;
+    v->orig_bytes += add->orig_bytes;
+    v->reply_packets += add->reply_packets;
+    v->reply_bytes += add->reply_bytes;
+    v->duration_ns += add->duration_ns;
 }
 
 SEC("netfilter")
@@ -248,7 +295,8 @@ int natlens_hook(struct bpf_nf_ctx *ctx) {
     key.ep_port = __builtin_bswap16(ep_port);
     __builtin_memcpy(key.vip, dst, 16);
     __builtin_memcpy(key.ep, ep, 16);
-    count(&key);
+    struct nl_val one = {.connections = 1};
+    count(&key, &one);
 
     __u32 zero = 0;
     struct config *cfg = bpf_map_lookup_elem(&config, &zero);
@@ -282,18 +330,111 @@ int natlens_hook(struct bpf_nf_ctx *ctx) {
     r->sport = sport;
     r->dport = dport;
     r->ep_port = ep_port;
-    r->hook = ((__u16)BPF_CORE_READ(state, pf) << 8) | BPF_CORE_READ(state, hook);
+    r->hook = BPF_CORE_READ(state, hook);
     __builtin_memcpy(r->src, src, 16);
     __builtin_memcpy(r->dst, dst, 16);
     __builtin_memcpy(r->ep, ep, 16);
     r->ct_id = fin(mix(mix(cfg->seed, (__u32)addr), (__u32)(addr >> 32)));
-    r->pad = 0;
-    r->pad2 = 0;
+    r->kind = 0;
+    r->orig_packets = r->orig_bytes = r->reply_packets = r->reply_bytes = 0;
+    r->duration_ns = 0;
+    struct open_key ok = {.family = l3, .proto = key.proto, .zone = r->zone,
+                          .sport = sport, .dport = dport};
+    __builtin_memcpy(ok.src, src, 16);
+    __builtin_memcpy(ok.dst, dst, 16);
+    __u32 id = r->ct_id;
     // No wake-up: the agent drains the ring on its own beat, so a flood costs the
     // kernel no interrupt work per record.
     bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
     bump(ST_RECORDED);
+    bpf_map_update_elem(&open, &ok, &id, BPF_ANY);
     return NF_ACCEPT;
+}
+
+// DESTROY events on the agent's ctnetlink socket: the end of each DNAT entry.
+SEC("socket")
+int natlens_closes(struct __sk_buff *skb) {
+    u8 hdr[NLMSG_HDRLEN + NFGEN_HDRLEN];
+    __u32 zero = 0;
+    if (bpf_skb_load_bytes(skb, 0, hdr, sizeof(hdr)) < 0)
+        return 0;
+    u32 msglen = *(u32 *)hdr;
+    u16 type = *(u16 *)(hdr + 4);
+    u8 family = hdr[NLMSG_HDRLEN];
+    if ((type >> 8) != NFNL_SUBSYS_CTNETLINK || (type & 0xff) != IPCTNL_MSG_CT_DELETE)
+        return 0;
+    struct parsed *m = bpf_map_lookup_elem(&scratch, &zero);
+    if (!m)
+        return 0;
+    __builtin_memset(m, 0, sizeof(*m));
+    if (msglen > skb->len || msglen < sizeof(hdr) || walk_event(skb, msglen, 1, m) < 0) {
+        bump(ST_CLOSE_MALFORMED);
+        return 0;
+    }
+    struct tuple *orig = &m->orig, *reply = &m->reply;
+    if (orig->proto != 6 && orig->proto != 17 && orig->proto != 132)
+        return 0;
+    u64 a[2], b[2];
+    __builtin_memcpy(a, orig->dst, 16);
+    __builtin_memcpy(b, reply->src, 16);
+    if (a[0] == b[0] && a[1] == b[1] && orig->dport == reply->sport)
+        return 0;  // not a DNAT decision
+
+    struct nl_key key = {};
+    key.family = family;
+    key.proto = orig->proto;
+    key.vip_port = bpf_ntohs(orig->dport);
+    key.ep_port = bpf_ntohs(reply->sport);
+    __builtin_memcpy(key.vip, orig->dst, 16);
+    __builtin_memcpy(key.ep, reply->src, 16);
+    u64 duration = m->ts[0] && m->ts[1] > m->ts[0] ? m->ts[1] - m->ts[0] : 0;
+    struct nl_val add = {.closed = 1, .orig_packets = m->counters_orig[0],
+                         .orig_bytes = m->counters_orig[1],
+                         .reply_packets = m->counters_reply[0],
+                         .reply_bytes = m->counters_reply[1], .duration_ns = duration};
+    count(&key, &add);
+    bump(ST_CLOSED);
+
+    struct open_key ok = {.family = family, .proto = orig->proto, .zone = m->zone,
+                          .sport = orig->sport, .dport = orig->dport};
+    __builtin_memcpy(ok.src, orig->src, 16);
+    __builtin_memcpy(ok.dst, orig->dst, 16);
+    __u32 *idp = bpf_map_lookup_elem(&open, &ok);
+    __u32 id = idp ? *idp : 0;
+    if (idp)
+        bpf_map_delete_elem(&open, &ok);
+    struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+    if (!cfg || !cfg->records)
+        return 0;
+    if (!idp) {  // sampled out, or opened before the hook was attached
+        bump(ST_CLOSE_UNKNOWN);
+        return 0;
+    }
+    struct hook_rec *r = bpf_ringbuf_reserve(&records, sizeof(*r), 0);
+    if (!r) {
+        bump(ST_RING_FULL);
+        return 0;
+    }
+    r->boot_ns = bpf_ktime_get_boot_ns();
+    r->family = family;
+    r->proto = orig->proto;
+    r->zone = m->zone;
+    r->sport = orig->sport;
+    r->dport = orig->dport;
+    r->ep_port = reply->sport;
+    r->kind = 1;
+    r->hook = 0;
+    __builtin_memcpy(r->src, orig->src, 16);
+    __builtin_memcpy(r->dst, orig->dst, 16);
+    __builtin_memcpy(r->ep, reply->src, 16);
+    r->ct_id = id;
+    r->orig_packets = m->counters_orig[0];
+    r->orig_bytes = m->counters_orig[1];
+    r->reply_packets = m->counters_reply[0];
+    r->reply_bytes = m->counters_reply[1];
+    r->duration_ns = duration;
+    bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+    return 0;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -40,7 +40,9 @@ OBJECT_ENV = "NATLENS_BPF_OBJECT"  # another place for the compiled object (pack
 SOURCE = Path(__file__).with_name("hook.bpf.c")
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 PROGRAM = b"natlens_hook"
-MAPS = ("counters", "stats", "meta", "config", "records")
+CLOSES = b"natlens_closes"
+# Pinned: what the pinned link's program and a later agent's close filter share.
+MAPS = ("counters", "stats", "meta", "config", "records", "open")
 BPF_PROG_TYPE_NETFILTER = 32
 BPF_NETFILTER = 45
 BPF_LINK_CREATE = 28
@@ -56,10 +58,17 @@ HOOKS = (("link_in4", NFPROTO_IPV4, NF_INET_LOCAL_IN),
          ("link_in6", NFPROTO_IPV6, NF_INET_LOCAL_IN),
          ("link_post6", NFPROTO_IPV6, NF_INET_POST_ROUTING))
 # Names of the stats array's slots, in the order of the enum in hook.bpf.c.
-STATS = ("new", "non_dnat", "map_full", "sampled_out", "recorded", "ring_full")
+STATS = ("new", "non_dnat", "map_full", "sampled_out", "recorded", "ring_full", "closed",
+         "close_malformed", "close_unknown")
 # (reason shipped in LostEvents, slot of the stats array)
 LOSSES = (("map-full", "map_full"), ("sampling", "sampled_out"),
-          ("ring-overflow", "ring_full"))
+          ("ring-overflow", "ring_full"), ("malformed", "close_malformed"))
+# The program counts an entry before conntrack confirms it; when two packets of one flow
+# race (UDP queries from one port on two CPUs), the loser's entry is merged into the
+# winner's or dropped at confirmation, after the count. The kernel counts those in
+# clash_resolve and insert_failed: reported under this reason, never silent.
+CLASH = "conntrack-clash"
+CT_STAT = "/proc/thread-self/net/stat/nf_conntrack"
 CONFIG = struct.Struct("=IIII")  # struct config
 BATCH = 8192
 
@@ -115,6 +124,31 @@ def why_not() -> str | None:
     return None
 
 
+def clash_total(text: str) -> int:
+    """clash_resolve + insert_failed over every CPU, from /proc/net/stat/nf_conntrack
+    (a header line, then one line of hex counters per CPU)."""
+    lines = text.split("\n")
+    names = lines[0].split()
+    cols = [names.index(n) for n in ("clashres", "insert_failed") if n in names]
+    return sum(int(f[c], 16) for line in lines[1:] if (f := line.split()) for c in cols)
+
+
+class ClashCounter:
+    """The namespace's running total of clashes. /proc/thread-self/net is the opening
+    thread's namespace, and an open file stays bound to it: opened once, inside."""
+
+    def __init__(self, ns: str | None) -> None:
+        with netns.entered(ns):
+            self._f = open(CT_STAT)  # noqa: SIM115 - read on every counters interval
+
+    def total(self) -> int:
+        self._f.seek(0)
+        return clash_total(self._f.read())
+
+    def close(self) -> None:
+        self._f.close()
+
+
 def link_create(prog_fd: int, pf: int, hook: int, priority: int = PRIORITY) -> int:
     """BPF_LINK_CREATE for a netfilter hook (libbpf 1.1 predates netfilter links)."""
     attr = ctypes.create_string_buffer(64)
@@ -151,11 +185,18 @@ class HookProgram:
                 raise BpfUnavailable(f"hook program did not open: {compile_reason(err, e)}")
             self.obj = obj
             prog = lib.bpf_object__find_program_by_name(obj, PROGRAM)
+            closes = lib.bpf_object__find_program_by_name(obj, CLOSES)
+            maps = {name.decode(): lib.bpf_object__find_map_by_name(obj, name)
+                    for name in (n.encode() for n in MAPS)}
+            missing = [n for n, p in (("natlens_hook", prog), ("natlens_closes", closes),
+                                      *maps.items()) if not p]
+            if missing:  # libbpf would dereference NULL: an object of another version
+                lib.bpf_object__close(obj)
+                raise BpfUnavailable(f"{object_path()} has no {', '.join(missing)}: it was "
+                                     "built from another version (scripts/build_bpf.sh)")
             lib.bpf_program__set_type(prog, BPF_PROG_TYPE_NETFILTER)
             lib.bpf_program__set_expected_attach_type(prog, BPF_NETFILTER)
-            maps = {}
-            for name in MAPS:
-                m = maps[name] = lib.bpf_object__find_map_by_name(obj, name.encode())
+            for name, m in maps.items():
                 lib.bpf_map__set_pin_path(m, os.path.join(pin, name).encode())
             if ring_bytes:
                 lib.bpf_map__set_max_entries(maps["records"], ring_bytes)
@@ -165,12 +206,15 @@ class HookProgram:
             e = OSError(-rc, os.strerror(-rc))
             raise BpfUnavailable(f"hook program did not load: {compile_reason(err, e)}")
         self.prog_fd = lib.bpf_program__fd(prog)
+        self.closes_fd = lib.bpf_program__fd(closes)
         self.fds = {name: lib.bpf_map__fd(m) for name, m in maps.items()}
         self.ring_bytes = int(lib.bpf_map__max_entries(maps["records"]))
         self.ncpus = lib.libbpf_num_possible_cpus()
+        self.clashes = ClashCounter(ns)
         self._keys: dict[bytes, CounterKey] = {}
         if self.fresh or self._meta(0) == 0:
             self.fresh = True
+            self._set_meta(2, self.clashes.total())
             self._set_meta(0, secrets.randbits(63) | 1)
         self.epoch = f"{self._meta(0):016x}"
         self.links = self._attach()
@@ -249,7 +293,9 @@ class HookProgram:
     def read_losses(self) -> dict[str, int]:
         """Running totals of what the kernel counted but could not keep, by reason."""
         stats = self.read_stats()
-        return {reason: stats[slot] for reason, slot in LOSSES}
+        out = {reason: stats[slot] for reason, slot in LOSSES}
+        out[CLASH] = max(self.clashes.total() - self._meta(2), 0)
+        return out
 
     def read_counters(self) -> dict[CounterKey, CounterValue]:
         """Every counter, per-CPU slots summed (BPF_MAP_LOOKUP_BATCH, numpy sums)."""
@@ -295,3 +341,4 @@ class HookProgram:
         if self.obj:
             self.lib.bpf_object__close(self.obj)
             self.obj = None
+            self.clashes.close()

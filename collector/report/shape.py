@@ -108,8 +108,13 @@ def lost_json(lost: list[Lost]) -> list[dict[str, Any]]:
 
 
 def decisions_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``query decisions`` rows with their time as RFC 3339 first."""
-    return [{"time": rfc3339(r["time_ns"]), **r} for r in rows]
+    """``query decisions`` rows with their time as RFC 3339 first, and the end's, the
+    duration and the bytes each way as the table shows them."""
+    return [{"time": rfc3339(r["time_ns"]), **r,
+             "ended": rfc3339(r["end_ns"]) if r.get("end_ns") else None,
+             "duration": f"{r['duration_ns'] / 1e9:.3f}s" if r.get("duration_ns") else None,
+             "bytes": f"{r['orig_bytes']}/{r['reply_bytes']}" if r.get("closed") else None}
+            for r in rows]
 
 
 def rules_later(node: str, first_ns: int, at_ns: int) -> str:

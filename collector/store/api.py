@@ -113,6 +113,11 @@ class DecisionRecord(NamedTuple):
     source: str
     event: str
     ct_id: int
+    orig_packets: int = 0   # a DESTROY's counters and duration; 0 on a decision
+    orig_bytes: int = 0
+    reply_packets: int = 0
+    reply_bytes: int = 0
+    duration_ns: int = 0
 
 
 @dataclass(frozen=True)

@@ -255,7 +255,8 @@ class SqlStore:
             args += [x for p in ports for x in p]
         return [DecisionRecord(*r) for r in self._rows(
             "SELECT time_ns, node, protocol, client_ip, client_port, vip, vip_port, endpoint, "
-            "rules_hash, source, event, ct_id FROM decisions WHERE " + " AND ".join(clauses)
+            "rules_hash, source, event, ct_id, orig_packets, orig_bytes, reply_packets, "
+            "reply_bytes, duration_ns FROM decisions WHERE " + " AND ".join(clauses)
             + " ORDER BY time_ns LIMIT ?", [*args, f.limit + 1])]
 
     def source_spans(self, w: Window) -> dict[str, dict[str, tuple[int, int]]]:

@@ -127,7 +127,7 @@ def observed(rep: dict[str, Any]) -> dict[str, int]:
 
 
 def test_aggregate_mode_is_exact_at_flood_rate(run: Run) -> None:
-    run.start_agent()
+    run.start_agent("--aggregate-only")
     with conntrack_reference(run.lab, run.tmp / "ct.txt") as ref:
         flood(run.lab, FLOOD)
     log = run.stop_agent()
@@ -140,7 +140,7 @@ def test_aggregate_mode_is_exact_at_flood_rate(run: Run) -> None:
 
 def test_decision_mode_is_exact_and_every_decision_is_stored_or_counted_lost(
         run: Run) -> None:
-    run.start_agent("--decisions")
+    run.start_agent()  # a record per connection: the default
     with conntrack_reference(run.lab, run.tmp / "ct.txt") as ref:
         flood(run.lab, FLOOD)
     run.stop_agent()
@@ -155,13 +155,13 @@ def test_decision_mode_is_exact_and_every_decision_is_stored_or_counted_lost(
 
 def test_kill_9_and_restart_counts_every_connection_once(run: Run) -> None:
     with conntrack_reference(run.lab, run.tmp / "ct.txt") as ref:
-        run.start_agent()
+        run.start_agent("--aggregate-only")
         flood(run.lab, 30_000)
         assert run.agent is not None
         os.kill(run.agent.pid, signal.SIGKILL)
         run.agent.wait()
         down = traffic(run.lab, 200)  # made while no agent runs; still in the table
-        run.start_agent()
+        run.start_agent("--aggregate-only")
         flood(run.lab, 30_000)
     log = run.stop_agent()
     assert "recovered 200 DNAT decisions" in (run.tmp / "agent2.log").read_text(), log
@@ -172,7 +172,7 @@ def test_kill_9_and_restart_counts_every_connection_once(run: Run) -> None:
 
 def test_sampled_decisions_scale_back_within_the_stated_error(run: Run) -> None:
     rate = 10
-    run.start_agent("--decisions", "--sample", str(rate))
+    run.start_agent("--sample", str(rate))
     with conntrack_reference(run.lab, run.tmp / "ct.txt") as ref:
         flood(run.lab, 50_000)
     run.stop_agent()
@@ -191,7 +191,8 @@ def test_auto_falls_back_to_netlink_and_ebpf_fails_with_the_reason(
         lab: dict[str, Any], tmp_path: Path, bpffs: Path) -> None:
     empty = tmp_path / "no-headers"
     empty.mkdir()
-    env = {**os.environ, "BCC_KERNEL_SOURCE": str(empty)}
+    env = {**os.environ, "BCC_KERNEL_SOURCE": str(empty),
+           "NATLENS_BPF_OBJECT": str(tmp_path / "missing.bpf.o")}
     port = free_port()
     base = [*NATLENS, "agent", "--insecure",
             "--collector", f"127.0.0.1:{port}", "--node", NODE, "--netns", lab["nodes"][NODE],
@@ -204,8 +205,10 @@ def test_auto_falls_back_to_netlink_and_ebpf_fails_with_the_reason(
                            "Unable to find kernel headers"), line
     text = log_until_subscribed([*base, "--source", "auto", "--drain-timeout", "0"],
                                 tmp_path / "auto.log", env=env)
-    fallback = [x for x in text.splitlines() if "eBPF unavailable" in x]
-    assert len(fallback) == 1 and "using netlink" in fallback[0], text
+    steps = [x for x in text.splitlines() if "source auto:" in x]
+    assert len(steps) == 2, text  # one line per step, each with its reason
+    assert "hook unavailable, trying ebpf: " in steps[0] and "missing.bpf.o" in steps[0]
+    assert "eBPF unavailable, using netlink: " in steps[1]
 
 
 def test_a_bpffs_mounted_where_it_cannot_outlive_the_agent_is_said(

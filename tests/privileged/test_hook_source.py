@@ -5,9 +5,11 @@ decision (every SYN of the flood has its own source port)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +22,19 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from .helpers import CLIENT, NATLENS, free_port, report_of, start, wait_for
+from natlens import netns
+
+from .helpers import (
+    CLIENT,
+    NATLENS,
+    free_port,
+    natlens,
+    report_of,
+    start,
+    traffic,
+    wait_for,
+    write_scenario,
+)
 
 pytestmark = pytest.mark.privileged
 VIP, PORT, TARGET = "10.1.122.241", 9999, 80
@@ -244,3 +258,170 @@ def test_print_bpf_prints_the_hook_program() -> None:
     r = subprocess.run([*NATLENS, "agent", "--source", "hook", "--print-bpf"],
                        capture_output=True, text=True, timeout=60, check=True)
     assert 'SEC("netfilter")' in r.stdout and "natlens_hook" in r.stdout
+
+
+# Both families, TCP and UDP: a dual-stack web service (TCP, answering) and a
+# dual-stack DNS service (UDP, answering), the client on node-a.
+MIXED = {
+    "name": "hook-mixed",
+    "proxyMode": "iptables",
+    "nodes": [
+        {"name": "node-a", "podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"], "pods": [
+            {"name": "client", "namespace": "t", "ips": ["10.244.1.10", "fd00:10:244:1::a"],
+             "labels": {"app": "client"}},
+            {"name": "web-1", "namespace": "t", "ips": ["10.244.1.20", "fd00:10:244:1::14"],
+             "labels": {"app": "web"}, "serve": {"port": 8080, "body": "web-1"}},
+            {"name": "dns-1", "namespace": "t", "ips": ["10.244.1.30", "fd00:10:244:1::1e"],
+             "labels": {"app": "dns"}, "serve": {"port": 53, "body": "dns-1",
+                                                 "protocol": "UDP"}}]},
+        {"name": "node-b", "podCIDRs": ["10.244.2.0/24", "fd00:10:244:2::/64"], "pods": [
+            {"name": "web-2", "namespace": "t", "ips": ["10.244.2.20", "fd00:10:244:2::14"],
+             "labels": {"app": "web"}, "serve": {"port": 8080, "body": "web-2"}},
+            {"name": "dns-2", "namespace": "t", "ips": ["10.244.2.30", "fd00:10:244:2::1e"],
+             "labels": {"app": "dns"}, "serve": {"port": 53, "body": "dns-2",
+                                                 "protocol": "UDP"}}]}],
+    "services": [
+        {"name": "web", "namespace": "t", "clusterIPs": ["10.96.0.80", "fd00:10:96::50"],
+         "selector": {"app": "web"},
+         "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+        {"name": "dns", "namespace": "t", "clusterIPs": ["10.96.0.10", "fd00:10:96::a"],
+         "selector": {"app": "dns"},
+         "ports": [{"name": "dns", "port": 53, "targetPort": 53, "protocol": "UDP"}]}],
+    "traffic": [],
+}
+# (family, protocol) -> (client address, VIP, service port, endpoint pods, target port)
+FLOODS = {
+    ("ipv4", "tcp"): ("10.244.1.10", "10.96.0.80", 80, ("web-1", "web-2"), 8080),
+    ("ipv6", "tcp"): ("fd00:10:244:1::a", "fd00:10:96::50", 80, ("web-1", "web-2"), 8080),
+    ("ipv4", "udp"): ("10.244.1.10", "10.96.0.10", 53, ("dns-1", "dns-2"), 53),
+    ("ipv6", "udp"): ("fd00:10:244:1::a", "fd00:10:96::a", 53, ("dns-1", "dns-2"), 53),
+}
+
+
+@pytest.fixture(scope="module")
+def mixed_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    path = write_scenario(tmp_path_factory.mktemp("mixed"), MIXED)
+    info = json.loads(natlens("lab", "up", path).stdout)
+    try:
+        yield info
+    finally:
+        natlens("lab", "down", path, "--prefix", info["prefix"])
+
+
+def arrived(lab: dict[str, Any], pod: str, family: str, proto: str, port: int) -> int:
+    """What the counting rule in ``pod``'s INPUT chain has seen so far."""
+    tool = "ip6tables" if family == "ipv6" else "iptables"
+    out = subprocess.run(["ip", "netns", "exec", lab["pods"][f"t/{pod}"], tool, "-L", "INPUT",
+                          "-v", "-x", "-n"], check=True, capture_output=True,
+                         text=True).stdout
+    return sum(int(x.split()[0]) for x in out.splitlines()
+               if f"dpt:{port}" in x and x.split()[2] == proto)
+
+
+@pytest.mark.parametrize(("family", "proto"), list(FLOODS))
+def test_floods_in_both_families_tcp_and_udp_are_exact(
+        mixed_lab: dict[str, Any], tmp_path: Path, bpffs: Path, family: str,
+        proto: str) -> None:
+    src, vip, port, pods, target = FLOODS[family, proto]
+    tool = "ip6tables" if family == "ipv6" else "iptables"
+    match = ["-p", "tcp", "--syn"] if proto == "tcp" else ["-p", "udp"]
+    for pod in pods:
+        subprocess.run(["ip", "netns", "exec", mixed_lab["pods"][f"t/{pod}"], tool, "-I",
+                        "INPUT", *match, "--dport", str(target)], check=True)
+    before = {p: arrived(mixed_lab, p, family, proto, target) for p in pods}
+    run = Run(mixed_lab, tmp_path, bpffs)
+    try:
+        run.start_agent(node="node-a")
+        packets = tmp_path / "flood.bin"
+        subprocess.run([sys.executable, str(SYNFLOOD), "build", str(packets), src, vip,
+                        str(port), str(FLOOD), "1024", proto], check=True)
+        r = subprocess.run(["ip", "netns", "exec", mixed_lab["pods"]["t/client"],
+                            sys.executable, str(SYNFLOOD), "send", str(packets), vip, "0"],
+                           input="go\n", capture_output=True, text=True, timeout=300,
+                           check=True)
+        rate = FLOOD / float(r.stdout.split()[4])
+        rep = run.report()
+    finally:
+        run.close()
+    ips = {p["name"]: p["ips"] for n in MIXED["nodes"] for p in n["pods"]}  # type: ignore
+    want = {}
+    for p in pods:
+        ip = ips[p][1 if family == "ipv6" else 0]
+        key = f"[{ip}]:{target}" if family == "ipv6" else f"{ip}:{target}"
+        want[key] = arrived(mixed_lab, p, family, proto, target) - before[p]
+    (entry,) = [s for s in rep["services"] if s["vip"] == vip]
+    got = {e["endpoint"]: e["observed"] for e in entry["endpoints"] if e["observed"]}
+    assert sum(want.values()) == FLOOD
+    assert got == want
+    assert rep["lost"] == []
+    db = sqlite_utils.Database(run.db)
+    stored = db.execute("SELECT COUNT(*) FROM decisions WHERE vip=? AND event='new'",
+                        [vip]).fetchone()[0]
+    assert stored == FLOOD
+    assert rate >= 20_000, f"the flood reached only {rate:.0f}/s"
+
+
+def test_udp_queries_racing_from_one_port_are_exact_or_reported(
+        mixed_lab: dict[str, Any], tmp_path: Path, bpffs: Path) -> None:
+    """DNS-style queries from one source port on two threads at once: two packets of
+    one flow can each make an entry on its own CPU, and conntrack merges (or drops) the
+    loser at confirmation, after the program counted it. Every count is then either a
+    conntrack entry or reported as a clash."""
+    vip, rounds = "10.96.0.10", 3000
+    client, node = mixed_lab["pods"]["t/client"], mixed_lab["nodes"]["node-a"]
+    subprocess.run(["ip", "netns", "exec", node, "conntrack", "-F"], capture_output=True)
+    run = Run(mixed_lab, tmp_path, bpffs)
+    try:
+        run.start_agent(node="node-a")
+        gate = threading.Barrier(2)
+
+        def query(first: int) -> None:
+            with netns.entered(client):
+                for i in range(rounds):
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                        s.bind(("10.244.1.10", first + i))
+                        gate.wait()
+                        s.sendto(b"?", (vip, 53))
+
+        threads = [threading.Thread(target=query, args=(20_000,)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(1)
+        out = subprocess.run(["ip", "netns", "exec", node, "conntrack", "-L", "-p", "udp",
+                              "--orig-dst", vip], capture_output=True, text=True,
+                             check=True).stdout
+        entries = sum(1 for line in out.splitlines() if line.startswith("udp"))
+        rep = run.report()
+    finally:
+        run.close()
+    (entry,) = [s for s in rep["services"] if s["vip"] == vip]
+    clashes = sum(x["count"] for x in rep["lost"] if x["reason"] == "conntrack-clash")
+    assert entries == rounds  # one entry per source port
+    assert entry["total"] == entries + clashes, (entry["total"], entries, clashes)
+
+
+def test_closes_give_bytes_durations_and_each_records_end(run: Run) -> None:
+    """Real connections through the service, then their entries deleted (each a
+    DESTROY event): the close filter adds bytes and durations to the counters, and each
+    connection's one row in query decisions gets its end."""
+    run.start_agent()
+    tally = traffic(run.lab, 200)
+    time.sleep(0.5)
+    subprocess.run(["ip", "netns", "exec", run.lab["nodes"][NODE], "conntrack", "-D",
+                    "--orig-dst", VIP], capture_output=True, check=True)
+    time.sleep(1)
+    rep = run.report()
+    assert observed(rep) == tally
+    db = sqlite_utils.Database(run.db)
+    closed, rbytes, duration = db.execute(
+        "SELECT SUM(closed), SUM(reply_bytes), SUM(duration_ns) FROM counters "
+        "WHERE vip=?", [VIP]).fetchone()
+    assert closed == 200 and rbytes > 200 * 20 and duration > 0
+    r = natlens("query", "decisions", "--db", str(run.db), "-o", "json")
+    rows = json.loads(r.stdout)
+    assert len(rows) == 200 and all(x["closed"] for x in rows), rows[:3]
+    assert all(x["reply_bytes"] > 0 and x["end_ns"] > x["time_ns"] for x in rows)
+    assert {x["ct_id"] for x in rows} != {0}

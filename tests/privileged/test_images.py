@@ -260,8 +260,8 @@ def test_the_images_run_the_seed_as_deployed(images: dict[str, str], lab: dict[s
     for name in agents.values():
         assert containers.stop(name) == 0, containers.logs(name)
         log = containers.logs(name)
-        # the manifest's capabilities: eBPF loaded, privileges dropped as far as allowed
-        assert "source ebpf" in log and "privileges: kept" in log, log
+        # the manifest's capabilities: the hook loaded, privileges dropped as far as allowed
+        assert "source hook" in log and "privileges: kept" in log, log
         assert "Traceback" not in log, log
     assert containers.stop(collector) == 0, containers.logs(collector)
     (entry,) = [s for s in report_of(db / "natlens.db")["services"]

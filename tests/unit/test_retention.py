@@ -164,6 +164,24 @@ def test_a_connection_is_listed_once_though_its_destroy_is_stored(db: str) -> No
     rows, _ = query_decisions(store, DecisionQuery())
     assert [(r["time_ns"], r["event"]) for r in rows] == [
         (T0 + 10, "new"), (T0 + 30, "recovered"), (T0 + 40, "snapshot")]
+    # The one row per connection carries its end; the others are still open.
+    assert (rows[0]["closed"], rows[0]["orig_bytes"], rows[0]["reply_bytes"]) == (True, 5, 9)
+    assert [r["closed"] for r in rows[1:]] == [False, False]
+    store.close()
+
+
+def test_a_connection_gets_the_end_with_its_own_id_only(db: str) -> None:
+    """Two connections from one client port, one after the other (ids differ): each
+    gets its own end, and its end's duration gives the end time."""
+    store = writer(db)
+    first = decision(T0 + 10, EPS[0])._replace(ct_id=1)
+    second = decision(T0 + 50, EPS[0])._replace(ct_id=2)
+    end1 = first._replace(event=pb.EVENT_DESTROY, orig_bytes=1, reply_bytes=2,
+                          duration_ns=30)
+    Feed(store).send([first, end1, second], rules=True)
+    rows, _ = query_decisions(store, DecisionQuery())
+    assert [(r["ct_id"], r["closed"], r["end_ns"]) for r in rows] == [
+        (1, True, T0 + 40), (2, False, None)]
     store.close()
 
 
