@@ -1,7 +1,7 @@
 // natlens hook: a BPF netfilter program that sees each new conntrack entry once.
 //
 // Attached in the node's network namespace at LOCAL_IN and POST_ROUTING, IPv4 and IPv6,
-// one priority step before conntrack confirms the entry (NF_IP_PRI_CONNTRACK_CONFIRM - 1).
+// one priority step before conntrack confirms the entry (hook_loader.py: HOOKS).
 // By then the DNAT decision is made (the reply tuple names the endpoint) and the entry
 // is not yet confirmed: the packet that created it is the only one that meets it
 // unconfirmed, so each decision is counted once. Every other packet leaves after one

@@ -49,14 +49,17 @@ BPF_LINK_CREATE = 28
 SYS_BPF = 321  # x86-64
 NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
 NF_INET_LOCAL_IN, NF_INET_POST_ROUTING = 1, 4
-# One step before NF_IP_PRI_CONNTRACK_CONFIRM (INT_MAX): after every NAT hook, before
-# the entry is confirmed. The kernel refuses INT_MAX itself for BPF links.
-PRIORITY = 2**31 - 2
-# (pin name, protocol family, hook)
-HOOKS = (("link_in4", NFPROTO_IPV4, NF_INET_LOCAL_IN),
-         ("link_post4", NFPROTO_IPV4, NF_INET_POST_ROUTING),
-         ("link_in6", NFPROTO_IPV6, NF_INET_LOCAL_IN),
-         ("link_post6", NFPROTO_IPV6, NF_INET_POST_ROUTING))
+# Just before conntrack confirms the entry, after every NAT hook. Confirmation runs at
+# INT_MAX (NF_IP_PRI_CONNTRACK_CONFIRM), except at IPv6's LOCAL_IN, where it runs at
+# INT_MAX - 1 (nf_conntrack_proto.c); the kernel refuses a BPF link at a priority
+# another hook holds (EBUSY), so a taken one is retried a step earlier, up to 8 steps.
+CONFIRM = 2**31 - 1
+# (pin name, protocol family, hook, the first priority to try)
+HOOKS = (("link_in4", NFPROTO_IPV4, NF_INET_LOCAL_IN, CONFIRM - 1),
+         ("link_post4", NFPROTO_IPV4, NF_INET_POST_ROUTING, CONFIRM - 1),
+         ("link_in6", NFPROTO_IPV6, NF_INET_LOCAL_IN, CONFIRM - 2),
+         ("link_post6", NFPROTO_IPV6, NF_INET_POST_ROUTING, CONFIRM - 1))
+STEPS = 8
 # Names of the stats array's slots, in the order of the enum in hook.bpf.c.
 STATS = ("new", "non_dnat", "map_full", "sampled_out", "recorded", "ring_full", "closed",
          "close_malformed", "close_unknown")
@@ -149,7 +152,18 @@ class ClashCounter:
         self._f.close()
 
 
-def link_create(prog_fd: int, pf: int, hook: int, priority: int = PRIORITY) -> int:
+def link_before_confirm(prog_fd: int, pf: int, hook: int, first: int) -> int:
+    """A link at ``first``, or the nearest earlier priority no other hook holds."""
+    for priority in range(first, first - STEPS, -1):
+        try:
+            return link_create(prog_fd, pf, hook, priority)
+        except OSError as e:
+            if e.errno != errno.EBUSY or priority == first - STEPS + 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def link_create(prog_fd: int, pf: int, hook: int, priority: int) -> int:
     """BPF_LINK_CREATE for a netfilter hook (libbpf 1.1 predates netfilter links)."""
     attr = ctypes.create_string_buffer(64)
     struct.pack_into("=IIIIIIiI", attr, 0, prog_fd, 0, BPF_NETFILTER, 0, pf, hook,
@@ -225,16 +239,16 @@ class HookProgram:
     def _attach(self) -> str:
         """Keep pinned links that run this build; otherwise (re)create them. Says which."""
         digest = object_digest(object_path())
-        pins = [os.path.join(self.pin, name) for name, _, _ in HOOKS]
+        pins = [os.path.join(self.pin, name) for name, _, _, _ in HOOKS]
         present = [p for p in pins if os.path.exists(p)]
         if present and self._meta(1) == digest:
             return "reused"
         for p in present:  # another build: its links go (unpinned and unheld, detached)
             os.unlink(p)
         with netns.entered(self.ns):
-            for (name, pf, hook), path in zip(HOOKS, pins, strict=True):
+            for (name, pf, hook, first), path in zip(HOOKS, pins, strict=True):
                 try:
-                    fd = link_create(self.prog_fd, pf, hook)
+                    fd = link_before_confirm(self.prog_fd, pf, hook, first)
                 except OSError as e:
                     if pf == NFPROTO_IPV6 and e.errno in (errno.EAFNOSUPPORT,
                                                           errno.EOPNOTSUPP):
@@ -253,7 +267,7 @@ class HookProgram:
 
     def detach(self) -> None:
         """Remove the pinned links: the kernel stops counting (``--detach`` and tests)."""
-        for name, _, _ in HOOKS:
+        for name, _, _, _ in HOOKS:
             p = os.path.join(self.pin, name)
             if os.path.exists(p):
                 os.unlink(p)

@@ -315,7 +315,7 @@ def arrived(lab: dict[str, Any], pod: str, family: str, proto: str, port: int) -
                           "-v", "-x", "-n"], check=True, capture_output=True,
                          text=True).stdout
     return sum(int(x.split()[0]) for x in out.splitlines()
-               if f"dpt:{port}" in x and x.split()[2] == proto)
+               if f"{proto} dpt:{port}" in x)
 
 
 @pytest.mark.parametrize(("family", "proto"), list(FLOODS))
