@@ -35,6 +35,9 @@ Run: .venv/bin/python bench/interleaved_cpu.py  (root; needs conntrack and bcc)
      sender goes, and the agent's defaults: aggregate mode, with conntrack's byte
      counters and timestamps; ANSWER=0 silences the endpoints, RATE paces the
      flood, ARGS are the agent's)
+     ARGS="--source hook" / "--source hook --aggregate-only --no-closes
+     --no-ct-accounting" (the hook source: this script detaches and attaches its links
+     to switch it, and switches its close filter's socket like the others)
      ANSWER=0 RATE=30000 ARGS="--source netlink --no-ct-accounting" .venv/bin/python ...
      (the 30,000/s figures of decision mode and of the netlink source: their runs in
      BENCHMARKS.md are without byte counters, like the conntrack -E beside them)
@@ -59,6 +62,7 @@ from typing import NamedTuple
 import harness as h  # bench/harness.py, beside this script
 
 from natlens import netns
+from natlens.agent.sources.ebpf_filter import pin_dir
 from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
 
@@ -67,6 +71,7 @@ SLICE = float(os.environ.get("SLICE", "0.2"))
 ANSWER = os.environ.get("ANSWER", "1") == "1"
 RATE = int(os.environ.get("RATE", "0"))  # SYNs per second; 0: as fast as one sender goes
 ARGS = os.environ.get("ARGS", "--source ebpf --aggregate-only").split()
+HOOK = "hook" in ARGS  # --source hook: switched by its links, not a socket
 NONE, CT, NAT, FLOOR = "none", "conntrack -E", "natlens", h.FLOOR
 CYCLE = [NONE, CT, NONE, NAT, NONE, FLOOR]
 SOL_NETLINK, ADD, DROP = 270, 1, 2
@@ -108,19 +113,40 @@ def subscribed_socket(pid: int, node: str) -> tuple[socket.socket, list[int]]:
     return socket.socket(fileno=dup), groups_of(found[0][1])
 
 
+class HookToggle:
+    """The hook source's netfilter links, detached and attached again from this process
+    (a program instance of its own on the agent's pinned maps): the agent keeps reading
+    the same counters and ring and does not notice."""
+
+    def __init__(self, pin: str, node: str, records: bool) -> None:
+        from natlens.agent.sources.hook_loader import HookProgram
+
+        self.prog = HookProgram(pin, node, records)
+        self.attached = True
+
+    def __call__(self, on: bool) -> None:
+        if on != self.attached:
+            self.prog.attach() if on else self.prog.detach()
+            self.attached = on
+
+
 class Switch:
-    """Which watcher listens: memberships added to one socket, dropped from the rest;
-    and conntrack's byte counters and timestamps on only while natlens listens, if it
-    runs with them (written through ``sysctls``, files opened in the node)."""
+    """Which watcher listens: memberships added to one socket, dropped from the rest
+    (and the hook's links attached or detached, ``toggles``); and conntrack's byte
+    counters and timestamps on only while natlens listens, if it runs with them
+    (written through ``sysctls``, files opened in the node)."""
 
     def __init__(self, socks: dict[str, tuple[socket.socket, list[int]]],
-                 sysctls: list[int]) -> None:
+                 sysctls: list[int], toggles: dict[str, HookToggle] | None = None) -> None:
         self.socks, self.sysctls = socks, sysctls
+        self.toggles = toggles or {}
         self.on: set[str] = set(socks)
 
     def listen(self, who: str) -> None:
         for fd in self.sysctls:
             os.pwrite(fd, b"1" if who == NAT else b"0", 0)
+        for name, toggle in self.toggles.items():
+            toggle(name == who)
         for name, (s, groups) in self.socks.items():
             want = name == who
             if want != (name in self.on):
@@ -288,10 +314,16 @@ def main() -> None:
                     sysctls = [] if "--no-ct-accounting" in ARGS else [
                         os.open(f"{NETFILTER}/nf_conntrack_{k}", os.O_WRONLY)
                         for k in ("acct", "timestamp")]
-                switch = Switch({CT: subscribed_socket(ct.pid, node),
-                                 NAT: subscribed_socket(nl.ag.pid, node),
-                                 FLOOR: (floor.sock, groups_of(floor.sock.getsockname()[1]))},
-                                sysctls)
+                socks = {CT: subscribed_socket(ct.pid, node),
+                         FLOOR: (floor.sock, groups_of(floor.sock.getsockname()[1]))}
+                toggles = {}
+                if HOOK:  # its links; and its close filter's socket, unless --no-closes
+                    toggles[NAT] = HookToggle(
+                        os.path.join(pin_dir(str(nl.bpffs), "n", node), "hook"), node,
+                        "--aggregate-only" not in ARGS)
+                if not HOOK or "--no-closes" not in ARGS:
+                    socks[NAT] = subscribed_socket(nl.ag.pid, node)
+                switch = Switch(socks, sysctls, toggles)
                 switch.listen(NONE)
                 pids = {CT: [ct.pid], NAT: [nl.ag.pid, nl.col.pid]}
                 for i in range(FLOODS):

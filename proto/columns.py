@@ -53,30 +53,62 @@ class ColumnsError(ValueError):
     """Columns that do not line up: not a batch anyone can store."""
 
 
+class Chunk(NamedTuple):
+    """Decisions already in columns (a source that decodes in bulk: no row object per
+    decision): its own keys (KEY_FIELDS tuples), each decision's index into them, and
+    one list per ROW_COLUMNS name, all of one length."""
+
+    keys: list[tuple[Any, ...]]
+    key_index: list[int]
+    values: dict[str, list[Any]]
+
+    def __len__(self) -> int:
+        return len(self.key_index)
+
+    def split(self, n: int) -> tuple[Chunk, Chunk]:
+        """The first ``n`` decisions, and the rest."""
+        return (Chunk(self.keys, self.key_index[:n], {k: v[:n] for k, v in self.values.items()}),
+                Chunk(self.keys, self.key_index[n:], {k: v[n:] for k, v in self.values.items()}))
+
+
 def pack(rows: Iterable[DecisionRow]) -> pb.DecisionColumns:
     """Columns for ``rows``, keys stored once each, all-zero counter columns left out."""
-    rows = list(rows)
+    return pack_parts([list(rows)])
+
+
+def pack_parts(parts: Iterable[list[DecisionRow] | Chunk]) -> pb.DecisionColumns:
+    """``pack`` for decisions handed over as rows and as chunks, in that order."""
+    parts = [p for p in parts if len(p)]
     cols = pb.DecisionColumns()
-    if not rows:
+    if not parts:
         return cols
     index: dict[tuple[Any, ...], int] = {}
-    key_index = []
-    for r in rows:
-        k = _ROW_KEY(r)
-        i = index.get(k)
-        if i is None:
-            i = index[k] = len(index)
-        key_index.append(i)
+    key_index: list[int] = []
+    columns: list[dict[str, Any]] = []
+    for part in parts:
+        if isinstance(part, Chunk):
+            remap = [index.setdefault(k, len(index)) for k in part.keys]
+            key_index += [remap[i] for i in part.key_index]
+            columns.append(part.values)
+            continue
+        for r in part:
+            k = _ROW_KEY(r)
+            i = index.get(k)
+            if i is None:
+                i = index[k] = len(index)
+            key_index.append(i)
+        columns.append(dict(zip(DecisionRow._fields, zip(*part, strict=True), strict=True)))
     cols.keys.extend(pb.DecisionKey(protocol=p, vip=v, vip_port=vp, endpoint_ip=e,
                                     endpoint_port=ep, source=s, event=ev)
                      for p, v, vp, e, ep, s, ev in index)
     cols.key_index.extend(key_index)
-    by_field = dict(zip(DecisionRow._fields, zip(*rows, strict=True), strict=True))
     for name in ROW_COLUMNS:
-        values = by_field[name]
-        if name in OPTIONAL and not any(values):
+        values = [c[name] for c in columns]
+        if name in OPTIONAL and not any(any(v) for v in values):
             continue
-        getattr(cols, name).extend(values)
+        column = getattr(cols, name)
+        for v in values:
+            column.extend(v)
     return cols
 
 

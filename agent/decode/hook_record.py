@@ -7,12 +7,13 @@ entries (the ring's 8-byte header, then the 80-byte record), so a poll costs one
 from __future__ import annotations
 
 import socket
+from itertools import repeat
 
 import numpy
 
 from natlens.agent.decode.ctnetlink import PROTOCOLS, address
 from natlens.proto import natlens_pb2 as pb
-from natlens.proto.columns import DecisionRow
+from natlens.proto.columns import ROW_COLUMNS, Chunk, DecisionRow
 
 RECORD_SIZE = 112
 BUSY = 1 << 31
@@ -47,24 +48,87 @@ def complete(entries: numpy.ndarray) -> int:
     return int(bad[0]) if bad.size else len(entries)
 
 
+_ADDR = numpy.dtype([("family", "u1"), ("addr", "V16")])
+
+
+def texts(column: numpy.ndarray, family: numpy.ndarray, names: Addresses) -> list[str]:
+    """A 16-byte address column as text, each distinct (family, address) formatted
+    once: numpy finds the distinct ones (a node meets few VIPs and endpoints, and
+    clients repeat)."""
+    k = numpy.empty(len(column), dtype=_ADDR)
+    k["family"], k["addr"] = family, column
+    uniq, inverse = numpy.unique(k.view(f"V{_ADDR.itemsize}"), return_inverse=True)
+    strs = numpy.array([names[int(u["family"]), u["addr"].tobytes()]
+                        for u in uniq.view(_ADDR)], dtype=object)
+    return strs[inverse.ravel()].tolist()  # type: ignore[no-any-return]
+
+
+# What makes a decision key (proto/columns.py: KEY_FIELDS), packed, to find the
+# distinct keys of a take with one numpy.unique.
+_KEY = numpy.dtype([("family", "u1"), ("proto", "u1"), ("kind", "u1"), ("dport", ">u2"),
+                    ("ep_port", ">u2"), ("dst", "V16"), ("ep", "V16")])
+_EVENTS = (pb.EVENT_NEW, pb.EVENT_DESTROY)
+
+
+def _times(entries: numpy.ndarray, offset_ns: int) -> tuple[list[int], numpy.ndarray]:
+    """Wall-clock times (a close's is its connection's start) and the durations."""
+    duration = entries["duration_ns"].astype(numpy.int64)
+    times = (entries["boot_ns"].astype(numpy.int64) + offset_ns
+             - numpy.where(entries["kind"] == 1, duration, 0))
+    return times.tolist(), duration
+
+
+def chunk(entries: numpy.ndarray, offset_ns: int, names: Addresses,
+          source: pb.Source = pb.SOURCE_EBPF) -> Chunk:
+    """Whole entries as wire columns, with no object per decision (what ``rows`` gives,
+    in the batcher's columnar form): the distinct keys found by numpy, each address
+    formatted once. This is the hook source's path; a row object per decision cost
+    it about 3 us each (BENCHMARKS.md)."""
+    n = len(entries)
+    if not n:
+        return Chunk([], [], {k: [] for k in ROW_COLUMNS})
+    k = numpy.empty(n, dtype=_KEY)
+    for f in _KEY.names or ():
+        k[f] = entries[f]
+    uniq, inverse = numpy.unique(k.view(f"V{_KEY.itemsize}"), return_inverse=True)
+    keys = []
+    for u in uniq.view(_KEY):
+        fam = socket.AF_INET6 if u["family"] == socket.AF_INET6 else socket.AF_INET
+        keys.append((PROTOCOLS.get(int(u["proto"])) or str(int(u["proto"])),
+                     names[fam, u["dst"].tobytes()], int(u["dport"]),
+                     names[fam, u["ep"].tobytes()], int(u["ep_port"]), source,
+                     _EVENTS[min(int(u["kind"]), 1)]))
+    times, duration = _times(entries, offset_ns)
+    return Chunk(keys, inverse.ravel().tolist(), {
+        "time_ns": times, "client_ip": texts(entries["src"], entries["family"], names),
+        "client_port": entries["sport"].astype(numpy.int64).tolist(),
+        "ct_id": entries["ct_id"].tolist(), "zone": entries["zone"].tolist(),
+        "orig_packets": entries["orig_packets"].tolist(),
+        "orig_bytes": entries["orig_bytes"].tolist(),
+        "reply_packets": entries["reply_packets"].tolist(),
+        "reply_bytes": entries["reply_bytes"].tolist(), "duration_ns": duration.tolist()})
+
+
 def rows(entries: numpy.ndarray, offset_ns: int, names: Addresses,
          source: pb.Source = pb.SOURCE_EBPF) -> list[DecisionRow]:
     """Decision rows of whole entries: a decision (kind 0) as ``new``, a close (kind 1)
     as ``destroy`` with its counters, its time the connection's start as for every
     source's DESTROY rows, and the id its decision had. ``offset_ns`` turns the boot
-    clock into wall-clock time."""
-    out = []
-    new, destroy = pb.EVENT_NEW, pb.EVENT_DESTROY
-    proto_names = PROTOCOLS
-    for (_, _, boot, fam, proto, zone, sport, dport, eport, kind, _, src, dst, ep, ct_id,
-         opk, oby, rpk, rby, dur) in entries.tolist():
-        if kind:
-            out.append(DecisionRow(boot + offset_ns - dur, proto_names.get(proto) or str(proto),
-                                   names[fam, src], sport, names[fam, dst], dport,
-                                   names[fam, ep], eport, ct_id, zone, source, destroy, opk,
-                                   oby, rpk, rby, dur))
-        else:
-            out.append(DecisionRow(boot + offset_ns, proto_names.get(proto) or str(proto),
-                                   names[fam, src], sport, names[fam, dst], dport,
-                                   names[fam, ep], eport, ct_id, zone, source, new))
-    return out
+    clock into wall-clock time. Column by column (numpy), then one row each: a row per
+    field per record in Python cost three times as much (BENCHMARKS.md)."""
+    if not len(entries):
+        return []
+    fam = entries["family"]
+    kind = entries["kind"]
+    times, duration = _times(entries, offset_ns)
+    protos = [PROTOCOLS.get(p) or str(p) for p in range(256)]
+    events = numpy.array([pb.EVENT_NEW, pb.EVENT_DESTROY], dtype=numpy.int64)
+    return list(map(
+        DecisionRow, times, [protos[p] for p in entries["proto"].tolist()],
+        texts(entries["src"], fam, names), entries["sport"].astype(numpy.int64).tolist(),
+        texts(entries["dst"], fam, names), entries["dport"].astype(numpy.int64).tolist(),
+        texts(entries["ep"], fam, names), entries["ep_port"].astype(numpy.int64).tolist(),
+        entries["ct_id"].tolist(), entries["zone"].tolist(), repeat(source, len(entries)),
+        events[numpy.minimum(kind, 1)].tolist(), entries["orig_packets"].tolist(),
+        entries["orig_bytes"].tolist(), entries["reply_packets"].tolist(),
+        entries["reply_bytes"].tolist(), duration.tolist()))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from natlens.proto import natlens_pb2 as pb
-from natlens.proto.columns import DecisionRow, pack
+from natlens.proto.columns import Chunk, DecisionRow, pack_parts
 
 
 class Batcher:
@@ -32,7 +32,8 @@ class Batcher:
         self.max_records, self.max_age, self._clock = max_records, max_age, clock
         self._lock = threading.Lock()
         self._batch = self._new()
-        self._rows: list[DecisionRow] = []
+        self._rows: list[DecisionRow] = []   # rows since the last chunk
+        self._parts: list[list[DecisionRow] | Chunk] = []  # in the order handed over
         self._n = 0
         self._opened = clock()
 
@@ -55,6 +56,20 @@ class Batcher:
                 self._rows.extend(rows[:room])
                 self._n += min(room, len(rows))
                 rows = rows[room:]
+                if self._n >= self.max_records:
+                    self._flush_locked()
+
+    def add_columns(self, chunk: Chunk) -> None:
+        """Decisions already in columns; batches still close at ``max_records``."""
+        with self._lock:
+            while len(chunk):
+                room = self.max_records - self._n
+                head, chunk = chunk.split(room) if len(chunk) > room else (chunk, chunk.split(0)[0])
+                if self._rows:
+                    self._parts.append(self._rows)
+                    self._rows = []
+                self._parts.append(head)
+                self._n += len(head)
                 if self._n >= self.max_records:
                     self._flush_locked()
 
@@ -88,9 +103,9 @@ class Batcher:
     def _flush_locked(self) -> None:
         self.seq += 1
         b, self._batch = self._batch, self._new()
-        if self._rows:
-            b.columns.CopyFrom(pack(self._rows))
-            self._rows = []
+        if self._rows or self._parts:
+            b.columns.CopyFrom(pack_parts([*self._parts, self._rows]))
+            self._rows, self._parts = [], []
         b.seq = self.seq
         self._n = 0
         self._opened = self._clock()

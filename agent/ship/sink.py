@@ -10,7 +10,7 @@ from __future__ import annotations
 from natlens.agent.health.server import Health
 from natlens.agent.ship.batch import Batcher
 from natlens.proto import natlens_pb2 as pb
-from natlens.proto.columns import DecisionRow
+from natlens.proto.columns import Chunk, DecisionRow
 from natlens.proto.names import source_name
 
 
@@ -22,6 +22,9 @@ class BatchSink:
 
     def decisions(self, rows: list[DecisionRow]) -> None:
         self.batcher.add_decisions(rows)
+
+    def columns(self, chunk: Chunk) -> None:
+        self.batcher.add_columns(chunk)
 
     def counter(self, delta: pb.CounterDelta) -> None:
         self.batcher.add_counter(delta)

@@ -20,7 +20,7 @@ import time
 from natlens import netns
 from natlens.agent.decode.counters import CounterTracker
 from natlens.agent.decode.ctnetlink import NETLINK_NETFILTER, NFNLGRP_CONNTRACK_DESTROY
-from natlens.agent.decode.hook_record import Addresses, rows
+from natlens.agent.decode.hook_record import Addresses, chunk
 from natlens.agent.sources.conntrack import enable_accounting, events_disabled
 from natlens.agent.sources.ebpf import outlives_the_agent
 from natlens.agent.sources.ebpf_filter import SO_ATTACH_BPF, boot_offset_ns, pin_dir
@@ -148,7 +148,7 @@ class HookSource:
             entries, position = ring.take(TAKE)
             if not len(entries):
                 return total
-            sink.decisions(rows(entries, offset, self._names))
+            sink.columns(chunk(entries, offset, self._names))
             ring.commit(position)
             total += len(entries)
             closes = int(entries["kind"].sum())

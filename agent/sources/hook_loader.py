@@ -231,12 +231,12 @@ class HookProgram:
             self._set_meta(2, self.clashes.total())
             self._set_meta(0, secrets.randbits(63) | 1)
         self.epoch = f"{self._meta(0):016x}"
-        self.links = self._attach()
+        self.links = self.attach()
         self.configure(records, sample)
 
     # ---- links
 
-    def _attach(self) -> str:
+    def attach(self) -> str:
         """Keep pinned links that run this build; otherwise (re)create them. Says which."""
         digest = object_digest(object_path())
         pins = [os.path.join(self.pin, name) for name, _, _, _ in HOOKS]

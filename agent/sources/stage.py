@@ -13,12 +13,15 @@ import threading
 from typing import Protocol
 
 from natlens.proto import natlens_pb2 as pb
-from natlens.proto.columns import DecisionRow
+from natlens.proto.columns import Chunk, DecisionRow
 
 
 class Sink(Protocol):
     def decisions(self, rows: list[DecisionRow]) -> None:
         """Decision rows, in the order seen (the list may be kept: do not reuse it)."""
+
+    def columns(self, chunk: Chunk) -> None:
+        """Decisions already in columns (a bulk decoder's), in the order seen."""
 
     def counter(self, delta: pb.CounterDelta) -> None:
         """A kernel counter's change, with its running totals."""

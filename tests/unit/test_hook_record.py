@@ -10,9 +10,18 @@ import numpy
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natlens.agent.decode.hook_record import BUSY, ENTRY, RECORD_SIZE, Addresses, complete, rows
+from natlens.agent.decode.hook_record import (
+    BUSY,
+    ENTRY,
+    RECORD_SIZE,
+    Addresses,
+    chunk,
+    complete,
+    rows,
+)
 from natlens.agent.sources.hook_loader import clash_total
 from natlens.proto import natlens_pb2 as pb
+from natlens.proto.columns import pack_parts, unpack
 
 # struct hook_rec after the ring's header (len, pgoff), as hook.bpf.c lays it out.
 REC = struct.Struct("<IIQBBH2s2s2sBB16s16s16sI5Q")
@@ -53,6 +62,10 @@ def test_records_decode_to_the_rows_they_carry(recs: list) -> None:  # type: ign
     assert complete(arr) == len(recs)
     got = [tuple(r)[:12] for r in rows(arr, 5, Addresses())]
     assert got == want
+    # The columnar path the source takes says the same, through the wire's columns.
+    batch = pb.Batch()
+    batch.columns.CopyFrom(pack_parts([chunk(arr, 5, Addresses())]))
+    assert unpack(batch) == rows(arr, 5, Addresses())
 
 
 def test_a_record_still_being_written_ends_the_take() -> None:
