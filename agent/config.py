@@ -19,7 +19,7 @@ class AgentConfig:
     aggregate_only: bool = False     # hook, ebpf: counts only, no per-connection records
     sample: int = 1                  # ebpf decisions, hook records: 1 in N, in the kernel
     ring_bytes: int | None = None    # hook: the record ring's size (None: the program's)
-    closes: bool = True              # hook: read DESTROY events for bytes and ends
+    closes: bool = False             # hook: read DESTROY events for bytes and ends
     pin_root: str = DEFAULT_PIN_ROOT
     counters_interval: float = 5.0
     rules_interval: float = 2.0

@@ -35,9 +35,9 @@ Run: .venv/bin/python bench/interleaved_cpu.py  (root; needs conntrack and bcc)
      sender goes, and the agent's defaults: aggregate mode, with conntrack's byte
      counters and timestamps; ANSWER=0 silences the endpoints, RATE paces the
      flood, ARGS are the agent's)
-     ARGS="--source hook" / "--source hook --aggregate-only --no-closes
-     --no-ct-accounting" (the hook source: this script detaches and attaches its links
-     to switch it, and switches its close filter's socket like the others)
+     ARGS="--source hook" / "--source hook --aggregate-only" / "--source hook --closes"
+     (the hook source: this script detaches and attaches its links to switch it, and
+     switches its close filter's socket, with --closes, like the others)
      ANSWER=0 RATE=30000 ARGS="--source netlink --no-ct-accounting" .venv/bin/python ...
      (the 30,000/s figures of decision mode and of the netlink source: their runs in
      BENCHMARKS.md are without byte counters, like the conntrack -E beside them)
@@ -311,17 +311,20 @@ def main() -> None:
                 time.sleep(0.5)
                 with netns.entered(node):
                     count_fd = os.open(f"{NETFILTER}/nf_conntrack_count", os.O_RDONLY)
-                    sysctls = [] if "--no-ct-accounting" in ARGS else [
+                    # The hook switches conntrack's accounting on only with --closes.
+                    accounting = "--no-ct-accounting" not in ARGS and (
+                        not HOOK or "--closes" in ARGS)
+                    sysctls = [] if not accounting else [
                         os.open(f"{NETFILTER}/nf_conntrack_{k}", os.O_WRONLY)
                         for k in ("acct", "timestamp")]
                 socks = {CT: subscribed_socket(ct.pid, node),
                          FLOOR: (floor.sock, groups_of(floor.sock.getsockname()[1]))}
                 toggles = {}
-                if HOOK:  # its links; and its close filter's socket, unless --no-closes
+                if HOOK:  # its links; and its close filter's socket, with --closes
                     toggles[NAT] = HookToggle(
                         os.path.join(pin_dir(str(nl.bpffs), "n", node), "hook"), node,
                         "--aggregate-only" not in ARGS)
-                if not HOOK or "--no-closes" not in ARGS:
+                if not HOOK or "--closes" in ARGS:
                     socks[NAT] = subscribed_socket(nl.ag.pid, node)
                 switch = Switch(socks, sysctls, toggles)
                 switch.listen(NONE)

@@ -22,9 +22,8 @@ Each configuration runs RUNS times in a shuffled order; medians and ratios to
 `conntrack -E` (and to the netlink source, when it runs) are printed, with a 90%
 interval from resampling the rounds (this machine's speed moves 2x within seconds).
 Run: .venv/bin/python bench/source_cpu.py  (root; needs conntrack and bcc)
-     RATE=0 ANSWER=1 CONFIGS="hook,hook --aggregate-only" .venv/bin/python bench/source_cpu.py
-       (the hook source, which conntrack's accounting sysctls do not concern: it reads
-       no DESTROY events)
+     RATE=0 ANSWER=1 CONFIGS="hook,hook --closes,hook --aggregate-only" .venv/bin/python ...
+       (the hook source; with --closes it switches on conntrack's accounting too)
      RATE=0 CONFIGS="ebpf aggregate" .venv/bin/python bench/source_cpu.py
        (as fast as one sender goes: about 60,000 SYNs/s here)
      RATE=0 ANSWER=1 RUNS=12 CONFIGS="ebpf aggregate" .venv/bin/python bench/source_cpu.py
@@ -73,8 +72,8 @@ RUNS = int(os.environ.get("RUNS", "3"))
 # Byte counters and timestamps (on by default) cost on every packet of every flow, not
 # per event; they are off here like for the conntrack -E run, and measured on their own.
 CONFIGS = {"hook": ["--source", "hook"],
-           "hook --no-closes": ["--source", "hook", "--no-closes"],
-           "hook --aggregate-only": ["--source", "hook", "--aggregate-only", "--no-closes"],
+           "hook --closes": ["--source", "hook", "--closes"],
+           "hook --aggregate-only": ["--source", "hook", "--aggregate-only"],
            "ebpf aggregate": ["--source", "ebpf", "--aggregate-only", "--no-ct-accounting"],
            "ebpf aggregate + accounting": ["--source", "ebpf", "--aggregate-only"],
            "ebpf --decisions": ["--source", "ebpf", "--decisions", "--no-ct-accounting"],

@@ -162,9 +162,10 @@ def cli(ctx: click.Context, server: str | None, server_token_file: str | None) -
 @click.option("--aggregate-only", is_flag=True, help="hook and ebpf: ship the kernel's "
               "counters only, no record per connection (cheaper; query decisions, "
               "affinity first connections and names at the time then have nothing).")
-@click.option("--no-closes", is_flag=True, help="hook: do not read conntrack DESTROY "
-              "events (no bytes, packets or durations per endpoint, no ends on the "
-              "records); the decisions are counted and recorded all the same.")
+@click.option("--closes", is_flag=True, help="hook: also read conntrack DESTROY events "
+              "through a second BPF program: bytes, packets and durations per endpoint "
+              "(report --weight bytes), and each record's end. Off by default: it costs "
+              "the kernel a netlink message per closed connection (BENCHMARKS.md).")
 @click.option("--sample", type=click.IntRange(1, 1 << 20), default=1, show_default=True,
               metavar="N", help="hook and ebpf: ship the records of 1 in N connections, "
               "picked in the kernel by a hash of the connection; counters stay exact.")
@@ -205,7 +206,7 @@ def cli(ctx: click.Context, server: str | None, server_token_file: str | None) -
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def agent(collector: str | None, node: str, netns: str | None, source: str,
-          decisions: bool, aggregate_only: bool, no_closes: bool, sample: int, pin_root: str,
+          decisions: bool, aggregate_only: bool, closes: bool, sample: int, pin_root: str,
           counters_interval: float, print_bpf: bool, health_listen: str | None, tls_ca: str | None,
           tls_cert: str | None, tls_key: str | None, tls_server_name: str | None,
           token_file: str | None, insecure: bool, spool: str | None, spool_max_bytes: int,
@@ -240,6 +241,9 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     if decisions and aggregate_only:
         raise click.BadParameter("--decisions and --aggregate-only contradict each other",
                                  param_hint="--aggregate-only")
+    if closes and source not in ("hook", "auto"):
+        raise click.BadParameter("--closes applies to the hook source; the others read "
+                                 "DESTROY events anyway", param_hint="--source")
     if source in ("netlink", "pcap") and (decisions or aggregate_only or sample > 1):
         raise click.BadParameter("--aggregate-only and --sample apply to the hook and ebpf "
                                  f"sources; the {source} source always ships every decision",
@@ -259,7 +263,7 @@ def agent(collector: str | None, node: str, netns: str | None, source: str,
     _setup_logging(log_level, f"natlens-agent[{agent_id or node}]")
     ag = Agent(AgentConfig(
         collector=collector, node=node, netns=netns, agent_id=agent_id, source=source,
-        aggregate_only=aggregate_only, closes=not no_closes, sample=sample, pin_root=pin_root,
+        aggregate_only=aggregate_only, closes=closes, sample=sample, pin_root=pin_root,
         counters_interval=counters_interval, rules_interval=rules_interval,
         batch_size=batch_size, batch_age=batch_age, drain_timeout=drain_timeout,
         accounting=not no_ct_accounting, rcvbuf=rcvbuf, health_listen=health_listen,

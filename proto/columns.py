@@ -65,10 +65,10 @@ class Chunk(NamedTuple):
     def __len__(self) -> int:
         return len(self.key_index)
 
-    def split(self, n: int) -> tuple[Chunk, Chunk]:
-        """The first ``n`` decisions, and the rest."""
-        return (Chunk(self.keys, self.key_index[:n], {k: v[:n] for k, v in self.values.items()}),
-                Chunk(self.keys, self.key_index[n:], {k: v[n:] for k, v in self.values.items()}))
+    def slice(self, start: int, stop: int) -> Chunk:
+        """Decisions ``start`` to ``stop`` (the batcher cuts a chunk at batch limits)."""
+        return Chunk(self.keys, self.key_index[start:stop],
+                     {k: v[start:stop] for k, v in self.values.items()})
 
 
 def pack(rows: Iterable[DecisionRow]) -> pb.DecisionColumns:

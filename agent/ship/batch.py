@@ -62,14 +62,16 @@ class Batcher:
     def add_columns(self, chunk: Chunk) -> None:
         """Decisions already in columns; batches still close at ``max_records``."""
         with self._lock:
-            while len(chunk):
+            at, n = 0, len(chunk)
+            while at < n:
                 room = self.max_records - self._n
-                head, chunk = chunk.split(room) if len(chunk) > room else (chunk, chunk.split(0)[0])
+                part = chunk if at == 0 and n <= room else chunk.slice(at, min(at + room, n))
                 if self._rows:
                     self._parts.append(self._rows)
                     self._rows = []
-                self._parts.append(head)
-                self._n += len(head)
+                self._parts.append(part)
+                self._n += len(part)
+                at += len(part)
                 if self._n >= self.max_records:
                     self._flush_locked()
 

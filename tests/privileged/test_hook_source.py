@@ -423,7 +423,7 @@ def test_closes_give_bytes_durations_and_each_records_end(run: Run) -> None:
     """Real connections through the service, then their entries deleted (each a
     DESTROY event): the close filter adds bytes and durations to the counters, and each
     connection's one row in query decisions gets its end."""
-    run.start_agent()
+    run.start_agent("--closes")
     tally = traffic(run.lab, 200)
     time.sleep(0.5)
     subprocess.run(["ip", "netns", "exec", run.lab["nodes"][NODE], "conntrack", "-D",
