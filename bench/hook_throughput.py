@@ -1,7 +1,8 @@
 """Bulk traffic through a Service with the hook attached, against none.
 
 A two-node lab of its own: an iperf3 server in each of two endpoint pods behind a
-ClusterIP (kube-proxy's rules, 50 % each), the client on the first node. Each round runs
+ClusterIP (kube-proxy's rules, 50 % each, ClientIP affinity so that iperf3's two
+connections reach one server), the client on the first node. Each round runs
 `iperf3 -c VIP` for SECONDS twice, once with a hook agent running on the client's node
 (links attached, records and closes on: the default) and once with none, in a shuffled
 order; the ratio of the medians is the figure. Every packet of the stream passes the
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -26,6 +29,7 @@ from pathlib import Path
 import yaml
 from harness import free_port, natlens_cmd, start_collector
 
+from natlens.agent.sources.ebpf_filter import pin_dir
 from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
 
@@ -43,8 +47,9 @@ SCENARIO = {
         {"name": "node-b", "podCIDR": "10.244.2.0/24", "pods": [
             {"name": "srv-2", "namespace": "b", "ip": "10.244.2.20",
              "labels": {"app": "srv"}}]}],
+    # ClientIP affinity: iperf3's control and data connections must reach one server.
     "services": [{"name": "srv", "namespace": "b", "clusterIP": VIP,
-                  "selector": {"app": "srv"},
+                  "selector": {"app": "srv"}, "sessionAffinity": "ClientIP",
                   "ports": [{"name": "iperf", "port": PORT, "targetPort": PORT,
                              "protocol": "TCP"}]}],
     "traffic": [],
@@ -55,11 +60,12 @@ def iperf(client_ns: str) -> float:
     """Bits per second received, one stream for SECONDS."""
     r = subprocess.run(["ip", "netns", "exec", client_ns, "iperf3", "-c", VIP, "-p",
                         str(PORT), "-t", str(SECONDS), "-J"], capture_output=True,
-                       text=True, check=True)
+                       text=True, check=True, timeout=SECONDS + 30)
     return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"])
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the lab comes down
     tmp = Path(tempfile.mkdtemp(prefix="natlens-iperf-"))
     path = tmp / "scenario.yaml"
     path.write_text(yaml.safe_dump(SCENARIO))
@@ -95,8 +101,7 @@ def main() -> None:
                     agent.terminate()
                     agent.wait(timeout=60)
                     # Detach: the pins go, and with them the links.
-                    subprocess.run(["rm", "-rf", str(bpffs / "node-a@" +
-                                                     Path(st.nodes["node-a"]).name)])
+                    shutil.rmtree(pin_dir(str(bpffs), "node-a", st.nodes["node-a"]))
                 print(f"round {r + 1} {mode}: {got[mode][-1] / 1e9:.2f} Gbit/s", flush=True)
     finally:
         for s in servers:

@@ -38,7 +38,7 @@ typedef __u64 u64;
 #ifndef MAX_OPEN
 #define MAX_OPEN (1 << 18)
 #endif
-#define RING_BYTES (32 << 20)   // 279,620 records; the agent may set another size
+#define RING_BYTES (16 << 20)   // 139,810 records; the agent may set another size
 #define NF_ACCEPT 1
 #define IP_CT_NEW 2
 #define NFCT_INFOMASK 7UL
