@@ -12,6 +12,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,12 @@ def chromium(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
+def to_fixed(x: float) -> str:
+    """JavaScript's ``x.toFixed(1)``: the double's exact value rounded half up, where
+    Python's format rounds half to even (52.25 is "52.3" on the page, "52.2" in f"")."""
+    return str(Decimal(x).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))
+
+
 def test_dashboard_shows_the_reports_numbers(dashboard: str, tmp_path: Path,
                                              lab_db: tuple[Path, dict[str, int]]) -> None:
     report = json.loads(urllib.request.urlopen(f"{dashboard}/api/report").read())
@@ -200,10 +207,10 @@ def test_dashboard_shows_the_reports_numbers(dashboard: str, tmp_path: Path,
     assert dom.decision_rows == 1 + 500  # header + the API's page of one client's decisions
     # observed percentages as numbers, their intervals, the summary, one timeline per
     # service port, and the agents as the store saw them
-    assert dom.shares == {ep: f"{100 * (n / 2000):.1f}%"  # as the page computes it
+    assert dom.shares == {ep: f"{to_fixed(100 * (n / 2000))}%"  # as the page computes it
                           for ep, n in lab_db[1].items()}
-    assert dom.cis == {e["endpoint"]: f"{100 * e['ci95'][0]:.1f}%–{100 * e['ci95'][1]:.1f}%"
-                       for e in entry["endpoints"]}
+    assert dom.cis == {e["endpoint"]: f"{to_fixed(100 * e['ci95'][0])}%–"
+                       f"{to_fixed(100 * e['ci95'][1])}%" for e in entry["endpoints"]}
     assert dom.texts["summary"] == [
         "1 service port judged: 0 skewed, 0 undeclared, 0 insufficient-data, 1 consistent"]
     assert dom.timelines == 1
