@@ -62,44 +62,24 @@ class Agent:
         return self.source.proto if self.source is not None else pb.SOURCE_UNSPECIFIED
 
     def run(self) -> int:
-        # The source opens (a program load, a table dump) on a thread of its own while
-        # this one reads the rules once: ready sooner by the shorter of the two. The
-        # thread ends before any capability is dropped (capabilities are per thread).
-        opened: dict[str, BaseException] = {}
-        opener = threading.Thread(target=self._open_source, args=(opened,),
-                                  name="source-open")
-        opener.start()
-        try:
-            self.rules.open()
-            rules_read = self.rules.read_now()
-        finally:
-            opener.join()
-        if "error" in opened:
-            raise opened["error"]
-        source = self.source
-        assert source is not None
+        if self.source is None:
+            from natlens.agent.sources.choose import open_source  # loads bcc when asked
+
+            self.source = open_source(self.cfg, self.rules)
+        else:
+            self.source.open()
+        self.rules.open()
         if not self.cfg.keep_privileges:
-            kept = keep_only(source.capabilities()
+            kept = keep_only(self.source.capabilities()
                              | ({"CAP_SYS_ADMIN"} if self.cfg.netns else set()))
             log.info("privileges: %s", describe(kept))
         self._start_serving()
-        if not rules_read:
+        if not self.rules.read_now():
             log.error("rules: starting without a declared model; decisions are kept and "
                       "will be judged once the rules can be read")
         self.rules.start(self._stop)
-        source.run(self.sink, self._stop)
+        self.source.run(self.sink, self._stop)
         return self._finish()
-
-    def _open_source(self, opened: dict[str, BaseException]) -> None:
-        try:
-            if self.source is None:
-                from natlens.agent.sources.choose import open_source  # bcc when asked
-
-                self.source = open_source(self.cfg, self.rules)
-            else:
-                self.source.open()
-        except BaseException as e:  # raised again on the agent's thread
-            opened["error"] = e
 
     def _rules_read(self) -> None:
         self.health.ready = True
