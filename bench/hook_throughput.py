@@ -9,7 +9,7 @@ order; the ratio of the medians is the figure. Every packet of the stream passes
 hook's netfilter program; only its first one makes a decision.
 
 Run: .venv/bin/python bench/hook_throughput.py   (root; iperf3)
-     ROUNDS=7 SECONDS=3
+     ROUNDS=7 DURATION=3
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from natlens.lab import topology
 from natlens.lab.scenario import load_scenario
 
 ROUNDS = int(os.environ.get("ROUNDS", "7"))
-SECONDS = int(os.environ.get("SECONDS", "3"))
+SECONDS = int(os.environ.get("DURATION", "3"))  # not SECONDS: bash keeps its own
 VIP, PORT = "10.96.0.52", 5201
 SCENARIO = {
     "name": "hook-throughput", "proxyMode": "iptables",
