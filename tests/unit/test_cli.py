@@ -111,11 +111,20 @@ def test_every_command_is_documented() -> None:
 
 
 def test_print_bpf_shows_the_program_with_the_node_pin_dir() -> None:
-    r = run("agent", "--print-bpf", "--node", "n1", "--netns", "lab-x", "--pin-root",
-            "/sys/fs/bpf/t")
+    r = run("agent", "--source", "ebpf", "--print-bpf", "--node", "n1", "--netns", "lab-x",
+            "--pin-root", "/sys/fs/bpf/t")
     assert r.returncode == 0, r.stderr
     assert "int ct_filter(struct __sk_buff *skb)" in r.stdout
     assert '"/sys/fs/bpf/t/n1@lab-x/counters"' in r.stdout
+    assert "static __always_inline int walk_event(" in r.stdout  # its include, inlined
+
+
+def test_print_bpf_shows_the_hook_by_default() -> None:
+    """``auto`` tries the hook first: that is the program it shows."""
+    r = run("agent", "--print-bpf")
+    assert r.returncode == 0, r.stderr
+    assert 'SEC("netfilter")' in r.stdout and "int natlens_closes(" in r.stdout
+    assert "#include \"ctnetlink_walk.h\"" not in r.stdout
 
 
 def test_the_agent_does_not_load_the_collectors_statistics() -> None:
