@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -104,6 +105,7 @@ def main() -> None:
         finally:
             col.terminate()
             col.wait(timeout=60)
+    shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n{RUNS} rounds, a {FLOOD}-SYN flood at {RATE}/s each (medians, range):")
     med = {s: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
            for s, v in results.items()}

@@ -112,6 +112,7 @@ def main() -> None:
         shutil.rmtree(pin_dir(str(bpffs), "node-a", st.nodes["node-a"]), ignore_errors=True)
         subprocess.run(["umount", str(bpffs)], check=False)
         topology.down(st)
+        shutil.rmtree(tmp, ignore_errors=True)
     gbit = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
     bulk_runs, bulk_ns = r1[0] - r0[0], r1[1] - r0[1]
     syn_runs, syn_ns = r2[0] - r1[0], r2[1] - r1[1]

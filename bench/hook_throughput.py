@@ -110,6 +110,7 @@ def main() -> None:
         col.wait(timeout=60)
         subprocess.run(["umount", str(bpffs)], check=False)
         topology.down(st)
+        shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in got.items()}
     print(f"\n{ROUNDS} rounds of {SECONDS} s, one TCP stream through the ClusterIP:")
     for k, v in got.items():
