@@ -119,10 +119,10 @@ class HookToggle:
     (a program instance of its own on the agent's pinned maps): the agent keeps reading
     the same counters and ring and does not notice."""
 
-    def __init__(self, pin: str, node: str, records: bool) -> None:
+    def __init__(self, pin: str, node: str, records: bool, closes: bool) -> None:
         from natlens.agent.sources.hook_loader import HookProgram
 
-        self.prog = HookProgram(pin, node, records)
+        self.prog = HookProgram(pin, node, records, closes=closes)  # the agent's mode
         self.attached = True
 
     def __call__(self, on: bool) -> None:
@@ -328,7 +328,7 @@ def main() -> None:
                 if HOOK:  # its links; and its close filter's socket, with --closes
                     toggles[NAT] = HookToggle(
                         os.path.join(pin_dir(str(nl.bpffs), "n", node), "hook"), node,
-                        "--aggregate-only" not in ARGS)
+                        "--aggregate-only" not in ARGS, "--closes" in ARGS)
                 if not HOOK or "--closes" in ARGS:
                     socks[NAT] = subscribed_socket(nl.ag.pid, node)
                 switch = Switch(socks, sysctls, toggles)

@@ -1,6 +1,7 @@
-// Walking a ctnetlink NEW or DESTROY message with bpf_skb_load_bytes: shared by the
-// eBPF source's filter (ebpf_filter.c, compiled by bcc) and the hook source's close
-// filter (hook.bpf.c, compiled by clang at install time). The includer provides u8,
+// Walking a ctnetlink NEW or DESTROY message with bpf_skb_load_bytes, and the counter
+// key and value it feeds: shared by the eBPF source's filter (ebpf_filter.c, compiled
+// by bcc) and the hook source's programs (hook.bpf.c, compiled by clang at install
+// time), so one reader in user space decodes both sources' maps. The includer provides u8,
 // u16, u32, u64, bpf_ntohl and bpf_ntohs. UAPI numbers only: no kernel tree needed.
 #ifndef NATLENS_CTNETLINK_WALK_H
 #define NATLENS_CTNETLINK_WALK_H
@@ -147,22 +148,98 @@ static __always_inline u32 mix(u32 h, u32 k) {
     return h * 5 + 0xe6546b64;
 }
 
-// murmur3 over the original tuple: the same connection is selected on NEW and DESTROY.
-static __always_inline u32 tuple_hash(struct tuple *t, u32 seed) {
-    u32 w[4];
-    u32 h = seed;
-    __builtin_memcpy(w, t->src, 16);
-    h = mix(h, w[0]); h = mix(h, w[1]); h = mix(h, w[2]); h = mix(h, w[3]);
-    __builtin_memcpy(w, t->dst, 16);
-    h = mix(h, w[0]); h = mix(h, w[1]); h = mix(h, w[2]); h = mix(h, w[3]);
-    h = mix(h, ((u32)t->sport << 16) | t->dport);
-    h = mix(h, t->proto);
+// murmur3's finalizer: every input bit moves every output bit.
+static __always_inline u32 fmix(u32 h) {
     h ^= h >> 16;
     h *= 0x85ebca6b;
     h ^= h >> 13;
     h *= 0xc2b2ae35;
     h ^= h >> 16;
     return h;
+}
+
+// murmur3 over an original tuple's words (ports in network order, as the entry and the
+// message both hold them): the same connection is selected on NEW and DESTROY, by
+// either source.
+static __always_inline u32 hash_words(u32 seed, const u32 *src, const u32 *dst,
+                                      u16 sport, u16 dport, u8 proto) {
+    u32 h = seed;
+    h = mix(h, src[0]); h = mix(h, src[1]); h = mix(h, src[2]); h = mix(h, src[3]);
+    h = mix(h, dst[0]); h = mix(h, dst[1]); h = mix(h, dst[2]); h = mix(h, dst[3]);
+    h = mix(h, ((u32)sport << 16) | dport);
+    h = mix(h, proto);
+    return fmix(h);
+}
+
+static __always_inline u32 tuple_hash(struct tuple *t, u32 seed) {
+    u32 s[4], d[4];
+    __builtin_memcpy(s, t->src, 16);
+    __builtin_memcpy(d, t->dst, 16);
+    return hash_words(seed, s, d, t->sport, t->dport, t->proto);
+}
+
+// The counters' key: one (protocol, VIP:port, endpoint:port) in a per-CPU hash map.
+struct nl_key {
+    u8 family;      // AF_INET (2) or AF_INET6 (10)
+    u8 proto;       // 6 tcp, 17 udp, 132 sctp
+    u16 vip_port;   // host order
+    u16 ep_port;    // host order
+    u16 pad;
+    u8 vip[16];     // IPv4 in the first 4 bytes
+    u8 ep[16];
+};
+
+struct nl_val {
+    u64 connections;    // decisions (NEW DNAT entries)
+    u64 closed;         // DESTROY DNAT events
+    u64 orig_packets;
+    u64 orig_bytes;
+    u64 reply_packets;
+    u64 reply_bytes;
+    u64 duration_ns;    // sum over closed connections with timestamps
+};
+
+enum { KEY_OK, KEY_OTHER_PROTO, KEY_NOT_DNAT };
+
+// A parsed event's counter key; KEY_NOT_DNAT when the original destination is the
+// reply's source (no DNAT decision was made).
+static __always_inline int dnat_key(u8 family, struct parsed *m, struct nl_key *key) {
+    struct tuple *orig = &m->orig, *reply = &m->reply;
+    if (orig->proto != 6 && orig->proto != 17 && orig->proto != 132)
+        return KEY_OTHER_PROTO;
+    u64 a[2], b[2];
+    __builtin_memcpy(a, orig->dst, 16);
+    __builtin_memcpy(b, reply->src, 16);
+    if (a[0] == b[0] && a[1] == b[1] && orig->dport == reply->sport)
+        return KEY_NOT_DNAT;
+    key->family = family;
+    key->proto = orig->proto;
+    key->vip_port = bpf_ntohs(orig->dport);
+    key->ep_port = bpf_ntohs(reply->sport);
+    __builtin_memcpy(key->vip, orig->dst, 16);
+    __builtin_memcpy(key->ep, reply->src, 16);
+    return KEY_OK;
+}
+
+// What a DESTROY event adds to its key's counters.
+static __always_inline void end_value(struct parsed *m, struct nl_val *add) {
+    add->closed = 1;
+    add->orig_packets = m->counters_orig[0];
+    add->orig_bytes = m->counters_orig[1];
+    add->reply_packets = m->counters_reply[0];
+    add->reply_bytes = m->counters_reply[1];
+    add->duration_ns = m->ts[0] && m->ts[1] > m->ts[0] ? m->ts[1] - m->ts[0] : 0;
+}
+
+// *add into this CPU's slot of a key: no other writer but a softirq on this CPU.
+static __always_inline void add_value(struct nl_val *v, struct nl_val *add) {
+    v->connections += add->connections;
+    v->closed += add->closed;
+    v->orig_packets += add->orig_packets;
+    v->orig_bytes += add->orig_bytes;
+    v->reply_packets += add->reply_packets;
+    v->reply_bytes += add->reply_bytes;
+    v->duration_ns += add->duration_ns;
 }
 
 // Every attribute of one event into *m; -1 if a header is malformed. A NEW event stops

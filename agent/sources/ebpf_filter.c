@@ -14,27 +14,6 @@
 #include "ctnetlink_walk.h"
 
 
-// Counter key: one per (family, protocol, VIP:port, endpoint:port).
-struct nl_key {
-    u8 family;      // AF_INET (2) or AF_INET6 (10)
-    u8 proto;       // 6 tcp, 17 udp, 132 sctp
-    u16 vip_port;   // host order
-    u16 ep_port;    // host order
-    u16 pad;
-    u8 vip[16];     // IPv4 in the first 4 bytes
-    u8 ep[16];
-};
-
-struct nl_val {
-    u64 connections;    // NEW DNAT events
-    u64 closed;         // DESTROY DNAT events
-    u64 orig_packets;
-    u64 orig_bytes;
-    u64 reply_packets;
-    u64 reply_bytes;
-    u64 duration_ns;    // sum over closed connections with timestamps
-};
-
 struct seen_key {
     u32 ct_id;
     u16 zone;
@@ -112,25 +91,21 @@ int ct_filter(struct __sk_buff *skb) {
         return 0;
     }
 
-    struct tuple *orig = &m->orig, *reply = &m->reply;
-    if (orig->proto != 6 && orig->proto != 17 && orig->proto != 132)
+    struct tuple *orig = &m->orig;
+    struct nl_key key = {};
+    int kind = dnat_key(family, m, &key);
+    if (kind == KEY_OTHER_PROTO)
         return 0;
-    u64 a[2], b[2];
-    __builtin_memcpy(a, orig->dst, 16);
-    __builtin_memcpy(b, reply->src, 16);
-    if (a[0] == b[0] && a[1] == b[1] && orig->dport == reply->sport) {
+    if (kind == KEY_NOT_DNAT) {
         bump(ST_NON_DNAT);
         return 0;
     }
-
-    struct nl_key key = {};
-    key.family = family;
-    key.proto = orig->proto;
-    key.vip_port = bpf_ntohs(orig->dport);
-    key.ep_port = bpf_ntohs(reply->sport);
-    __builtin_memcpy(key.vip, orig->dst, 16);
-    __builtin_memcpy(key.ep, reply->src, 16);
     struct seen_key sk = {.ct_id = m->ct_id, .zone = m->zone};
+    struct nl_val add = {};
+    if (destroy)
+        end_value(m, &add);
+    else
+        add.connections = 1;
 
     struct nl_val *v = counters.lookup(&key);
     if (!v) {
@@ -142,19 +117,8 @@ int ct_filter(struct __sk_buff *skb) {
             goto decide;
         }
     }
-    if (v) {
-        if (destroy) {
-            v->closed += 1;
-            v->orig_packets += m->counters_orig[0];
-            v->orig_bytes += m->counters_orig[1];
-            v->reply_packets += m->counters_reply[0];
-            v->reply_bytes += m->counters_reply[1];
-            if (m->ts[0] && m->ts[1] > m->ts[0])
-                v->duration_ns += m->ts[1] - m->ts[0];
-        } else {
-            v->connections += 1;
-        }
-    }
+    if (v)
+        add_value(v, &add);
 decide:
     if (destroy) {
         bump(ST_DESTROY);

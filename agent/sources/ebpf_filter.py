@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import os
 import re
 import secrets
@@ -27,11 +26,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy
-
 from natlens.agent.decode import decision
-from natlens.agent.decode.counters import CounterKey, CounterValue, decode_key
+from natlens.agent.decode.counters import CounterKey, CounterValue
 from natlens.agent.decode.ctnetlink import address
+from natlens.agent.sources import bpf_counters
 from natlens.agent.sources.seen import seen_before
 from natlens.errors import NatlensError
 from natlens.proto import natlens_pb2 as pb
@@ -53,10 +51,6 @@ DEFAULT_MAX_SEEN = 1 << 20
 CLOCK_SLACK_NS = 1_000_000
 
 
-KEY_STRUCT = struct.Struct("=BBHHH16s16s")  # struct nl_key
-KEY_SIZE = KEY_STRUCT.size
-VALUE_WORDS = 7                             # struct nl_val: seven u64
-BATCH = 8192
 # struct decision_rec: boot_ns, kind, family, then struct parsed (two struct tuples of
 # src[16] dst[16] sport dport proto — ports in network order —, counters, timestamps,
 # ct_id, zone), with the C compiler's padding written out.
@@ -80,34 +74,6 @@ def decode_record(data: bytes, offset_ns: int) -> DecisionRow:
                         ntohs(odport), address(rsrc[:n]), ntohs(rsport), ct_id, zone,
                         pb.SOURCE_EBPF, pb.EVENT_DESTROY if kind else pb.EVENT_NEW, start,
                         stop, boot + offset_ns, opk, oby, rpk, rby)
-
-
-def read_batched(fd: int, key_size: int, words: int,
-                 ncpus: int) -> Iterator[tuple[bytes, tuple[int, ...]]]:
-    """(raw key, per-CPU sums) of every entry of a per-CPU hash map of u64 structs."""
-    from bcc.libbcc import lib  # optional dependency, as in EbpfFilter
-
-    keys = ctypes.create_string_buffer(BATCH * key_size)
-    values = ctypes.create_string_buffer(BATCH * words * 8 * ncpus)
-    token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
-    first = True
-    while True:
-        count.value = BATCH
-        rc = lib.bpf_lookup_batch(fd, None if first else ctypes.byref(token_in),
-                                  ctypes.byref(token_out), keys, values, ctypes.byref(count))
-        err = ctypes.get_errno()
-        n = count.value
-        if n:
-            sums = numpy.frombuffer(memoryview(values), dtype=numpy.uint64, count=n * ncpus * words)
-            rows = sums.reshape(n, ncpus, words).sum(axis=1).tolist()
-            raw = keys.raw
-            for i in range(n):
-                yield raw[i * key_size:(i + 1) * key_size], tuple(rows[i])
-        if rc != 0:
-            if err == errno.ENOENT:
-                return
-            raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
-        token_in.value, first = token_out.value, False
 
 
 class BpfUnavailable(NatlensError):
@@ -298,20 +264,11 @@ class EbpfFilter:
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, self.fn.fd)
 
     def read_counters(self) -> dict[CounterKey, CounterValue]:
-        """Every counter, per-CPU slots summed, read with BPF_MAP_LOOKUP_BATCH.
+        """Every counter, per-CPU slots summed (bpf_counters.read_counters)."""
+        from bcc.libbcc import lib  # optional dependency, as in __init__
 
-        bcc's per-key iteration took 2.5 s for 100,000 keys (two syscalls and ctypes
-        objects per key); batches of 8,192 with numpy summing take a small fraction of
-        that (BENCHMARKS.md, "eBPF maps at 10,000 × 10")."""
-        out: dict[CounterKey, CounterValue] = {}
-        for raw, row in read_batched(self.counters.map_fd, KEY_SIZE, VALUE_WORDS,
-                                     self.ncpus):
-            key = self._keys.get(raw)
-            if key is None:
-                fam, proto, vport, eport, _, vip, ep = KEY_STRUCT.unpack(raw)
-                key = self._keys[raw] = decode_key(fam, proto, vip, vport, ep, eport)
-            out[key] = CounterValue(*row)
-        return out
+        return bpf_counters.read_counters(lib.bpf_lookup_batch, self.counters.map_fd,
+                                          self.ncpus, self._keys)
 
     def read_losses(self) -> dict[str, int]:
         """Running totals of what the filter counted but could not keep, by the reason

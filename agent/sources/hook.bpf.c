@@ -100,33 +100,11 @@ struct bpf_nf_ctx {
     struct sk_buff *skb;
 };
 
-// Counter key and value: the same layout as the eBPF socket filter's (ebpf_filter.c),
-// so one reader decodes both. Only `connections` is counted here.
-struct nl_key {
-    __u8 family;
-    __u8 proto;
-    __u16 vip_port;   // host order
-    __u16 ep_port;    // host order
-    __u16 pad;
-    __u8 vip[16];
-    __u8 ep[16];
-};
-
-struct nl_val {
-    __u64 connections;
-    __u64 closed;
-    __u64 orig_packets;
-    __u64 orig_bytes;
-    __u64 reply_packets;
-    __u64 reply_bytes;
-    __u64 duration_ns;
-};
-
 struct config {
     __u32 records;  // 1: a ring record per connection (0: counts only)
     __u32 sample;   // records for 1 in SAMPLE connections (by tuple hash); 0 or 1: all
     __u32 seed;
-    __u32 pad;
+    __u32 closes;   // 1: the close filter runs, so keep each record's id in `open`
 };
 
 // One connection's start or end as user space reads it from the ring
@@ -228,15 +206,6 @@ static __always_inline void bump(__u32 idx) {
         *v += 1;
 }
 
-static __always_inline __u32 fin(__u32 h) {
-    h ^= h >> 16;
-    h *= 0x85ebca6b;
-    h ^= h >> 13;
-    h *= 0xc2b2ae35;
-    h ^= h >> 16;
-    return h;
-}
-
 // Add *add to the key's counters on this CPU (creating the key if need be).
 static __always_inline void count(struct nl_key *key, struct nl_val *add) {
     struct nl_val *v = bpf_map_lookup_elem(&counters, key);
@@ -249,15 +218,7 @@ static __always_inline void count(struct nl_key *key, struct nl_val *add) {
             return;
         }
     }
-    // This CPU's slot: no other writer but a softirq on this CPU, which touches
-    // other fields (decisions count `connections`, closes the rest).
-    v->connections += add->connections;
-    v->closed += add->closed;
-    v->orig_packets += add->orig_packets;
-    v->orig_bytes += add->orig_bytes;
-    v->reply_packets += add->reply_packets;
-    v->reply_bytes += add->reply_bytes;
-    v->duration_ns += add->duration_ns;
+    add_value(v, add);
 }
 
 SEC("netfilter")
@@ -305,16 +266,10 @@ int natlens_hook(struct bpf_nf_ctx *ctx) {
     BPF_CORE_READ_INTO(&src, ct, tuplehash[0].tuple.src.u3.all);
     if (l3 != 10)
         src[1] = src[2] = src[3] = 0;
-    if (cfg->sample > 1) {
-        __u32 h = cfg->seed;
-        h = mix(h, src[0]); h = mix(h, src[1]); h = mix(h, src[2]); h = mix(h, src[3]);
-        h = mix(h, dst[0]); h = mix(h, dst[1]); h = mix(h, dst[2]); h = mix(h, dst[3]);
-        h = mix(h, ((__u32)sport << 16) | dport);
-        h = mix(h, key.proto);
-        if (fin(h) % cfg->sample) {
-            bump(ST_SAMPLED_OUT);
-            return NF_ACCEPT;
-        }
+    if (cfg->sample > 1 && hash_words(cfg->seed, src, dst, sport, dport, key.proto) %
+                               cfg->sample) {
+        bump(ST_SAMPLED_OUT);
+        return NF_ACCEPT;
     }
     struct hook_rec *r = bpf_ringbuf_reserve(&records, sizeof(*r), 0);
     if (!r) {
@@ -334,20 +289,22 @@ int natlens_hook(struct bpf_nf_ctx *ctx) {
     __builtin_memcpy(r->src, src, 16);
     __builtin_memcpy(r->dst, dst, 16);
     __builtin_memcpy(r->ep, ep, 16);
-    r->ct_id = fin(mix(mix(cfg->seed, (__u32)addr), (__u32)(addr >> 32)));
+    r->ct_id = fmix(mix(mix(cfg->seed, (__u32)addr), (__u32)(addr >> 32)));
     r->kind = 0;
     r->orig_packets = r->orig_bytes = r->reply_packets = r->reply_bytes = 0;
     r->duration_ns = 0;
+    __u32 id = r->ct_id;
     struct open_key ok = {.family = l3, .proto = key.proto, .zone = r->zone,
                           .sport = sport, .dport = dport};
-    __builtin_memcpy(ok.src, src, 16);
-    __builtin_memcpy(ok.dst, dst, 16);
-    __u32 id = r->ct_id;
     // No wake-up: the agent drains the ring on its own beat, so a flood costs the
     // kernel no interrupt work per record.
     bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
     bump(ST_RECORDED);
-    bpf_map_update_elem(&open, &ok, &id, BPF_ANY);
+    if (cfg->closes) {  // only the close filter reads `open`: no update without it
+        __builtin_memcpy(ok.src, src, 16);
+        __builtin_memcpy(ok.dst, dst, 16);
+        bpf_map_update_elem(&open, &ok, &id, BPF_ANY);
+    }
     return NF_ACCEPT;
 }
 
@@ -372,26 +329,11 @@ int natlens_closes(struct __sk_buff *skb) {
         return 0;
     }
     struct tuple *orig = &m->orig, *reply = &m->reply;
-    if (orig->proto != 6 && orig->proto != 17 && orig->proto != 132)
-        return 0;
-    u64 a[2], b[2];
-    __builtin_memcpy(a, orig->dst, 16);
-    __builtin_memcpy(b, reply->src, 16);
-    if (a[0] == b[0] && a[1] == b[1] && orig->dport == reply->sport)
-        return 0;  // not a DNAT decision
-
     struct nl_key key = {};
-    key.family = family;
-    key.proto = orig->proto;
-    key.vip_port = bpf_ntohs(orig->dport);
-    key.ep_port = bpf_ntohs(reply->sport);
-    __builtin_memcpy(key.vip, orig->dst, 16);
-    __builtin_memcpy(key.ep, reply->src, 16);
-    u64 duration = m->ts[0] && m->ts[1] > m->ts[0] ? m->ts[1] - m->ts[0] : 0;
-    struct nl_val add = {.closed = 1, .orig_packets = m->counters_orig[0],
-                         .orig_bytes = m->counters_orig[1],
-                         .reply_packets = m->counters_reply[0],
-                         .reply_bytes = m->counters_reply[1], .duration_ns = duration};
+    if (dnat_key(family, m, &key) != KEY_OK)
+        return 0;
+    struct nl_val add = {};
+    end_value(m, &add);
     count(&key, &add);
     bump(ST_CLOSED);
 
@@ -432,7 +374,7 @@ int natlens_closes(struct __sk_buff *skb) {
     r->orig_bytes = m->counters_orig[1];
     r->reply_packets = m->counters_reply[0];
     r->reply_bytes = m->counters_reply[1];
-    r->duration_ns = duration;
+    r->duration_ns = add.duration_ns;
     bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
     return 0;
 }

@@ -71,7 +71,7 @@ class HookSource:
 
     def open(self) -> None:
         p = self._prog = HookProgram(self.pin, self.netns, self.records, self.sample,
-                                     self.ring_bytes)
+                                     self.ring_bytes, self.closes)
         if p.mounted and not outlives_the_agent(p.mounted):
             log.warning("bpffs: %s was mounted in this process's own mount namespace: the "
                         "pinned hook goes with it; mount bpffs there on the host (or run "

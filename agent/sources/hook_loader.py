@@ -18,15 +18,13 @@ import logging
 import os
 import secrets
 import struct
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from natlens import netns
-from natlens.agent.decode.counters import CounterKey, CounterValue, decode_key
+from natlens.agent.decode.counters import CounterKey, CounterValue
+from natlens.agent.sources import bpf_counters
 from natlens.agent.sources.ebpf_filter import (
-    KEY_SIZE,
-    KEY_STRUCT,
-    VALUE_WORDS,
     BpfUnavailable,
     captured_output,
     compile_reason,
@@ -73,7 +71,6 @@ LOSSES = (("map-full", "map_full"), ("sampling", "sampled_out"),
 CLASH = "conntrack-clash"
 CT_STAT = "/proc/thread-self/net/stat/nf_conntrack"
 CONFIG = struct.Struct("=IIII")  # struct config
-BATCH = 8192
 
 
 def _libbpf() -> ctypes.CDLL:
@@ -180,9 +177,11 @@ class HookProgram:
     """The loaded object, its maps and its links, for one node's pin directory."""
 
     def __init__(self, pin: str, ns: str | None = None, records: bool = True,
-                 sample: int = 1, ring_bytes: int | None = None) -> None:
+                 sample: int = 1, ring_bytes: int | None = None,
+                 closes: bool = False) -> None:
         """``ring_bytes``: the record ring's size, a power-of-two number of pages (tests
-        make it small to fill it); a ring already pinned keeps its size."""
+        make it small to fill it); a ring already pinned keeps its size. ``closes``: the
+        close filter will run, so the program keeps each record's id for it."""
         if sample < 1:
             raise ValueError("sample rate must be at least 1")
         reason = why_not()
@@ -199,10 +198,10 @@ class HookProgram:
                 raise BpfUnavailable(f"hook program did not open: {compile_reason(err, e)}")
             self.obj = obj
             prog = lib.bpf_object__find_program_by_name(obj, PROGRAM)
-            closes = lib.bpf_object__find_program_by_name(obj, CLOSES)
+            closes_prog = lib.bpf_object__find_program_by_name(obj, CLOSES)
             maps = {name.decode(): lib.bpf_object__find_map_by_name(obj, name)
                     for name in (n.encode() for n in MAPS)}
-            missing = [n for n, p in (("natlens_hook", prog), ("natlens_closes", closes),
+            missing = [n for n, p in (("natlens_hook", prog), ("natlens_closes", closes_prog),
                                       *maps.items()) if not p]
             if missing:  # libbpf would dereference NULL: an object of another version
                 lib.bpf_object__close(obj)
@@ -220,7 +219,7 @@ class HookProgram:
             e = OSError(-rc, os.strerror(-rc))
             raise BpfUnavailable(f"hook program did not load: {compile_reason(err, e)}")
         self.prog_fd = lib.bpf_program__fd(prog)
-        self.closes_fd = lib.bpf_program__fd(closes)
+        self.closes_fd = lib.bpf_program__fd(closes_prog)
         self.fds = {name: lib.bpf_map__fd(m) for name, m in maps.items()}
         self.ring_bytes = int(lib.bpf_map__max_entries(maps["records"]))
         self.ncpus = lib.libbpf_num_possible_cpus()
@@ -232,7 +231,7 @@ class HookProgram:
             self._set_meta(0, secrets.randbits(63) | 1)
         self.epoch = f"{self._meta(0):016x}"
         self.links = self.attach()
-        self.configure(records, sample)
+        self.configure(records, sample, closes=closes)
 
     # ---- links
 
@@ -285,12 +284,14 @@ class HookProgram:
         self.lib.bpf_map_update_elem(self.fds["meta"], ctypes.byref(key),
                                      ctypes.byref(value), 0)
 
-    def configure(self, records: bool, sample: int = 1, seed: int | None = None) -> None:
-        """Set the mode in the running program (a map write, no reload)."""
+    def configure(self, records: bool, sample: int = 1, seed: int | None = None,
+                  closes: bool = False) -> None:
+        """Set the mode in the running program (a map write, no reload). Without
+        ``closes`` the program skips the `open` map: only the close filter reads it."""
         key = ctypes.c_uint32(0)
         value = ctypes.create_string_buffer(
             CONFIG.pack(int(records), sample, secrets.randbits(32) if seed is None else seed,
-                        0), CONFIG.size)
+                        int(closes)), CONFIG.size)
         if self.lib.bpf_map_update_elem(self.fds["config"], ctypes.byref(key), value, 0) < 0:
             raise OSError(ctypes.get_errno(), "config map update")
         self.records, self.sample = records, sample
@@ -312,43 +313,14 @@ class HookProgram:
         return out
 
     def read_counters(self) -> dict[CounterKey, CounterValue]:
-        """Every counter, per-CPU slots summed (BPF_MAP_LOOKUP_BATCH, numpy sums)."""
-        out: dict[CounterKey, CounterValue] = {}
-        for raw, row in self._batched():
-            key = self._keys.get(raw)
-            if key is None:
-                fam, proto, vport, eport, _, vip, ep = KEY_STRUCT.unpack(raw)
-                key = self._keys[raw] = decode_key(fam, proto, vip, vport, ep, eport)
-            out[key] = CounterValue(*row)
-        return out
+        """Every counter, per-CPU slots summed (bpf_counters.read_counters)."""
+        lib = self.lib
 
-    def _batched(self) -> Iterator[tuple[bytes, tuple[int, ...]]]:
-        import numpy
+        def lookup(fd: int, t_in: Any, t_out: Any, keys: Any, values: Any,
+                   count: Any) -> int:
+            return int(lib.bpf_map_lookup_batch(fd, t_in, t_out, keys, values, count, None))
 
-        ncpus, words = self.ncpus, VALUE_WORDS
-        keys = ctypes.create_string_buffer(BATCH * KEY_SIZE)
-        values = ctypes.create_string_buffer(BATCH * words * 8 * ncpus)
-        token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
-        first = True
-        while True:
-            count.value = BATCH
-            rc = self.lib.bpf_map_lookup_batch(
-                self.fds["counters"], None if first else ctypes.byref(token_in),
-                ctypes.byref(token_out), keys, values, ctypes.byref(count), None)
-            err = ctypes.get_errno()
-            n = count.value
-            if n:
-                sums = numpy.frombuffer(memoryview(values), dtype=numpy.uint64,
-                                        count=n * ncpus * words)
-                rows = sums.reshape(n, ncpus, words).sum(axis=1).tolist()
-                raw = keys.raw
-                for i in range(n):
-                    yield raw[i * KEY_SIZE:(i + 1) * KEY_SIZE], tuple(rows[i])
-            if rc != 0:
-                if err == errno.ENOENT or rc == -errno.ENOENT:
-                    return
-                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
-            token_in.value, first = token_out.value, False
+        return bpf_counters.read_counters(lookup, self.fds["counters"], self.ncpus, self._keys)
 
     def close(self) -> None:
         """Close our handles; the pinned maps and links stay (and keep counting)."""

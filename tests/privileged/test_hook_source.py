@@ -23,6 +23,7 @@ import pytest
 import sqlite_utils
 
 from natlens import netns
+from natlens.agent.sources.hook import hook_pin
 
 from .helpers import (
     CLIENT,
@@ -139,6 +140,13 @@ class Run:
         return int(db.execute("SELECT COUNT(*) FROM decisions WHERE event='new' AND vip=? "
                               "AND node=?", [VIP, node]).fetchone()[0])
 
+    def open_entries(self, node: str = NODE) -> int:
+        """Entries of the pinned `open` map (record ids kept for the close filter)."""
+        pin = Path(hook_pin(str(self.bpffs), node, self.lab["nodes"][node]), "open")
+        out = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", str(pin)],
+                             check=True, capture_output=True, text=True).stdout
+        return len(json.loads(out))
+
     def rate(self, node: str = NODE) -> float:
         """Connections per second over the flood, from the records' own times."""
         db = sqlite_utils.Database(self.db)
@@ -171,6 +179,8 @@ def test_a_flood_is_counted_and_recorded_exactly(run: Run) -> None:
     log = run.start_agent()
     with syn_counters(run.lab) as ref:
         rate = flood(run.lab, run.tmp, FLOOD)
+    # Without --closes (the default) nothing reads record ids back: none are kept.
+    assert run.open_entries() == 0
     rep = run.report()
     assert sum(ref.values()) == FLOOD
     assert observed(rep) == ref
@@ -426,9 +436,11 @@ def test_closes_give_bytes_durations_and_each_records_end(run: Run) -> None:
     run.start_agent("--closes")
     tally = traffic(run.lab, 200)
     time.sleep(0.5)
+    assert run.open_entries() == 200  # each record's id, kept for its close
     subprocess.run(["ip", "netns", "exec", run.lab["nodes"][NODE], "conntrack", "-D",
                     "--orig-dst", VIP], capture_output=True, check=True)
     time.sleep(1)
+    assert run.open_entries() == 0
     rep = run.report()
     assert observed(rep) == tally
     db = sqlite_utils.Database(run.db)
