@@ -10,6 +10,7 @@ of the object (meta[1] holds the digest of the object the links run).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -89,6 +90,12 @@ def _libbpf() -> ctypes.CDLL:
             ("bpf_map__set_pin_path", i, [vp, cp]),
             ("bpf_map__set_max_entries", i, [vp, ctypes.c_uint32]),
             ("bpf_map__max_entries", ctypes.c_uint32, [vp]),
+            ("bpf_map__type", i, [vp]),
+            ("bpf_map__key_size", ctypes.c_uint32, [vp]),
+            ("bpf_map__value_size", ctypes.c_uint32, [vp]),
+            ("bpf_map__map_flags", ctypes.c_uint32, [vp]),
+            ("bpf_program__set_autoload", i, [vp, ctypes.c_bool]),
+            ("bpf_obj_get_info_by_fd", i, [i, vp, vp]),
             ("bpf_object__load", i, [vp]),
             ("bpf_object__close", None, [vp]),
             ("bpf_program__fd", i, [vp]),
@@ -173,6 +180,35 @@ def link_create(prog_fd: int, pf: int, hook: int, priority: int) -> int:
     return int(fd)
 
 
+class MapInfo(ctypes.Structure):
+    """The head of struct bpf_map_info (the kernel fills what the length covers)."""
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32)]
+
+
+def pinned_map_info(lib: ctypes.CDLL, path: str) -> MapInfo | None:
+    """A pinned map's layout, or None when nothing is pinned there."""
+    if not os.path.exists(path):
+        return None
+    fd = lib.bpf_obj_get(path.encode())
+    if fd < 0:
+        return None
+    try:
+        info, size = MapInfo(), ctypes.c_uint32(ctypes.sizeof(MapInfo))
+        if lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) < 0:
+            return None
+        return info
+    finally:
+        os.close(fd)
+
+
+def declared(lib: ctypes.CDLL, m: int) -> tuple[int, int, int, int, int]:
+    """The object's map as it would be created: what libbpf checks a pinned one against."""
+    return (lib.bpf_map__type(m), lib.bpf_map__key_size(m), lib.bpf_map__value_size(m),
+            lib.bpf_map__max_entries(m), lib.bpf_map__map_flags(m))
+
+
 class HookProgram:
     """The loaded object, its maps and its links, for one node's pin directory."""
 
@@ -209,17 +245,26 @@ class HookProgram:
                                      "built from another version (scripts/build_bpf.sh)")
             lib.bpf_program__set_type(prog, BPF_PROG_TYPE_NETFILTER)
             lib.bpf_program__set_expected_attach_type(prog, BPF_NETFILTER)
-            for name, m in maps.items():
-                lib.bpf_map__set_pin_path(m, os.path.join(pin, name).encode())
+            # The close filter's walk is most of the verifier's work (0.3 s of a start):
+            # verified only when this agent reads closes.
+            lib.bpf_program__set_autoload(closes_prog, closes)
             if ring_bytes:
                 lib.bpf_map__set_max_entries(maps["records"], ring_bytes)
+            self.stale = self._unpin_stale(maps)
+            if self.stale:
+                self.fresh = True
+            for name, m in maps.items():
+                lib.bpf_map__set_pin_path(m, os.path.join(pin, name).encode())
             rc = lib.bpf_object__load(obj)
+        if self.stale:  # said here: the load's output is captured above
+            log.warning("hook: the pinned %s in %s were laid out by another build; replaced, "
+                        "so counting starts a new epoch", ", ".join(self.stale), pin)
         if rc < 0:
             lib.bpf_object__close(obj)
             e = OSError(-rc, os.strerror(-rc))
             raise BpfUnavailable(f"hook program did not load: {compile_reason(err, e)}")
         self.prog_fd = lib.bpf_program__fd(prog)
-        self.closes_fd = lib.bpf_program__fd(closes_prog)
+        self.closes_fd = lib.bpf_program__fd(closes_prog) if closes else -1
         self.fds = {name: lib.bpf_map__fd(m) for name, m in maps.items()}
         self.ring_bytes = int(lib.bpf_map__max_entries(maps["records"]))
         self.ncpus = lib.libbpf_num_possible_cpus()
@@ -232,6 +277,27 @@ class HookProgram:
         self.epoch = f"{self._meta(0):016x}"
         self.links = self.attach()
         self.configure(records, sample, closes=closes)
+
+    def _unpin_stale(self, maps: dict[str, int]) -> list[str]:
+        """Pinned maps another build laid out otherwise (libbpf would refuse to load
+        over them), unpinned with the links that use them: this load starts a new epoch.
+        A pinned ring keeps its size (the object's map takes it). The names unpinned."""
+        pinned = {}
+        for name, m in maps.items():
+            info = pinned_map_info(self.lib, os.path.join(self.pin, name))
+            if info is not None:
+                pinned[name] = info
+                if name == "records":
+                    self.lib.bpf_map__set_max_entries(m, info.max_entries)
+        stale = [name for name, info in pinned.items()
+                 if (info.type, info.key_size, info.value_size, info.max_entries,
+                     info.map_flags) != declared(self.lib, maps[name])]
+        if not stale:
+            return []
+        for name in (*pinned, *(h[0] for h in HOOKS)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.pin, name))
+        return stale
 
     # ---- links
 

@@ -28,7 +28,7 @@ PLAIN_REPLY = ("10.1.122.241", "10.244.1.169", 6, 9999, 40000)  # no DNAT
 def prog(bpffs: Path) -> Iterator[HookProgram]:
     ns = f"nl{secrets.token_hex(3)}-hk"
     subprocess.run(["ip", "netns", "add", ns], check=True)
-    p = HookProgram(str(bpffs / "node" / "hook"), ns)
+    p = HookProgram(str(bpffs / "node" / "hook"), ns, closes=True)
     try:
         yield p
     finally:
