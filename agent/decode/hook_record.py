@@ -1,19 +1,18 @@
 """The hook programs' ring records (struct hook_rec in hook.bpf.c) become decision rows.
 
 Records are decoded in bulk: a span of the ring is one numpy array of fixed-size
-entries (the ring's 8-byte header, then the 80-byte record), so a poll costs one
-``tolist`` and one row per connection, not a Python call per field."""
+entries (the ring's 8-byte header, then the 112-byte record), turned column by column
+into the wire's columns, not a Python call per field or an object per record."""
 
 from __future__ import annotations
 
 import socket
-from itertools import repeat
 
 import numpy
 
 from natlens.agent.decode.ctnetlink import PROTOCOLS, address
 from natlens.proto import natlens_pb2 as pb
-from natlens.proto.columns import ROW_COLUMNS, Chunk, DecisionRow
+from natlens.proto.columns import ROW_COLUMNS, Chunk
 
 RECORD_SIZE = 112
 BUSY = 1 << 31
@@ -80,10 +79,12 @@ def _times(entries: numpy.ndarray, offset_ns: int) -> tuple[list[int], numpy.nda
 
 def chunk(entries: numpy.ndarray, offset_ns: int, names: Addresses,
           source: pb.Source = pb.SOURCE_EBPF) -> Chunk:
-    """Whole entries as wire columns, with no object per decision (what ``rows`` gives,
-    in the batcher's columnar form): the distinct keys found by numpy, each address
-    formatted once. This is the hook source's path; a row object per decision cost
-    it about 3 us each (BENCHMARKS.md)."""
+    """Whole entries as wire columns, with no object per decision: the distinct keys
+    found by numpy, each address formatted once (a row object per decision cost about
+    3 us each, BENCHMARKS.md). A decision (kind 0) is ``new``; a close (kind 1) is
+    ``destroy`` with its counters and the id its decision had, dated at the
+    connection's start as every source's DESTROY rows are. ``offset_ns`` turns the boot
+    clock into wall-clock time."""
     n = len(entries)
     if not n:
         return Chunk([], [], {k: [] for k in ROW_COLUMNS})
@@ -107,28 +108,3 @@ def chunk(entries: numpy.ndarray, offset_ns: int, names: Addresses,
         "orig_bytes": entries["orig_bytes"].tolist(),
         "reply_packets": entries["reply_packets"].tolist(),
         "reply_bytes": entries["reply_bytes"].tolist(), "duration_ns": duration.tolist()})
-
-
-def rows(entries: numpy.ndarray, offset_ns: int, names: Addresses,
-         source: pb.Source = pb.SOURCE_EBPF) -> list[DecisionRow]:
-    """Decision rows of whole entries: a decision (kind 0) as ``new``, a close (kind 1)
-    as ``destroy`` with its counters, its time the connection's start as for every
-    source's DESTROY rows, and the id its decision had. ``offset_ns`` turns the boot
-    clock into wall-clock time. Column by column (numpy), then one row each: a row per
-    field per record in Python cost three times as much (BENCHMARKS.md)."""
-    if not len(entries):
-        return []
-    fam = entries["family"]
-    kind = entries["kind"]
-    times, duration = _times(entries, offset_ns)
-    protos = [PROTOCOLS.get(p) or str(p) for p in range(256)]
-    events = numpy.array([pb.EVENT_NEW, pb.EVENT_DESTROY], dtype=numpy.int64)
-    return list(map(
-        DecisionRow, times, [protos[p] for p in entries["proto"].tolist()],
-        texts(entries["src"], fam, names), entries["sport"].astype(numpy.int64).tolist(),
-        texts(entries["dst"], fam, names), entries["dport"].astype(numpy.int64).tolist(),
-        texts(entries["ep"], fam, names), entries["ep_port"].astype(numpy.int64).tolist(),
-        entries["ct_id"].tolist(), entries["zone"].tolist(), repeat(source, len(entries)),
-        events[numpy.minimum(kind, 1)].tolist(), entries["orig_packets"].tolist(),
-        entries["orig_bytes"].tolist(), entries["reply_packets"].tolist(),
-        entries["reply_bytes"].tolist(), duration.tolist()))

@@ -17,11 +17,10 @@ from natlens.agent.decode.hook_record import (
     Addresses,
     chunk,
     complete,
-    rows,
 )
 from natlens.agent.sources.hook_loader import clash_total
 from natlens.proto import natlens_pb2 as pb
-from natlens.proto.columns import pack_parts, unpack
+from natlens.proto.columns import DecisionRow, pack_parts, unpack
 
 # struct hook_rec after the ring's header (len, pgoff), as hook.bpf.c lays it out.
 REC = struct.Struct("<IIQBBH2s2s2sBB16s16s16sI5Q")
@@ -37,6 +36,13 @@ def entry(boot: int, family: int, proto: int, zone: int, src: str, sport: int, d
     return REC.pack(length, 0, boot, family, proto, zone, sport.to_bytes(2, "big"),
                     dport.to_bytes(2, "big"), eport.to_bytes(2, "big"), kind, 4, raw(src),
                     raw(dst), raw(ep), ct_id, *counters)
+
+
+def rows(arr: numpy.ndarray, offset_ns: int) -> list[DecisionRow]:
+    """The source's path: entries to wire columns, packed into a batch, read back."""
+    batch = pb.Batch()
+    batch.columns.CopyFrom(pack_parts([chunk(arr, offset_ns, Addresses())]))
+    return unpack(batch)
 
 
 v4 = st.ip_addresses(v=4).map(str)
@@ -60,12 +66,7 @@ def test_records_decode_to_the_rows_they_carry(recs: list) -> None:  # type: ign
                      zone, pb.SOURCE_EBPF, pb.EVENT_NEW))
     arr = numpy.frombuffer(data, dtype=ENTRY)
     assert complete(arr) == len(recs)
-    got = [tuple(r)[:12] for r in rows(arr, 5, Addresses())]
-    assert got == want
-    # The columnar path the source takes says the same, through the wire's columns.
-    batch = pb.Batch()
-    batch.columns.CopyFrom(pack_parts([chunk(arr, 5, Addresses())]))
-    assert unpack(batch) == rows(arr, 5, Addresses())
+    assert [tuple(r)[:12] for r in rows(arr, 5)] == want
 
 
 def test_a_record_still_being_written_ends_the_take() -> None:
@@ -74,7 +75,7 @@ def test_a_record_still_being_written_ends_the_take() -> None:
                  length=RECORD_SIZE | BUSY)
     arr = numpy.frombuffer(one + busy + one, dtype=ENTRY)
     assert complete(arr) == 1
-    (row,) = rows(arr[:1], 0, Addresses())
+    (row,) = rows(arr[:1], 0)
     assert (row.client_ip, row.vip, row.endpoint_ip, row.endpoint_port) == (
         "10.0.0.1", "10.96.0.1", "10.244.0.5", 8080)
 
@@ -82,7 +83,7 @@ def test_a_record_still_being_written_ends_the_take() -> None:
 def test_a_close_becomes_a_destroy_row_dated_at_its_start() -> None:
     close = entry(10_000, 2, 17, 3, "10.0.0.1", 5353, "10.96.0.10", 53, "10.244.0.9", 53, 42,
                   kind=1, counters=(1, 60, 1, 120, 4_000))
-    (row,) = rows(numpy.frombuffer(close, dtype=ENTRY), 100, Addresses())
+    (row,) = rows(numpy.frombuffer(close, dtype=ENTRY), 100)
     assert row.event == pb.EVENT_DESTROY and row.time_ns == 10_000 + 100 - 4_000
     assert (row.ct_id, row.zone, row.protocol) == (42, 3, "udp")
     assert (row.orig_packets, row.orig_bytes, row.reply_packets, row.reply_bytes,
