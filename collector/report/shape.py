@@ -57,6 +57,12 @@ def entry_json(key: PortKey, sp: dict[str, Any], j: Judgement, obs: Observations
     return entry
 
 
+# Said instead of a distance by bytes that has nothing to measure: bytes come from
+# closes (DESTROY events), which the hook source reads only with agent --closes.
+BYTES_UNKNOWN = ("no connection closed with byte counts in the window: agents on the "
+                 "hook source read closes only with --closes")
+
+
 def _add_bytes(entry: dict[str, Any], by_ep: dict[str, int], declared: dict[str, float],
                weight: str) -> None:
     total = sum(by_ep.values())
@@ -66,6 +72,8 @@ def _add_bytes(entry: dict[str, Any], by_ep: dict[str, int], declared: dict[str,
         e["byte_share"] = round(e["bytes"] / total, 6) if total else 0.0
     if weight == "bytes":
         entry["tvd_bytes"] = tvd(by_ep, declared)
+        if not total and entry["total"]:
+            entry["bytes_unknown"] = BYTES_UNKNOWN
 
 
 def test_json(j: Judgement, p_adjusted: float | None) -> dict[str, Any] | None:

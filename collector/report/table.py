@@ -124,6 +124,8 @@ def _entry(s: dict[str, Any], ground_truth: dict[str, Any] | None) -> list[Any]:
     for r in s.get("reasons", []):
         line.append(f"  — {r}", style="dim")
     parts.append(line)
+    if s.get("bytes_unknown"):
+        parts.append(Text(f"  bytes: {s['bytes_unknown']}", style="yellow"))
     if s.get("sources"):
         parts.append(Text(f"  counted from {s['source']}; each source's total: " + ", ".join(
             f"{k} {v}" for k, v in s["sources"].items()), style="dim"))

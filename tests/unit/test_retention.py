@@ -13,11 +13,13 @@ import pytest
 import sqlite_utils
 from hypothesis import given
 from hypothesis import strategies as st
+from rich.console import Console
 
 from natlens.agent.rules.live import to_snapshot
 from natlens.agent.rules.model import DeclaredEndpoint, DeclaredModel, ServicePort
 from natlens.collector.query.decisions import DecisionQuery, query_decisions
 from natlens.collector.report.build import ReportQuery, build_report, build_report_by_hour
+from natlens.collector.report.table import render
 from natlens.collector.store.api import PodRecord, Store
 from natlens.collector.store.plan import DAY, HOUR, MINUTE, floor_to
 from natlens.collector.store.retention import Maintenance, Policy, prune, rollup
@@ -218,7 +220,22 @@ def test_bytes_are_weighed_per_endpoint(db: str) -> None:
     assert s["bytes"] == 100 * 1000 * 2 // 2
     assert {e["endpoint"]: e["byte_share"] for e in s["endpoints"]} == {
         f"{EPS[0]}:8080": 0.9, f"{EPS[1]}:8080": 0.1}
-    assert s["tvd_bytes"] == pytest.approx(0.4)
+    assert s["tvd_bytes"] == pytest.approx(0.4) and "bytes_unknown" not in s
+    store.close()
+
+
+def test_bytes_with_no_closes_are_said_unknown_not_zero(db: str) -> None:
+    """A hook agent without --closes ships decisions but no closes: the report says why
+    there are no bytes, in JSON and in the table."""
+    store = writer(db)
+    Feed(store).send([decision(T0 + i, EPS[i % 2]) for i in range(100)], rules=True)
+    rep = build_report(store, ReportQuery(weight="bytes"))
+    (s,) = rep["services"]
+    assert s["bytes"] == 0 and "--closes" in s["bytes_unknown"]
+    console = Console(width=200, record=True)
+    console.print(render(rep))
+    assert "bytes: no connection closed with byte counts" in console.export_text()
+    assert "bytes_unknown" not in build_report(store, ReportQuery())["services"][0]
     store.close()
 
 
