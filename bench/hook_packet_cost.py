@@ -9,7 +9,8 @@ one load and a compare) and a flood of FLOOD SYNs (each one a decision: counted 
 recorded). Per packet = run time / runs over each load alone.
 
 Run: .venv/bin/python bench/hook_packet_cost.py   (root; iperf3, bpftool)
-     DURATION=5 FLOOD=30000
+     DURATION=5 FLOOD=30000 RATE=20000 ARGS=""
+     (RATE paces the flood, SYNs per second; ARGS are the agent's, e.g. --aggregate-only)
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from natlens.lab.scenario import load_scenario
 
 SECONDS = int(os.environ.get("DURATION", "5"))  # not SECONDS: bash keeps its own
 FLOOD = int(os.environ.get("FLOOD", "30000"))
+RATE = int(os.environ.get("RATE", "20000"))
+ARGS = os.environ.get("ARGS", "").split()
 SYNFLOOD = Path(__file__).with_name("synflood.py")
 BPF_ENABLE_STATS, BPF_STATS_RUN_TIME, SYS_BPF = 32, 0, 321
 
@@ -79,7 +82,7 @@ def main() -> None:
         agent = subprocess.Popen([*nat, "agent", "--insecure", "--collector",
                                   f"127.0.0.1:{port}", "--node", "node-a", "--netns",
                                   st.nodes["node-a"], "--pin-root", str(bpffs),
-                                  "--health-listen", f"127.0.0.1:{free_port()}"],
+                                  "--health-listen", f"127.0.0.1:{free_port()}", *ARGS],
                                  stderr=log.open("w"), env=env)
         while "source hook:" not in log.read_text():
             if agent.poll() is not None:
@@ -96,7 +99,7 @@ def main() -> None:
         subprocess.run([sys.executable, str(SYNFLOOD), "build", str(packets), "10.244.1.10",
                         VIP, str(PORT), str(FLOOD)], check=True)
         subprocess.run(["ip", "netns", "exec", client, sys.executable, str(SYNFLOOD), "send",
-                        str(packets), VIP, "20000"], input="go\n", capture_output=True,
+                        str(packets), VIP, str(RATE)], input="go\n", capture_output=True,
                        text=True, check=True, timeout=300)
         time.sleep(1)
         r2 = hook_stats()
@@ -118,7 +121,8 @@ def main() -> None:
     syn_runs, syn_ns = r2[0] - r1[0], r2[1] - r1[1]
     print(f"bulk stream ({gbit:.2f} Gbit/s for {SECONDS} s): {bulk_runs:,} runs of the hook, "
           f"{bulk_ns / max(bulk_runs, 1):.1f} ns each")
-    print(f"SYN flood ({FLOOD:,} new connections, each SYN-ACK and RST too): {syn_runs:,} "
+    print(f"SYN flood ({FLOOD:,} new connections at {RATE:,}/s, each SYN-ACK and RST too; "
+          f"agent {' '.join(ARGS) or 'defaults'}): {syn_runs:,} "
           f"runs, {syn_ns / max(syn_runs, 1):.1f} ns each, "
           f"{syn_ns / FLOOD:.0f} ns per connection")
 

@@ -52,6 +52,7 @@ import select
 import signal
 import socket
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -72,6 +73,11 @@ ANSWER = os.environ.get("ANSWER", "1") == "1"
 RATE = int(os.environ.get("RATE", "0"))  # SYNs per second; 0: as fast as one sender goes
 ARGS = os.environ.get("ARGS", "--source ebpf --aggregate-only").split()
 HOOK = "hook" in ARGS  # --source hook: switched by its links, not a socket
+# NOOP=1 (with a hook ARGS): natlens's slices attach a netfilter program that only
+# returns NF_ACCEPT, at the hook's places, instead of the hook: the method's own bias
+# plus what the kernel pays to call any netfilter program, against which the hook's
+# figure is read (an A/A run when the calls cost nothing).
+NOOP = os.environ.get("NOOP", "0") == "1"
 NONE, CT, NAT, FLOOR = "none", "conntrack -E", "natlens", h.FLOOR
 COL = "collector"  # read apart: not a watcher, not the node's cost
 CYCLE = [NONE, CT, NONE, NAT, NONE, FLOOR]
@@ -131,6 +137,38 @@ class HookToggle:
             self.attached = on
 
 
+class NoopToggle:
+    """Links of a netfilter program that accepts every packet and does nothing else, at
+    the hook source's hooks and priorities, attached and detached like HookToggle."""
+
+    def __init__(self, node: str) -> None:
+        from natlens.agent.sources.hook_loader import BPF_NETFILTER, BPF_PROG_TYPE_NETFILTER
+
+        self.node, self.links = node, []
+        insns = ctypes.create_string_buffer(bytes.fromhex("b700000001000000" "9500000000000000"))
+        lic = ctypes.create_string_buffer(b"GPL")
+        attr = ctypes.create_string_buffer(128)
+        struct.pack_into("=IIQQ", attr, 0, BPF_PROG_TYPE_NETFILTER, 2,
+                         ctypes.addressof(insns), ctypes.addressof(lic))
+        struct.pack_into("=I", attr, 68, BPF_NETFILTER)  # expected_attach_type
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.syscall(321, 5, attr, ctypes.sizeof(attr))  # BPF_PROG_LOAD
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "BPF_PROG_LOAD of the no-op program")
+
+    def __call__(self, on: bool) -> None:
+        from natlens.agent.sources.hook_loader import HOOKS, link_before_confirm
+
+        if on and not self.links:
+            with netns.entered(self.node):
+                self.links = [link_before_confirm(self.fd, pf, hook, first)
+                              for _, pf, hook, first in HOOKS]
+        elif not on:
+            for fd in self.links:
+                os.close(fd)
+            self.links = []
+
+
 class Switch:
     """Which watcher listens: memberships added to one socket, dropped from the rest
     (and the hook's links attached or detached, ``toggles``); and conntrack's byte
@@ -138,7 +176,8 @@ class Switch:
     (written through ``sysctls``, files opened in the node)."""
 
     def __init__(self, socks: dict[str, tuple[socket.socket, list[int]]],
-                 sysctls: list[int], toggles: dict[str, HookToggle] | None = None) -> None:
+                 sysctls: list[int],
+                 toggles: dict[str, HookToggle | NoopToggle] | None = None) -> None:
         self.socks, self.sysctls = socks, sysctls
         self.toggles = toggles or {}
         self.on: set[str] = set(socks)
@@ -324,8 +363,12 @@ def main() -> None:
                         for k in ("acct", "timestamp")]
                 socks = {CT: subscribed_socket(ct.pid, node),
                          FLOOR: (floor.sock, groups_of(floor.sock.getsockname()[1]))}
-                toggles = {}
-                if HOOK:  # its links; and its close filter's socket, with --closes
+                toggles: dict[str, HookToggle | NoopToggle] = {}
+                if HOOK and NOOP:  # the hook stays detached; a no-op program's links
+                    HookToggle(os.path.join(pin_dir(str(nl.bpffs), "n", node), "hook"),
+                               node, "--aggregate-only" not in ARGS, False)(False)
+                    toggles[NAT] = NoopToggle(node)
+                elif HOOK:  # its links; and its close filter's socket, with --closes
                     toggles[NAT] = HookToggle(
                         os.path.join(pin_dir(str(nl.bpffs), "n", node), "hook"), node,
                         "--aggregate-only" not in ARGS, "--closes" in ARGS)
