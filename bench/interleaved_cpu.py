@@ -8,9 +8,13 @@ SLICE seconds it drops or adds the multicast memberships of each watcher's ctnet
 socket, through a duplicate of that socket taken from the watcher's process with
 pidfd_getfd (the process itself is untouched and does not notice), in the cycle
 
-    none, conntrack -E, none, natlens, none, listener that keeps nothing
+    none, conntrack -E, none, listener that keeps nothing, none, natlens
 
 with no listener at all in the "none" slices, so the kernel builds no events there.
+natlens comes last: at a paced RATE, conntrack -E slows the sender, which keeps an
+absolute schedule and catches up in the slice after (up to a quarter more connections
+in it, each cheaper), so that slice is no baseline for the figure that matters; it
+falls to the listener's slice instead (until 2026-12-04 it fell to natlens's).
 Conntrack's byte counters and timestamps, which the agent switches on by default and
 which cost on every packet of every flow, are on only in natlens's slices (unless
 ARGS has --no-ct-accounting). A watcher's added CPU per connection is its slice's CPU
@@ -80,7 +84,7 @@ HOOK = "hook" in ARGS  # --source hook: switched by its links, not a socket
 NOOP = os.environ.get("NOOP", "0") == "1"
 NONE, CT, NAT, FLOOR = "none", "conntrack -E", "natlens", h.FLOOR
 COL = "collector"  # read apart: not a watcher, not the node's cost
-CYCLE = [NONE, CT, NONE, NAT, NONE, FLOOR]
+CYCLE = [NONE, CT, NONE, FLOOR, NONE, NAT]
 SOL_NETLINK, ADD, DROP = 270, 1, 2
 NETFILTER = "/proc/sys/net/netfilter"
 NETLINK_NETFILTER = 12
