@@ -32,7 +32,7 @@ from natlens.proto import natlens_pb2 as pb
 log = logging.getLogger("natlens.agent")
 
 POLL_S = 0.05         # the ring holds 139,810 records: at 50 ms a beat, 2.7 million a second
-IDLE_S = 1.0          # the beat with --aggregate-only (and no --closes)
+IDLE_S = 1.0          # the beat of a quiet ring, and with --aggregate-only (no --closes)
 TAKE = 65_536         # records per take, so a full ring becomes a few batches
 
 
@@ -59,10 +59,12 @@ class HookSource:
         self.closes, self.accounting = closes, accounting
         self._close_sock: socket.socket | None = None
         self.counters_interval = counters_interval
-        # Counts only: the ring stays empty, so the loop wakes only for the counters and
-        # the batch age (at 50 ms its beats were most of the agent's cost at 15,000/s).
-        self.wait = (min(POLL_S, batch_age) if records or closes
-                     else min(batch_age, counters_interval, IDLE_S))
+        # The beat: 50 ms while records come; doubling to the idle beat while the ring
+        # is quiet (a quiet node's agent then wakes once a second), and always the idle
+        # beat with counts only, whose ring stays empty (at 50 ms its beats were most of
+        # the agent's cost at 15,000/s).
+        self.idle_wait = min(batch_age, counters_interval, IDLE_S)
+        self.wait = min(POLL_S, batch_age) if records or closes else self.idle_wait
         self.stats = {"new": 0, "destroy": 0, "waiting_at_start": 0}
         self._prog: HookProgram | None = None
         self._ring: Ring | None = None
@@ -128,14 +130,15 @@ class HookSource:
 
     def run(self, sink: Sink, stop: threading.Event) -> None:
         try:
-            due = 0.0
+            due, wait = 0.0, self.wait
             while not stop.is_set():
                 sink.turn()
-                self.drain(sink)
+                taken = self.drain(sink)
                 if time.monotonic() >= due:
                     self.ship_counters(sink)
                     due = time.monotonic() + self.counters_interval
-                stop.wait(self.wait)
+                wait = self.wait if taken else min(wait * 2, self.idle_wait)
+                stop.wait(wait)
             self.drain(sink)
             self.ship_counters(sink)
             self.stats.update({f"bpf_{k}": v for k, v in self.prog.read_stats().items()})
