@@ -271,6 +271,8 @@ def tree_at(commit: str, tmp: Path) -> Path:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit],
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    if (src / "scripts" / "build_bpf.sh").exists():  # the hook's object, as make install
+        subprocess.run(["bash", str(src / "scripts" / "build_bpf.sh")], check=True)
     pkg = tmp / f"py-{commit}" / "natlens"
     pkg.mkdir(parents=True)
     for item in (src / "natlens").iterdir():

@@ -16,7 +16,9 @@ subscribed (bcc compiles the filter in that time); medians. Over
 the flood benchmarks' windows this idle cost is charged to the flood's
 connections, so it is part of every ratio there.
 Run: .venv/bin/python bench/idle_agent.py   (root; BEFORE=1ab0562 WINDOW=20 RUNS=3
-     INTERVAL=2, the agent's default --rules-interval)
+     INTERVAL=2, the agent's default --rules-interval; ARGS="--source ebpf
+     --no-ct-accounting", the agent's other arguments)
+     BEFORE=c255fe9 ARGS="--source hook"  (the hook's beat on a quiet ring)
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ BEFORE = os.environ.get("BEFORE", "1ab0562")
 WINDOW = float(os.environ.get("WINDOW", "20"))
 RUNS = int(os.environ.get("RUNS", "3"))
 INTERVAL = os.environ.get("INTERVAL", "2")
-ARGS = ["--source", "ebpf", "--no-ct-accounting", "--rules-interval", INTERVAL]
+ARGS = [*os.environ.get("ARGS", "--source ebpf --no-ct-accounting").split(),
+        "--rules-interval", INTERVAL]
 
 
 Sample = tuple[float, float, float, float, float, float, float]
