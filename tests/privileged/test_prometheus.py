@@ -86,12 +86,15 @@ def watched_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
     scenario = str(SEED)
     if request.param == "tampered":
         # kube-proxy's rules declare 50/50; a foreign DNAT ahead of them takes 20 % first,
-        # and another sends 3 % to a port no rule declares (those connections fail)
+        # and another sends 10 % to a port no rule declares. Those connections fail: the
+        # RST ends their entries at once, so no table dump recovers them, and with the
+        # 4 KiB buffer only about 100 NEW events get through; at 3 % none of those was
+        # undeclared in about one run in twenty (CI saw it)
         scenario = write_scenario(tmp_path, seed(name="tampered", extraRules={"k8s-node2": [
             "-t nat -I PREROUTING 1 -d 10.1.122.241/32 -p tcp --dport 9999 -m statistic "
             "--mode random --probability 0.2 -j DNAT --to-destination 10.244.1.168:80",
             "-t nat -I PREROUTING 1 -d 10.1.122.241/32 -p tcp --dport 9999 -m statistic "
-            "--mode random --probability 0.03 -j DNAT --to-destination 10.244.1.168:8080"]}))
+            "--mode random --probability 0.1 -j DNAT --to-destination 10.244.1.168:8080"]}))
     info = json.loads(natlens("lab", "up", scenario).stdout)
     procs: list[subprocess.Popen[str]] = []
     prom: Prometheus | None = None
